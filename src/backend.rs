@@ -1,0 +1,130 @@
+//! The only backend-specific code: choosing a device at run time and running generic code on
+//! the matching burn backend. Everything else is generic over `B: Backend`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::backend::Backend;
+
+use crate::error::{Error, Result};
+
+/// `--device cpu | cuda[:N] | tch-cpu | tch-cuda[:N]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    Cuda(usize),
+    TchCpu,
+    TchCuda(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::Device {
+            device: s.into(),
+            what: "expected cpu, cuda, cuda:N, tch-cpu, tch-cuda or tch-cuda:N".into(),
+        };
+        let index = |rest: &str| -> Result<usize> {
+            match rest.strip_prefix(':') {
+                None if rest.is_empty() => Ok(0),
+                Some(n) => n.parse().map_err(|_| bad()),
+                None => Err(bad()),
+            }
+        };
+        Ok(match s {
+            "cpu" => Self::Cpu,
+            "tch-cpu" => Self::TchCpu,
+            _ if s.starts_with("tch-cuda") => Self::TchCuda(index(&s["tch-cuda".len()..])?),
+            _ if s.starts_with("cuda") => Self::Cuda(index(&s["cuda".len()..])?),
+            _ => return Err(bad()),
+        })
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cpu => write!(f, "cpu"),
+            Self::Cuda(i) => write!(f, "cuda:{i}"),
+            Self::TchCpu => write!(f, "tch-cpu"),
+            Self::TchCuda(i) => write!(f, "tch-cuda:{i}"),
+        }
+    }
+}
+
+/// Code that runs on whichever backend the user picked.
+pub trait BackendTask {
+    type Output;
+    fn run<B: Backend>(self, device: B::Device) -> Result<Self::Output>;
+}
+
+/// Checks that the CUDA driver library loads; cubecl would otherwise panic on a worker thread.
+pub fn check_cuda_driver(spec: &DeviceSpec) -> Result<()> {
+    // SAFETY: loading the driver library runs its initialisers only; we unload it at once.
+    let lib = unsafe { libloading::Library::new("libcuda.so.1") }
+        .or_else(|_| unsafe { libloading::Library::new("libcuda.so") });
+    match lib {
+        Ok(_) => Ok(()),
+        Err(e) => Err(Error::Device {
+            device: spec.to_string(),
+            what: format!("no CUDA driver could be loaded ({e}); use --device cpu"),
+        }),
+    }
+}
+
+/// Runs `task` on the backend `spec` names, after checking that it is compiled in and usable.
+pub fn run_on<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output> {
+    match spec {
+        DeviceSpec::Cpu => task.run::<burn::backend::NdArray>(burn::backend::ndarray::NdArrayDevice::Cpu),
+        #[cfg(feature = "cuda")]
+        DeviceSpec::Cuda(i) => {
+            check_cuda_driver(&spec)?;
+            task.run::<burn::backend::Cuda>(burn::backend::cuda::CudaDevice::new(i))
+        }
+        #[cfg(feature = "tch")]
+        DeviceSpec::TchCpu => task.run::<burn::backend::LibTorch>(burn::backend::libtorch::LibTorchDevice::Cpu),
+        #[cfg(feature = "tch")]
+        DeviceSpec::TchCuda(i) => {
+            check_cuda_driver(&spec)?;
+            task.run::<burn::backend::LibTorch>(burn::backend::libtorch::LibTorchDevice::Cuda(i))
+        }
+        #[allow(unreachable_patterns)]
+        other => Err(Error::Device {
+            device: other.to_string(),
+            what: format!(
+                "this ddp-run was built without the `{}` feature (cargo build --release --features {})",
+                feature_of(other),
+                feature_of(other)
+            ),
+        }),
+    }
+}
+
+fn feature_of(spec: DeviceSpec) -> &'static str {
+    match spec {
+        DeviceSpec::Cpu => "",
+        DeviceSpec::Cuda(_) => "cuda",
+        DeviceSpec::TchCpu | DeviceSpec::TchCuda(_) => "tch",
+    }
+}
+
+/// Build flags worth printing beside a benchmark.
+pub fn build_info() -> String {
+    let mut f = vec![];
+    if cfg!(feature = "cuda") {
+        f.push("cuda");
+    }
+    if cfg!(feature = "tch") {
+        f.push("tch");
+    }
+    format!(
+        "{} build, features [{}], {} threads",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        f.join(", "),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    )
+}

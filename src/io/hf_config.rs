@@ -1,0 +1,217 @@
+//! Hugging Face `config.json` -> [`ModelConfig`].
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::model::config::{Arch, LayerShape, ModelConfig, MoeConfig, RopeScaling};
+
+struct Json<'a> {
+    v: &'a Value,
+    path: &'a Path,
+}
+
+impl Json<'_> {
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.v.get(key).filter(|v| !v.is_null())
+    }
+    fn usize(&self, key: &str) -> Result<usize> {
+        let v = self.get(key).ok_or_else(|| {
+            Error::bad_config(self.path, key, "missing (expected a positive integer)")
+        })?;
+        v.as_u64().map(|x| x as usize).ok_or_else(|| {
+            Error::bad_config(
+                self.path,
+                key,
+                format!("expected a non-negative integer, found {v}"),
+            )
+        })
+    }
+    fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
+        if self.get(key).is_some() {
+            self.usize(key)
+        } else {
+            Ok(default)
+        }
+    }
+    fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v.as_f64().ok_or_else(|| {
+                Error::bad_config(self.path, key, format!("expected a number, found {v}"))
+            }),
+        }
+    }
+    fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v.as_bool().ok_or_else(|| {
+                Error::bad_config(self.path, key, format!("expected true or false, found {v}"))
+            }),
+        }
+    }
+    /// A token id that may be written as an integer or a list of integers (first one wins).
+    fn token_id(&self, key: &str) -> Option<u32> {
+        match self.get(key)? {
+            Value::Array(a) => a.first()?.as_u64().map(|x| x as u32),
+            v => v.as_u64().map(|x| x as u32),
+        }
+    }
+}
+
+fn rope_scaling(j: &Json, obj: &Value, key: &str) -> Result<Option<RopeScaling>> {
+    let o = Json {
+        v: obj,
+        path: j.path,
+    };
+    let ty = o
+        .get("rope_type")
+        .or_else(|| o.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let f = |k: &str| {
+        o.get(k).and_then(Value::as_f64).ok_or_else(|| {
+            Error::bad_config(
+                j.path,
+                format!("{key}.{k}"),
+                format!("missing number for rope_type {ty:?}"),
+            )
+        })
+    };
+    Ok(match ty {
+        "default" => None,
+        "linear" => Some(RopeScaling::Linear {
+            factor: f("factor")?,
+        }),
+        "llama3" => Some(RopeScaling::Llama3 {
+            factor: f("factor")?,
+            low_freq_factor: f("low_freq_factor")?,
+            high_freq_factor: f("high_freq_factor")?,
+            original_max_position_embeddings: f("original_max_position_embeddings")?,
+        }),
+        other => {
+            return Err(Error::bad_config(
+                j.path,
+                format!("{key}.rope_type"),
+                format!("{other:?} is not supported (expected default, linear or llama3)"),
+            ))
+        }
+    })
+}
+
+/// Parses a config.json text (path used in messages only).
+pub fn parse(text: &str, path: &Path) -> Result<ModelConfig> {
+    let v: Value = serde_json::from_str(text)
+        .map_err(|e| Error::bad_file(path, format!("invalid JSON: {e}")))?;
+    let j = Json { v: &v, path };
+    let model_type = j.get("model_type").and_then(Value::as_str).ok_or_else(|| {
+        Error::bad_config(path, "model_type", "missing (expected e.g. \"llama\")")
+    })?;
+    let arch = Arch::from_model_type(model_type).ok_or_else(|| {
+        Error::bad_config(
+            path,
+            "model_type",
+            format!(
+                "{model_type:?} is not supported (supported: {})",
+                Arch::known_model_types()
+            ),
+        )
+    })?;
+    let spec = arch.spec();
+    let hidden_size = j.usize("hidden_size")?;
+    let num_attention_heads = j.usize("num_attention_heads")?;
+    let head_dim = match j.get("head_dim") {
+        Some(_) => j.usize("head_dim")?,
+        None if num_attention_heads > 0 => hidden_size / num_attention_heads,
+        None => 0,
+    };
+    // transformers 5 keeps theta and scaling in `rope_parameters`; 4.x in rope_theta/rope_scaling.
+    let (rope_theta, rope_scaling) = match j.get("rope_parameters") {
+        Some(p) => {
+            let pj = Json { v: p, path };
+            (
+                pj.f64_or("rope_theta", 10000.0)?,
+                rope_scaling(&j, p, "rope_parameters")?,
+            )
+        }
+        None => (
+            j.f64_or("rope_theta", 10000.0)?,
+            match j.get("rope_scaling") {
+                Some(s) => rope_scaling(&j, s, "rope_scaling")?,
+                None => None,
+            },
+        ),
+    };
+    let intermediate_size = j.usize_or("intermediate_size", 0)?;
+    let num_hidden_layers = j.usize("num_hidden_layers")?;
+    let moe = if spec.moe.is_some() {
+        let num_experts = match j.get("num_local_experts") {
+            Some(_) => j.usize("num_local_experts")?,
+            None => j.usize("num_experts")?,
+        };
+        let step = j.usize_or("decoder_sparse_step", 1)?.max(1);
+        let mut dense_layers: Vec<usize> = match j.get("mlp_only_layers") {
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|x| x.as_u64())
+                .map(|x| x as usize)
+                .collect(),
+            _ => Vec::new(),
+        };
+        dense_layers.extend((0..num_hidden_layers).filter(|i| (i + 1) % step != 0));
+        dense_layers.sort_unstable();
+        dense_layers.dedup();
+        let shared = j.usize_or("shared_expert_intermediate_size", 0)?;
+        Some(MoeConfig {
+            num_experts,
+            num_experts_per_tok: j.usize("num_experts_per_tok")?,
+            moe_intermediate_size: j.usize_or("moe_intermediate_size", intermediate_size)?,
+            norm_topk_prob: j.bool_or("norm_topk_prob", spec.norm_topk_default)?,
+            shared_expert_intermediate_size: (shared > 0).then_some(shared),
+            dense_layers,
+        })
+    } else {
+        None
+    };
+    let layer_shapes = match j.get("ddp_layer_shapes") {
+        None => None,
+        Some(s) => Some(
+            serde_json::from_value::<Vec<LayerShape>>(s.clone()).map_err(|e| {
+                Error::bad_config(
+                    path,
+                    "ddp_layer_shapes",
+                    format!("expected a list of layer shapes: {e}"),
+                )
+            })?,
+        ),
+    };
+    let cfg = ModelConfig {
+        arch,
+        vocab_size: j.usize("vocab_size")?,
+        hidden_size,
+        intermediate_size,
+        num_hidden_layers,
+        num_attention_heads,
+        num_key_value_heads: j.usize_or("num_key_value_heads", num_attention_heads)?,
+        head_dim,
+        rms_norm_eps: j.f64_or("rms_norm_eps", 1e-6)?,
+        rope_theta,
+        rope_scaling,
+        max_position_embeddings: j.usize_or("max_position_embeddings", 2048)?,
+        tie_word_embeddings: j.bool_or("tie_word_embeddings", false)?,
+        attention_bias: j.bool_or("attention_bias", spec.qkv_bias)?,
+        moe,
+        bos_token_id: j.token_id("bos_token_id"),
+        eos_token_id: j.token_id("eos_token_id"),
+        layer_shapes,
+    };
+    cfg.validate()
+        .map_err(|what| Error::bad_config(path, "config", what))?;
+    Ok(cfg)
+}
+
+pub fn load(path: &Path) -> Result<ModelConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    parse(&text, path)
+}

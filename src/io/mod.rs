@@ -1,0 +1,74 @@
+//! Reading models from disk: HF directories (config.json, safetensors, tokenizer.json) and GGUF
+//! files, plus the sources they are fetched from.
+
+pub mod gguf;
+pub mod gguf_model;
+pub mod hf_config;
+pub mod quants;
+pub mod safetensors;
+pub mod source;
+pub mod tokenizer;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::model::config::ModelConfig;
+use tokenizer::Tokenizer;
+use weights::WeightSource;
+
+/// A model on disk, opened: its config, its weights (not yet on a device) and its tokenizer.
+pub struct ModelFiles {
+    pub config: ModelConfig,
+    pub weights: Box<dyn WeightSource>,
+    pub tokenizer: Option<Tokenizer>,
+    /// "safetensors" or "gguf".
+    pub format: &'static str,
+    pub path: PathBuf,
+}
+
+/// Opens a Hugging Face model directory or a `.gguf` file.
+pub fn open_model(path: &Path) -> Result<ModelFiles> {
+    if path.is_dir() {
+        let config = hf_config::load(&path.join("config.json"))?;
+        let weights = safetensors::SafetensorsWeights::open_dir(path)?;
+        let tok_path = path.join("tokenizer.json");
+        let tokenizer = if tok_path.exists() {
+            Some(Tokenizer::from_file(
+                &tok_path,
+                config.bos_token_id,
+                config.eos_token_id,
+            )?)
+        } else {
+            None
+        };
+        return Ok(ModelFiles {
+            config,
+            weights: Box::new(weights),
+            tokenizer,
+            format: "safetensors",
+            path: path.to_path_buf(),
+        });
+    }
+    let mut head = [0u8; 4];
+    {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let _ = f.read(&mut head).map_err(|e| Error::io(path, e))?;
+    }
+    if &head == b"GGUF" {
+        let m = gguf_model::GgufModel::open(path)?;
+        let tokenizer = Tokenizer::from_gguf(&m.file)?;
+        return Ok(ModelFiles {
+            config: m.config.clone(),
+            weights: Box::new(m),
+            tokenizer: Some(tokenizer),
+            format: "gguf",
+            path: path.to_path_buf(),
+        });
+    }
+    Err(Error::bad_file(
+        path,
+        "not a model: expected a directory with config.json and safetensors, or a GGUF file",
+    ))
+}

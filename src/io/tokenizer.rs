@@ -1,0 +1,269 @@
+//! Tokenizers: `tokenizer.json` via the `tokenizers` crate, or one built from GGUF metadata in
+//! the same form transformers' converters produce (so ids match the reference exactly).
+
+use std::path::Path;
+use std::str::FromStr;
+
+use serde_json::{json, Value as Json};
+
+use super::gguf::{GgufFile, Value};
+use crate::error::{Error, Result};
+
+/// A tokenizer with the model's special-token conventions.
+pub struct Tokenizer {
+    pub inner: tokenizers::Tokenizer,
+    pub bos_id: Option<u32>,
+    pub eos_id: Option<u32>,
+    /// Whether `encode(.., true)` prepends BOS (the model's convention).
+    pub add_bos: bool,
+    origin: String,
+}
+
+impl Tokenizer {
+    pub fn from_file(path: &Path, bos_id: Option<u32>, eos_id: Option<u32>) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer {
+            origin: path.display().to_string(),
+            what: e.to_string(),
+        })?;
+        let mut t = Self {
+            inner,
+            bos_id,
+            eos_id,
+            add_bos: false,
+            origin: path.display().to_string(),
+        };
+        // The post-processor decides; probe it rather than guess.
+        t.add_bos = match bos_id {
+            Some(b) => t.encode("a", true)?.first() == Some(&b),
+            None => false,
+        };
+        Ok(t)
+    }
+
+    pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, add_special)
+            .map_err(|e| Error::Tokenizer {
+                origin: self.origin.clone(),
+                what: format!("encode failed: {e}"),
+            })?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, true).map_err(|e| Error::Tokenizer {
+            origin: self.origin.clone(),
+            what: format!("decode failed: {e}"),
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Builds the tokenizer a GGUF file describes (`tokenizer.ggml.*`).
+    pub fn from_gguf(f: &GgufFile) -> Result<Self> {
+        let origin = f.path.display().to_string();
+        let err = |what: String| Error::Tokenizer {
+            origin: origin.clone(),
+            what,
+        };
+        let model = f
+            .get("tokenizer.ggml.model")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                err("tokenizer.ggml.model is missing: the GGUF carries no tokenizer".into())
+            })?;
+        let tokens: Vec<String> = f
+            .get("tokenizer.ggml.tokens")
+            .and_then(Value::as_array)
+            .ok_or_else(|| err("tokenizer.ggml.tokens is missing".into()))?
+            .iter()
+            .map(|v| v.as_str().map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or_else(|| err("tokenizer.ggml.tokens holds a non-string".into()))?;
+        let types: Vec<u64> = f
+            .get("tokenizer.ggml.token_type")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(1)).collect())
+            .unwrap_or_else(|| vec![1; tokens.len()]);
+        let id = |k: &str| f.get(k).and_then(Value::as_u64).map(|x| x as u32);
+        let bos_id = id("tokenizer.ggml.bos_token_id");
+        let eos_id = id("tokenizer.ggml.eos_token_id");
+        let flag = |k: &str, d: bool| f.get(k).and_then(Value::as_bool).unwrap_or(d);
+        // Token types: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
+        let added: Vec<Json> = tokens
+            .iter()
+            .zip(&types)
+            .enumerate()
+            .filter(|(_, (_, &t))| t == 2 || t == 3 || t == 4)
+            .map(|(i, (tok, _))| {
+                json!({"id": i, "content": tok, "single_word": false, "lstrip": false,
+                       "rstrip": false, "normalized": false, "special": true})
+            })
+            .collect();
+        let vocab: serde_json::Map<String, Json> = {
+            let mut m = serde_json::Map::new();
+            for (i, t) in tokens.iter().enumerate() {
+                m.entry(t.clone()).or_insert(json!(i));
+            }
+            m
+        };
+        let (add_bos, spec) = match model {
+            "llama" => {
+                let scores: Vec<f64> = f
+                    .get("tokenizer.ggml.scores")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| {
+                        err(
+                            "tokenizer.ggml.scores is missing (needed for a sentencepiece BPE)"
+                                .into(),
+                        )
+                    })?
+                    .iter()
+                    .map(|v| v.as_f64().unwrap_or(0.0))
+                    .collect();
+                let unk_id = id("tokenizer.ggml.unknown_token_id")
+                    .or_else(|| types.iter().position(|&t| t == 2).map(|x| x as u32))
+                    .unwrap_or(0) as usize;
+                let merges = sentencepiece_merges(&tokens, &scores);
+                let add_bos = flag("tokenizer.ggml.add_bos_token", true);
+                let spec = json!({
+                    "version": "1.0", "truncation": null, "padding": null,
+                    "added_tokens": added,
+                    "normalizer": {"type": "Sequence", "normalizers": [
+                        {"type": "Prepend", "prepend": "\u{2581}"},
+                        {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}]},
+                    "pre_tokenizer": null,
+                    "post_processor": null,
+                    "decoder": {"type": "Sequence", "decoders": [
+                        {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+                        {"type": "ByteFallback"}, {"type": "Fuse"},
+                        {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+                    "model": {"type": "BPE", "dropout": null, "unk_token": tokens.get(unk_id),
+                        "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                        "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                        "vocab": vocab, "merges": merges}
+                });
+                (add_bos, spec)
+            }
+            "gpt2" => {
+                let merges: Vec<Json> = f
+                    .get("tokenizer.ggml.merges")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| {
+                        err("tokenizer.ggml.merges is missing (needed for a byte-level BPE)".into())
+                    })?
+                    .iter()
+                    .filter_map(|v| v.as_str())
+                    .filter_map(|m| m.split_once(' '))
+                    .map(|(a, b)| json!([a, b]))
+                    .collect();
+                let pre = f
+                    .get("tokenizer.ggml.pre")
+                    .and_then(Value::as_str)
+                    .unwrap_or("default");
+                let pre_tokenizer = byte_level_pre_tokenizer(pre).ok_or_else(|| {
+                    err(format!(
+                        "tokenizer.ggml.pre = {pre:?} is not supported (supported: default, gpt-2, smollm, llama-bpe, qwen2)"
+                    ))
+                })?;
+                let add_bos = flag("tokenizer.ggml.add_bos_token", false);
+                let spec = json!({
+                    "version": "1.0", "truncation": null, "padding": null,
+                    "added_tokens": added,
+                    "normalizer": null,
+                    "pre_tokenizer": pre_tokenizer,
+                    "post_processor": null,
+                    "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+                    "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                        "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                        "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                        "vocab": vocab, "merges": merges}
+                });
+                (add_bos, spec)
+            }
+            other => {
+                return Err(err(format!(
+                    "tokenizer.ggml.model = {other:?} is not supported (supported: llama, gpt2)"
+                )))
+            }
+        };
+        let mut spec = spec;
+        if add_bos {
+            let bos = bos_id
+                .ok_or_else(|| err("add_bos_token is set but bos_token_id is missing".into()))?;
+            let bos_tok = tokens
+                .get(bos as usize)
+                .ok_or_else(|| err(format!("bos_token_id {bos} is outside the vocabulary")))?;
+            spec["post_processor"] = json!({
+                "type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": bos_tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"SpecialToken": {"id": bos_tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                         {"SpecialToken": {"id": bos_tok, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {bos_tok.as_str(): {"id": bos_tok, "ids": [bos], "tokens": [bos_tok]}}
+            });
+        }
+        let inner = tokenizers::Tokenizer::from_str(&spec.to_string())
+            .map_err(|e| err(format!("could not build the tokenizer: {e}")))?;
+        Ok(Self {
+            inner,
+            bos_id,
+            eos_id,
+            add_bos,
+            origin,
+        })
+    }
+}
+
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The pre-tokenizer llama.cpp applies for each `tokenizer.ggml.pre` value, in HF form.
+fn byte_level_pre_tokenizer(pre: &str) -> Option<Json> {
+    let byte_level = |regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": regex});
+    let split = |re: &str| json!({"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false});
+    Some(match pre {
+        "default" | "gpt-2" | "gpt2" => byte_level(true),
+        "smollm" => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
+        "llama-bpe" | "llama3" => {
+            json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_SPLIT), byte_level(false)]})
+        }
+        "qwen2" => {
+            json!({"type": "Sequence", "pretokenizers": [split(QWEN2_SPLIT), byte_level(false)]})
+        }
+        _ => return None,
+    })
+}
+
+/// Merges of a sentencepiece BPE vocabulary, as transformers' `generate_merges` derives them:
+/// every split of a piece into two in-vocabulary pieces, ordered by the merged piece's score
+/// (then by the lengths of the parts), highest first; ties keep vocabulary order.
+fn sentencepiece_merges(tokens: &[String], scores: &[f64]) -> Vec<Json> {
+    let mut vocab = std::collections::HashMap::new();
+    for (i, t) in tokens.iter().enumerate() {
+        vocab.entry(t.as_str()).or_insert(i);
+    }
+    let mut merges: Vec<(&str, &str, f64)> = Vec::new();
+    for (i, piece) in tokens.iter().enumerate() {
+        let score = scores.get(i).copied().unwrap_or(0.0);
+        let mut local: Vec<(&str, &str, f64)> = piece
+            .char_indices()
+            .skip(1)
+            .map(|(at, _)| (&piece[..at], &piece[at..]))
+            .filter(|(l, r)| vocab.contains_key(l) && vocab.contains_key(r))
+            .map(|(l, r)| (l, r, score))
+            .collect();
+        local.sort_by_key(|(l, r, _)| (vocab[l], vocab[r]));
+        merges.extend(local);
+    }
+    let clen = |s: &str| s.chars().count();
+    merges.sort_by(|a, b| {
+        b.2.total_cmp(&a.2)
+            .then(clen(b.0).cmp(&clen(a.0)))
+            .then(clen(b.1).cmp(&clen(a.1)))
+    });
+    merges.into_iter().map(|(l, r, _)| json!([l, r])).collect()
+}

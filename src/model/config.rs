@@ -1,0 +1,291 @@
+//! Model configuration and the one table of per-architecture differences.
+
+use serde::Serialize;
+
+/// Supported decoder-only architectures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+    Qwen2Moe,
+    Qwen3Moe,
+    Mixtral,
+}
+
+/// Tensor names of a routed-expert block, HF naming, relative to `model.layers.N.`.
+#[derive(Debug, Clone, Copy)]
+pub struct MoeNames {
+    pub block: &'static str,
+    pub router: &'static str,
+    pub gate: &'static str,
+    pub up: &'static str,
+    pub down: &'static str,
+}
+
+/// Everything that differs between architectures, in one place.
+#[derive(Debug, Clone, Copy)]
+pub struct ArchSpec {
+    pub arch: Arch,
+    /// `model_type` in config.json.
+    pub model_type: &'static str,
+    /// `general.architecture` in GGUF.
+    pub gguf_arch: &'static str,
+    /// q/k/v projections carry a bias.
+    pub qkv_bias: bool,
+    /// RMSNorm over head_dim on q and k before RoPE.
+    pub qk_norm: bool,
+    /// Routed experts (None for dense FFNs).
+    pub moe: Option<MoeNames>,
+    /// Default of `norm_topk_prob` (renormalise the top-k router weights).
+    pub norm_topk_default: bool,
+    /// llama.cpp's converter permutes q/k rows for interleaved RoPE; we undo it on load.
+    pub gguf_permutes_qk: bool,
+}
+
+const QWEN_MOE: MoeNames = MoeNames {
+    block: "mlp",
+    router: "gate",
+    gate: "gate_proj",
+    up: "up_proj",
+    down: "down_proj",
+};
+
+pub const ARCHS: &[ArchSpec] = &[
+    ArchSpec {
+        arch: Arch::Llama,
+        model_type: "llama",
+        gguf_arch: "llama",
+        qkv_bias: false,
+        qk_norm: false,
+        moe: None,
+        norm_topk_default: false,
+        gguf_permutes_qk: true,
+    },
+    ArchSpec {
+        arch: Arch::Mistral,
+        model_type: "mistral",
+        gguf_arch: "llama",
+        qkv_bias: false,
+        qk_norm: false,
+        moe: None,
+        norm_topk_default: false,
+        gguf_permutes_qk: true,
+    },
+    ArchSpec {
+        arch: Arch::Qwen2,
+        model_type: "qwen2",
+        gguf_arch: "qwen2",
+        qkv_bias: true,
+        qk_norm: false,
+        moe: None,
+        norm_topk_default: false,
+        gguf_permutes_qk: false,
+    },
+    ArchSpec {
+        arch: Arch::Qwen3,
+        model_type: "qwen3",
+        gguf_arch: "qwen3",
+        qkv_bias: false,
+        qk_norm: true,
+        moe: None,
+        norm_topk_default: false,
+        gguf_permutes_qk: false,
+    },
+    ArchSpec {
+        arch: Arch::Qwen2Moe,
+        model_type: "qwen2_moe",
+        gguf_arch: "qwen2moe",
+        qkv_bias: true,
+        qk_norm: false,
+        moe: Some(QWEN_MOE),
+        norm_topk_default: false,
+        gguf_permutes_qk: false,
+    },
+    ArchSpec {
+        arch: Arch::Qwen3Moe,
+        model_type: "qwen3_moe",
+        gguf_arch: "qwen3moe",
+        qkv_bias: false,
+        qk_norm: true,
+        moe: Some(QWEN_MOE),
+        norm_topk_default: false,
+        gguf_permutes_qk: false,
+    },
+    ArchSpec {
+        arch: Arch::Mixtral,
+        model_type: "mixtral",
+        gguf_arch: "llama",
+        qkv_bias: false,
+        qk_norm: false,
+        moe: Some(MoeNames {
+            block: "block_sparse_moe",
+            router: "gate",
+            gate: "w1",
+            up: "w3",
+            down: "w2",
+        }),
+        // Mixtral's softmax over the selected logits equals renormalised top-k probabilities.
+        norm_topk_default: true,
+        gguf_permutes_qk: true,
+    },
+];
+
+impl Arch {
+    pub fn spec(self) -> &'static ArchSpec {
+        ARCHS
+            .iter()
+            .find(|s| s.arch == self)
+            .expect("every Arch is in ARCHS")
+    }
+    pub fn from_model_type(t: &str) -> Option<Self> {
+        ARCHS.iter().find(|s| s.model_type == t).map(|s| s.arch)
+    }
+    pub fn known_model_types() -> String {
+        ARCHS
+            .iter()
+            .map(|s| s.model_type)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "rope_type", rename_all = "snake_case")]
+pub enum RopeScaling {
+    Linear {
+        factor: f64,
+    },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+    /// Per-frequency divisors, as llama.cpp stores Llama-3 scaling (`rope_freqs.weight`).
+    Factors {
+        factors: Vec<f64>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MoeConfig {
+    pub num_experts: usize,
+    pub num_experts_per_tok: usize,
+    pub moe_intermediate_size: usize,
+    pub norm_topk_prob: bool,
+    /// Always-on shared expert (Qwen2-MoE), with a sigmoid gate.
+    pub shared_expert_intermediate_size: Option<usize>,
+    /// Layers whose FFN is a plain dense MLP.
+    pub dense_layers: Vec<usize>,
+}
+
+/// The sizes of one decoder layer: uniform for a standard model, per layer after
+/// non-uniform pruning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct LayerShape {
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub intermediate_size: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: Option<RopeScaling>,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    pub attention_bias: bool,
+    pub moe: Option<MoeConfig>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+    /// Per-layer sizes when they differ between layers (ddp's non-uniform pruned models).
+    pub layer_shapes: Option<Vec<LayerShape>>,
+}
+
+impl ModelConfig {
+    pub fn spec(&self) -> &'static ArchSpec {
+        self.arch.spec()
+    }
+
+    pub fn layer(&self, i: usize) -> LayerShape {
+        match &self.layer_shapes {
+            Some(v) => v[i],
+            None => LayerShape {
+                num_attention_heads: self.num_attention_heads,
+                num_key_value_heads: self.num_key_value_heads,
+                intermediate_size: self.intermediate_size,
+            },
+        }
+    }
+
+    /// Whether layer `i` uses routed experts.
+    pub fn is_moe_layer(&self, i: usize) -> bool {
+        self.moe
+            .as_ref()
+            .is_some_and(|m| !m.dense_layers.contains(&i))
+    }
+
+    /// Checks the invariants the forward pass relies on.
+    pub fn validate(&self) -> Result<(), String> {
+        let pos = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+        ];
+        for (k, v) in pos {
+            if v == 0 {
+                return Err(format!("{k} must be positive"));
+            }
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(format!("head_dim {} must be even for RoPE", self.head_dim));
+        }
+        if let Some(shapes) = &self.layer_shapes {
+            if shapes.len() != self.num_hidden_layers {
+                return Err(format!(
+                    "ddp_layer_shapes has {} entries for {} layers",
+                    shapes.len(),
+                    self.num_hidden_layers
+                ));
+            }
+        }
+        for i in 0..self.num_hidden_layers {
+            let l = self.layer(i);
+            if l.num_key_value_heads > 0 && l.num_attention_heads % l.num_key_value_heads != 0 {
+                return Err(format!(
+                    "layer {i}: num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                    l.num_attention_heads, l.num_key_value_heads
+                ));
+            }
+            if (l.num_attention_heads == 0) != (l.num_key_value_heads == 0) {
+                return Err(format!(
+                    "layer {i}: heads and KV heads must both be zero or both positive"
+                ));
+            }
+        }
+        if let Some(m) = &self.moe {
+            if m.num_experts_per_tok == 0 || m.num_experts_per_tok > m.num_experts {
+                return Err(format!(
+                    "num_experts_per_tok {} must be in 1..={}",
+                    m.num_experts_per_tok, m.num_experts
+                ));
+            }
+        }
+        Ok(())
+    }
+}

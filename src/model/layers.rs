@@ -1,0 +1,266 @@
+//! The building blocks of a decoder layer: linear maps, RMSNorm, grouped-query attention,
+//! SwiGLU MLP and the routed-expert (MoE) block. Each takes an optional gate so that pruning
+//! can scale or silence a head, a channel or an expert channel without a second model.
+
+use burn::tensor::{
+    activation::{sigmoid, silu, softmax},
+    backend::Backend,
+    IndexingUpdateOp, Int, Tensor, TensorData,
+};
+
+use super::rope;
+
+/// `y = x W (+ b)` with `W` stored `[in, out]` so the matmul needs no transpose.
+#[derive(Debug, Clone)]
+pub struct Linear<B: Backend> {
+    pub w: Tensor<B, 2>,
+    pub b: Option<Tensor<B, 1>>,
+}
+
+impl<B: Backend> Linear<B> {
+    pub fn in_dim(&self) -> usize {
+        self.w.dims()[0]
+    }
+    pub fn out_dim(&self) -> usize {
+        self.w.dims()[1]
+    }
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let mut dims = x.dims();
+        let inn = dims[D - 1];
+        let rows = dims.iter().product::<usize>() / inn;
+        let mut y = x.reshape([rows, inn]).matmul(self.w.clone());
+        if let Some(b) = &self.b {
+            y = y + b.clone().unsqueeze::<2>();
+        }
+        dims[D - 1] = self.out_dim();
+        y.reshape(dims)
+    }
+}
+
+/// RMSNorm over the last dimension.
+pub fn rms_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    w: &Tensor<B, 1>,
+    eps: f64,
+) -> Tensor<B, D> {
+    let var = (x.clone() * x.clone()).mean_dim(D - 1);
+    let x = x * (var + eps).sqrt().recip();
+    x * w.clone().unsqueeze::<D>()
+}
+
+/// Keys and values of one layer for the positions seen so far: `[batch, kv_heads, len, head_dim]`.
+#[derive(Debug, Clone)]
+pub struct LayerKv<B: Backend> {
+    pub k: Tensor<B, 4>,
+    pub v: Tensor<B, 4>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Attention<B: Backend> {
+    pub q: Linear<B>,
+    pub k: Linear<B>,
+    pub v: Linear<B>,
+    pub o: Linear<B>,
+    pub q_norm: Option<Tensor<B, 1>>,
+    pub k_norm: Option<Tensor<B, 1>>,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Additive causal mask for `s` queries at positions `offset..offset+s` over `offset+s` keys,
+/// tiled `groups` times along the query axis (queries of one KV group are stacked).
+fn causal_mask<B: Backend>(
+    s: usize,
+    offset: usize,
+    groups: usize,
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    let t = offset + s;
+    let mut m = vec![0f32; groups * s * t];
+    for g in 0..groups {
+        for i in 0..s {
+            let row = &mut m[(g * s + i) * t..(g * s + i + 1) * t];
+            for (j, v) in row.iter_mut().enumerate() {
+                if j > offset + i {
+                    *v = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(m, [groups * s, t]), device)
+}
+
+impl<B: Backend> Attention<B> {
+    /// `x: [batch, seq, hidden]`; `gate`: one value per query head.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 2>,
+        sin: &Tensor<B, 2>,
+        eps: f64,
+        cache: Option<&mut Option<LayerKv<B>>>,
+        gate: Option<&Tensor<B, 1>>,
+    ) -> Tensor<B, 3> {
+        let [b, s, _] = x.dims();
+        let (nh, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        if nh == 0 {
+            // Every head of this layer was pruned: the block contributes nothing.
+            return Tensor::zeros([b, s, self.o.out_dim()], &x.device());
+        }
+        let mut q = self
+            .q
+            .forward(x.clone())
+            .reshape([b, s, nh, hd])
+            .swap_dims(1, 2);
+        let mut k = self
+            .k
+            .forward(x.clone())
+            .reshape([b, s, nkv, hd])
+            .swap_dims(1, 2);
+        let mut v = self.v.forward(x).reshape([b, s, nkv, hd]).swap_dims(1, 2);
+        if let Some(w) = &self.q_norm {
+            q = rms_norm(q, w, eps);
+        }
+        if let Some(w) = &self.k_norm {
+            k = rms_norm(k, w, eps);
+        }
+        q = rope::apply(q, cos, sin);
+        k = rope::apply(k, cos, sin);
+        let mut offset = 0;
+        if let Some(slot) = cache {
+            if let Some(prev) = slot.take() {
+                offset = prev.k.dims()[2];
+                k = Tensor::cat(vec![prev.k, k], 2);
+                v = Tensor::cat(vec![prev.v, v], 2);
+            }
+            *slot = Some(LayerKv {
+                k: k.clone(),
+                v: v.clone(),
+            });
+        }
+        let t = offset + s;
+        let g = nh / nkv;
+        // Queries of one KV group share its keys: stack them instead of copying K/V g times.
+        let qg = q.reshape([b, nkv, g * s, hd]);
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut scores = qg.matmul(k.swap_dims(2, 3)) * scale;
+        if s > 1 {
+            let mask = causal_mask::<B>(s, offset, g, &scores.device());
+            scores = scores + mask.unsqueeze::<4>();
+        }
+        let probs = softmax(scores, 3);
+        let mut out = probs.matmul(v).reshape([b, nh, s, hd]);
+        if let Some(gate) = gate {
+            out = out * gate.clone().reshape([1, nh, 1, 1]);
+        }
+        debug_assert_eq!(t, offset + s);
+        self.o.forward(out.swap_dims(1, 2).reshape([b, s, nh * hd]))
+    }
+}
+
+/// SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
+#[derive(Debug, Clone)]
+pub struct Mlp<B: Backend> {
+    pub gate: Linear<B>,
+    pub up: Linear<B>,
+    pub down: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    pub fn width(&self) -> usize {
+        self.gate.out_dim()
+    }
+    /// `gate`: one value per intermediate channel.
+    pub fn forward<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        gate: Option<&Tensor<B, 1>>,
+    ) -> Tensor<B, D> {
+        let mut h = silu(self.gate.forward(x.clone())) * self.up.forward(x);
+        if let Some(g) = gate {
+            h = h * g.clone().unsqueeze::<D>();
+        }
+        self.down.forward(h)
+    }
+}
+
+/// Routed experts: `sum_e pi_e(x) Expert_e(x)` over the top-k experts of each token, plus an
+/// optional always-on shared expert with a sigmoid gate (Qwen2-MoE).
+#[derive(Debug, Clone)]
+pub struct Moe<B: Backend> {
+    pub router: Linear<B>,
+    pub experts: Vec<Mlp<B>>,
+    pub top_k: usize,
+    pub norm_topk_prob: bool,
+    pub shared: Option<(Mlp<B>, Linear<B>)>,
+}
+
+impl<B: Backend> Moe<B> {
+    /// `x: [batch, seq, hidden]`; `gates: [experts, channels]`.
+    pub fn forward(&self, x: Tensor<B, 3>, gates: Option<&Tensor<B, 2>>) -> Tensor<B, 3> {
+        let [b, s, h] = x.dims();
+        let n = b * s;
+        let e = self.experts.len();
+        let xf = x.reshape([n, h]);
+        let probs = softmax(self.router.forward(xf.clone()), 1);
+        // The choice of experts is discrete (no gradient): make it on the host.
+        let p_host = probs
+            .clone()
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("router probabilities are f32");
+        let mut chosen = vec![0f32; n * e];
+        let mut per_expert: Vec<Vec<i64>> = vec![Vec::new(); e];
+        let mut order: Vec<usize> = (0..e).collect();
+        for tok in 0..n {
+            let row = &p_host[tok * e..(tok + 1) * e];
+            // Highest probability first; ties go to the lower expert index, as torch.topk does.
+            order.sort_by(|&a, &c| row[c].total_cmp(&row[a]).then(a.cmp(&c)));
+            for &ex in &order[..self.top_k] {
+                chosen[tok * e + ex] = 1.0;
+                per_expert[ex].push(tok as i64);
+            }
+        }
+        let device = xf.device();
+        let mask = Tensor::<B, 2>::from_data(TensorData::new(chosen, [n, e]), &device);
+        let mut weights = probs * mask;
+        if self.norm_topk_prob {
+            let denom = weights.clone().sum_dim(1);
+            weights = weights / denom;
+        }
+        let mut out = Tensor::<B, 2>::zeros([n, h], &device);
+        for (ex, toks) in per_expert.iter().enumerate() {
+            if toks.is_empty() {
+                continue;
+            }
+            let idx = Tensor::<B, 1, Int>::from_data(
+                TensorData::new(toks.clone(), [toks.len()]),
+                &device,
+            );
+            let gate = gates.map(|g| {
+                let w = g.dims()[1];
+                g.clone().slice([ex..ex + 1, 0..w]).reshape([w])
+            });
+            let y = self.experts[ex].forward(xf.clone().select(0, idx.clone()), gate.as_ref());
+            let wsel = weights
+                .clone()
+                .slice([0..n, ex..ex + 1])
+                .select(0, idx.clone());
+            out = out.select_assign(0, idx, y * wsel, IndexingUpdateOp::Add);
+        }
+        if let Some((mlp, gate)) = &self.shared {
+            let sg = sigmoid(gate.forward(xf.clone()));
+            out = out + mlp.forward(xf, None) * sg;
+        }
+        out.reshape([b, s, h])
+    }
+}
+
+/// The feed-forward part of a layer.
+#[derive(Debug, Clone)]
+pub enum Ffn<B: Backend> {
+    Dense(Mlp<B>),
+    Moe(Moe<B>),
+}
