@@ -89,22 +89,23 @@ fn config_from_metadata(f: &GgufFile) -> Result<ModelConfig> {
         .ok_or_else(|| Error::bad_config(&f.path, "general.architecture", "missing"))?;
     let k = |s: &str| format!("{a}.{s}");
     let n_experts = meta_usize_or(f, &k("expert_count"), 0)?;
-    let arch =
-        match (a, n_experts > 0) {
-            ("llama", false) => Arch::Llama,
-            ("llama", true) => Arch::Mixtral,
-            ("qwen2", _) => Arch::Qwen2,
-            ("qwen3", _) => Arch::Qwen3,
-            ("qwen2moe", _) => Arch::Qwen2Moe,
-            ("qwen3moe", _) => Arch::Qwen3Moe,
-            _ => return Err(Error::bad_config(
+    let arch = match (a, n_experts > 0) {
+        ("llama", false) => Arch::Llama,
+        ("llama", true) => Arch::Mixtral,
+        ("qwen2", _) => Arch::Qwen2,
+        ("qwen3", _) => Arch::Qwen3,
+        ("qwen2moe", _) => Arch::Qwen2Moe,
+        ("qwen3moe", _) => Arch::Qwen3Moe,
+        _ => {
+            return Err(Error::bad_config(
                 &f.path,
                 "general.architecture",
                 format!(
                     "{a:?} is not supported (supported: llama, qwen2, qwen3, qwen2moe, qwen3moe)"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let spec = arch.spec();
     let hidden = meta_usize(f, &k("embedding_length"))?;
     let layers = meta_usize(f, &k("block_count"))?;
@@ -390,7 +391,7 @@ impl WeightSource for GgufModel {
         quants::dequantize(info.ty, bytes, &mut data);
         let mut t = HostTensor::new(shape, data);
         if let Some(heads) = e.unpermute_heads {
-            if heads == 0 || t.shape[0] % (2 * heads) != 0 {
+            if heads == 0 || !t.shape[0].is_multiple_of(2 * heads) {
                 return Err(Error::bad_tensor(
                     &self.file.path,
                     &e.gguf,

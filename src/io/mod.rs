@@ -56,7 +56,10 @@ pub fn open_model(path: &Path) -> Result<ModelFiles> {
         let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         let _ = f.read(&mut head).map_err(|e| Error::io(path, e))?;
     }
-    if &head == b"GGUF" {
+    let gguf_name = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    if &head == b"GGUF" || gguf_name {
         let m = gguf_model::GgufModel::open(path)?;
         let tokenizer = Tokenizer::from_gguf(&m.file)?;
         return Ok(ModelFiles {

