@@ -55,6 +55,13 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Write a model (e.g. a GGUF) as a Hugging Face directory: f32 safetensors, config.json,
+    /// tokenizer.json.
+    Convert {
+        model: String,
+        /// Output directory.
+        out: PathBuf,
+    },
     /// Dense forward throughput: prefill and KV-cached decode, median of repeated runs.
     Bench {
         #[arg(long)]
@@ -72,6 +79,10 @@ enum Cmd {
         /// Write the figures as JSON here too.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Also measure PyTorch eager (transformers) on the same model and protocol; skipped,
+        /// with the reason, when torch is not installed.
+        #[arg(long)]
+        torch: bool,
     },
 }
 
@@ -174,6 +185,35 @@ impl BackendTask for BenchTask<'_> {
             self.repeats,
         ))
     }
+}
+
+/// Runs the PyTorch side on a HF directory (exporting a GGUF to a temporary one first).
+fn torch_side(
+    files: &ModelFiles,
+    r: &ddp::bench::Throughput,
+) -> Result<std::result::Result<(ddp::bench::Throughput, String), String>> {
+    let tmp;
+    let dir = if files.format == "safetensors" {
+        files.path.clone()
+    } else {
+        tmp = tempfile::tempdir()?;
+        let tensors = io::export::read_all(files.weights.as_ref())?;
+        io::export::write_hf_dir(
+            tmp.path(),
+            &files.config,
+            &tensors,
+            files.tokenizer.as_ref(),
+        )?;
+        tmp.path().to_path_buf()
+    };
+    Ok(ddp::bench::torch::throughput(
+        &dir,
+        r.batch,
+        r.prompt_len,
+        r.decode_tokens,
+        1,
+        r.repeats,
+    )?)
 }
 
 fn inspect(files: &ModelFiles, spec: &str, json: bool) -> Result<()> {
@@ -297,6 +337,13 @@ fn real_main(cli: Cli) -> Result<()> {
             )?;
             Ok(())
         }
+        Cmd::Convert { model, out } => {
+            let files = open(&model, &cli.cache)?;
+            let tensors = io::export::read_all(files.weights.as_ref())?;
+            io::export::write_hf_dir(&out, &files.config, &tensors, files.tokenizer.as_ref())?;
+            println!("wrote {} ({} tensors)", out.display(), tensors.len());
+            Ok(())
+        }
         Cmd::Bench {
             model,
             prompt_len,
@@ -305,6 +352,7 @@ fn real_main(cli: Cli) -> Result<()> {
             repeats,
             warmup,
             json,
+            torch,
         } => {
             let files = open(&model, &cli.cache)?;
             let r = run_on(
@@ -318,22 +366,55 @@ fn real_main(cli: Cli) -> Result<()> {
                     warmup,
                 },
             )?;
+            let reference = if torch {
+                Some(torch_side(&files, &r)?)
+            } else {
+                None
+            };
             println!("model    {model}");
-            println!("device   {device} ({})", ddp::backend::build_info());
             println!(
-                "prefill  {} tokens x batch {}: median {:.1} tok/s (min {:.1}, max {:.1}) over {} runs",
-                r.prompt_len, r.batch, r.prefill_tok_s.median, r.prefill_tok_s.min, r.prefill_tok_s.max, r.repeats
+                "protocol prefill {} tokens, then decode {} tokens with the KV cache; batch {}; {} runs after {} warm-up",
+                r.prompt_len, r.decode_tokens, r.batch, r.repeats, warmup
             );
+            println!();
             println!(
-                "decode   {} tokens x batch {}: median {:.1} tok/s (min {:.1}, max {:.1})",
-                r.decode_tokens,
-                r.batch,
-                r.decode_tok_s.median,
-                r.decode_tok_s.min,
-                r.decode_tok_s.max
+                "| engine | prefill tok/s (median [min, max]) | decode tok/s (median [min, max]) |"
             );
+            println!("|---|---|---|");
+            let row = |name: &str, t: &ddp::bench::Throughput| {
+                println!(
+                    "| {name} | {:.1} [{:.1}, {:.1}] | {:.1} [{:.1}, {:.1}] |",
+                    t.prefill_tok_s.median,
+                    t.prefill_tok_s.min,
+                    t.prefill_tok_s.max,
+                    t.decode_tok_s.median,
+                    t.decode_tok_s.min,
+                    t.decode_tok_s.max
+                )
+            };
+            row(
+                &format!("ddp {device} ({})", ddp::backend::build_info()),
+                &r,
+            );
+            match &reference {
+                Some(Ok((t, what))) => {
+                    row(what, t);
+                    println!();
+                    println!(
+                        "ddp / torch: prefill {:.2}x, decode {:.2}x (ratio of medians)",
+                        r.prefill_tok_s.median / t.prefill_tok_s.median,
+                        r.decode_tok_s.median / t.decode_tok_s.median
+                    );
+                }
+                Some(Err(why)) => println!("\nPyTorch comparison skipped: {why}"),
+                None => {}
+            }
             if let Some(path) = json {
-                std::fs::write(&path, serde_json::to_string_pretty(&r)?)
+                let v = serde_json::json!({
+                    "ddp": r,
+                    "torch": reference.as_ref().and_then(|x| x.as_ref().ok()).map(|x| &x.0),
+                });
+                std::fs::write(&path, serde_json::to_string_pretty(&v)?)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
             Ok(())

@@ -141,3 +141,42 @@ fn smollm2_gguf_logits_match_transformers() {
         "argmax differs"
     );
 }
+
+#[test]
+fn gguf_converted_to_hf_dir_is_the_fixture_model() {
+    // GGUF -> HF directory must undo llama.cpp's q/k permutation exactly: bit-identical weights.
+    let d = tempfile::tempdir().unwrap();
+    let g = fixture("stories260k.gguf");
+    let tensors = ddp::io::export::read_all(g.weights.as_ref()).unwrap();
+    ddp::io::export::write_hf_dir(d.path(), &g.config, &tensors, g.tokenizer.as_ref()).unwrap();
+    let ours = ddp::io::open_model(d.path()).unwrap();
+    let reference = fixture("stories260k");
+    assert_eq!(ours.config, reference.config);
+    for name in reference.weights.names() {
+        assert_eq!(
+            ours.weights.load(&name).unwrap(),
+            reference.weights.load(&name).unwrap(),
+            "{name}"
+        );
+    }
+    assert_eq!(ours.weights.names(), reference.weights.names());
+    check_tokenizer(&ours, "stories260k");
+}
+
+#[test]
+fn smollm2_hf_dir_logits_match_transformers() {
+    // The same model in HF form (written by `ddp-run convert`) gives the golden logits too.
+    let d = tempfile::tempdir().unwrap();
+    let g = open(SMOLLM2);
+    let tensors = ddp::io::export::read_all(g.weights.as_ref()).unwrap();
+    ddp::io::export::write_hf_dir(d.path(), &g.config, &tensors, g.tokenizer.as_ref()).unwrap();
+    drop(tensors);
+    let files = ddp::io::open_model(d.path()).unwrap();
+    assert_eq!(files.format, "safetensors");
+    check_tokenizer(&files, "smollm2");
+    let (ids, want, shape) = golden("smollm2.safetensors");
+    let got = logits(&model(&files), &ids);
+    let diff = max_abs_diff(&got, &want);
+    assert!(diff <= 5e-4, "SmolLM2 (HF dir) max |logit diff| {diff}");
+    assert_eq!(argmax_rows(&got, shape[2]), argmax_rows(&want, shape[2]));
+}

@@ -1,6 +1,8 @@
 //! Forward-pass throughput: prefill (tokens/s over a prompt) and decode (tokens/s generating
 //! with the KV cache). Warm-up first, then repeated runs reported as median, min and max.
 
+pub mod torch;
+
 use std::time::Instant;
 
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};

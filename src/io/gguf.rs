@@ -47,7 +47,8 @@ impl Value {
     }
     pub fn as_f64(&self) -> Option<f64> {
         match *self {
-            Value::F32(v) => Some(v as f64),
+            // Shortest decimal that round-trips the f32: 1e-5 stays 1e-5, not 9.99999974e-6.
+            Value::F32(v) => v.to_string().parse().ok(),
             Value::F64(v) => Some(v),
             _ => self.as_u64().map(|v| v as f64),
         }

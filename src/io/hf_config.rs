@@ -81,6 +81,19 @@ fn rope_scaling(j: &Json, obj: &Value, key: &str) -> Result<Option<RopeScaling>>
     };
     Ok(match ty {
         "default" => None,
+        "ddp_factors" => Some(RopeScaling::Factors {
+            factors: o
+                .get("factors")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                .ok_or_else(|| {
+                    Error::bad_config(
+                        j.path,
+                        format!("{key}.factors"),
+                        "expected a list of numbers",
+                    )
+                })?,
+        }),
         "linear" => Some(RopeScaling::Linear {
             factor: f("factor")?,
         }),

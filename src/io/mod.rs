@@ -1,6 +1,7 @@
 //! Reading models from disk: HF directories (config.json, safetensors, tokenizer.json) and GGUF
 //! files, plus the sources they are fetched from.
 
+pub mod export;
 pub mod gguf;
 pub mod gguf_model;
 pub mod hf_config;
