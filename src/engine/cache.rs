@@ -1,0 +1,194 @@
+//! The content-addressed store: `<cache>/<kind>/<key>/` holds a stage's artifacts and its
+//! `manifest.json`. A stage writes into `<cache>/.tmp/<kind>-<key>/` (kept across a kill, so it
+//! can resume); the engine renames it into place once the manifest is written. An entry is
+//! complete exactly when its directory exists with a manifest.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use walkdir::WalkDir;
+
+use super::key::DigestMemo;
+use super::stage::Metrics;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileRecord {
+    pub blake3: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub key: String,
+    pub kind: String,
+    pub version: u32,
+    pub instance: String,
+    pub params: serde_json::Value,
+    /// Input name -> key.
+    pub inputs: BTreeMap<String, String>,
+    /// Output files, relative to the entry directory.
+    pub files: BTreeMap<String, FileRecord>,
+    pub metrics: Metrics,
+    pub started_unix: u64,
+    pub seconds: f64,
+    pub tool_version: String,
+    pub host: String,
+}
+
+pub struct Cache {
+    pub root: PathBuf,
+    pub memo: DigestMemo,
+}
+
+pub const MANIFEST: &str = "manifest.json";
+
+impl Cache {
+    pub fn open(root: &Path) -> Result<Self> {
+        fs::create_dir_all(root)
+            .with_context(|| format!("creating the cache {}", root.display()))?;
+        for d in [".tmp", ".locks"] {
+            fs::create_dir_all(root.join(d))?;
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+            memo: DigestMemo::open(root.join("digests.json")),
+        })
+    }
+
+    pub fn entry_dir(&self, kind: &str, key: &str) -> PathBuf {
+        self.root.join(kind).join(key)
+    }
+
+    pub fn temp_dir(&self, kind: &str, key: &str) -> PathBuf {
+        self.root.join(".tmp").join(format!("{kind}-{key}"))
+    }
+
+    /// The manifest of a complete entry, if there is one.
+    pub fn manifest(&self, kind: &str, key: &str) -> Option<Manifest> {
+        let text = fs::read_to_string(self.entry_dir(kind, key).join(MANIFEST)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Takes the per-key lock (blocking): one process runs a key at a time.
+    pub fn lock(&self, key: &str) -> Result<File> {
+        let p = self.root.join(".locks").join(format!("{key}.lock"));
+        let f = File::create(&p).with_context(|| format!("creating lock {}", p.display()))?;
+        f.lock()
+            .with_context(|| format!("locking {}", p.display()))?;
+        Ok(f)
+    }
+
+    /// Checks an entry's files against its manifest. `Ok(None)` when intact, else what is wrong.
+    pub fn check(&self, m: &Manifest) -> Result<Option<String>> {
+        let dir = self.entry_dir(&m.kind, &m.key);
+        for (rel, rec) in &m.files {
+            let p = dir.join(rel);
+            let Ok(meta) = fs::metadata(&p) else {
+                return Ok(Some(format!("{rel} is missing")));
+            };
+            if meta.len() != rec.size {
+                return Ok(Some(format!(
+                    "{rel} has {} bytes, the manifest says {}",
+                    meta.len(),
+                    rec.size
+                )));
+            }
+            if self.memo.digest(&p)? != rec.blake3 {
+                return Ok(Some(format!("{rel} does not match its recorded digest")));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Records every file of a finished temp dir (manifest excluded).
+    pub fn digest_outputs(&self, dir: &Path) -> Result<BTreeMap<String, FileRecord>> {
+        let mut files = BTreeMap::new();
+        for e in WalkDir::new(dir).sort_by_file_name() {
+            let e = e?;
+            if !e.file_type().is_file() {
+                continue;
+            }
+            let rel = e
+                .path()
+                .strip_prefix(dir)?
+                .to_string_lossy()
+                .replace('\\', "/");
+            if rel == MANIFEST {
+                continue;
+            }
+            files.insert(
+                rel,
+                FileRecord {
+                    blake3: self.memo.digest(e.path())?,
+                    size: e.metadata()?.len(),
+                },
+            );
+        }
+        Ok(files)
+    }
+
+    /// Writes the manifest into the temp dir and renames it into place.
+    pub fn commit(&self, tmp: &Path, m: &Manifest) -> Result<PathBuf> {
+        let text = serde_json::to_string_pretty(m)?;
+        let mpath = tmp.join(MANIFEST);
+        fs::write(&mpath, text)?;
+        File::open(&mpath)?.sync_all()?;
+        let dst = self.entry_dir(&m.kind, &m.key);
+        fs::create_dir_all(dst.parent().unwrap())?;
+        if dst.exists() {
+            // A damaged entry being replaced.
+            self.discard(&m.kind, &m.key)?;
+        }
+        fs::rename(tmp, &dst).with_context(|| format!("moving {} into place", tmp.display()))?;
+        Ok(dst)
+    }
+
+    /// Moves an entry out of the way (to `.trash`) so it no longer counts.
+    pub fn discard(&self, kind: &str, key: &str) -> Result<()> {
+        let dir = self.entry_dir(kind, key);
+        let trash = self.root.join(".trash");
+        fs::create_dir_all(&trash)?;
+        let to = trash.join(format!("{kind}-{key}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&to);
+        fs::rename(&dir, &to)?;
+        let _ = fs::remove_dir_all(&to);
+        Ok(())
+    }
+
+    /// Every complete entry.
+    pub fn entries(&self) -> Vec<Manifest> {
+        let mut out = vec![];
+        let Ok(kinds) = fs::read_dir(&self.root) else {
+            return out;
+        };
+        for k in kinds.flatten() {
+            let name = k.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || name == "downloads" || !k.path().is_dir() {
+                continue;
+            }
+            for e in fs::read_dir(k.path()).into_iter().flatten().flatten() {
+                if let Ok(t) = fs::read_to_string(e.path().join(MANIFEST)) {
+                    if let Ok(m) = serde_json::from_str::<Manifest>(&t) {
+                        out.push(m);
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| a.kind.cmp(&b.kind).then(a.key.cmp(&b.key)));
+        out
+    }
+
+    /// Bytes under a directory.
+    pub fn size_of(dir: &Path) -> u64 {
+        WalkDir::new(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum()
+    }
+}

@@ -1,0 +1,118 @@
+//! Stage keys and file digests. A key is blake3 over the kind, its version, the canonical TOML
+//! of the resolved parameters, the keys of the inputs and the digests of external files.
+//! File digests are memoised by (path, size, mtime, inode) so a no-op rerun reads no weights.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use super::stage::Params;
+
+/// Canonical text of parameters: sorted keys, TOML formatting.
+pub fn canonical_params(p: &Params) -> String {
+    toml::to_string(p).expect("parameters are TOML values")
+}
+
+pub fn stage_key(
+    kind: &str,
+    version: u32,
+    params: &Params,
+    inputs: &BTreeMap<String, String>,
+    files: &[(String, String)],
+) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(b"ddp-stage-key-v1\0");
+    h.update(kind.as_bytes());
+    h.update(b"\0");
+    h.update(&version.to_le_bytes());
+    h.update(canonical_params(params).as_bytes());
+    h.update(b"\0inputs\0");
+    for (name, key) in inputs {
+        h.update(name.as_bytes());
+        h.update(b"=");
+        h.update(key.as_bytes());
+        h.update(b"\0");
+    }
+    h.update(b"files\0");
+    for (path, digest) in files {
+        h.update(path.as_bytes());
+        h.update(b"=");
+        h.update(digest.as_bytes());
+        h.update(b"\0");
+    }
+    h.finalize().to_hex().to_string()
+}
+
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct FileId {
+    path: PathBuf,
+    size: u64,
+    mtime_ns: u128,
+    inode: u64,
+}
+
+fn file_id(path: &Path) -> std::io::Result<FileId> {
+    let m = fs::metadata(path)?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&m);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Ok(FileId {
+        path: fs::canonicalize(path)?,
+        size: m.len(),
+        mtime_ns: m
+            .modified()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+        inode,
+    })
+}
+
+/// Digest memo stored in the cache (`digests.json`), shared by every run on that cache.
+pub struct DigestMemo {
+    path: PathBuf,
+    map: Mutex<BTreeMap<String, (FileId, String)>>,
+}
+
+impl DigestMemo {
+    pub fn open(path: PathBuf) -> Self {
+        let map = fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        Self {
+            path,
+            map: Mutex::new(map),
+        }
+    }
+
+    /// blake3 of a file (memoised); reads it only when the file changed.
+    pub fn digest(&self, path: &Path) -> std::io::Result<String> {
+        let id = file_id(path)?;
+        let k = id.path.to_string_lossy().into_owned();
+        if let Some((old, d)) = self.map.lock().unwrap().get(&k) {
+            if *old == id {
+                return Ok(d.clone());
+            }
+        }
+        let mut h = blake3::Hasher::new();
+        h.update_mmap_rayon(path)?;
+        let d = h.finalize().to_hex().to_string();
+        self.map.lock().unwrap().insert(k, (id, d.clone()));
+        Ok(d)
+    }
+
+    /// Writes the memo (atomically; concurrent writers may lose entries, never corrupt it).
+    pub fn save(&self) {
+        let text = serde_json::to_string(&*self.map.lock().unwrap()).unwrap_or_default();
+        let tmp = self
+            .path
+            .with_extension(format!("tmp{}", std::process::id()));
+        if fs::write(&tmp, text).is_ok() {
+            let _ = fs::rename(&tmp, &self.path);
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! `<recipe>.lock`: the resolved parameters, key and headline metrics of every stage instance
+//! of the last run, written next to the recipe so runs are reproducible and diffable in git.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::stage::{Metrics, Params};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LockedStage {
+    pub kind: String,
+    pub key: String,
+    pub params: Params,
+    #[serde(default)]
+    pub inputs: BTreeMap<String, String>,
+    #[serde(default)]
+    pub metrics: Metrics,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct LockFile {
+    pub recipe: String,
+    pub tool_version: String,
+    /// Instance name -> what ran.
+    pub stages: BTreeMap<String, LockedStage>,
+}
+
+pub fn path_for(recipe: &Path) -> PathBuf {
+    let mut p = recipe.as_os_str().to_owned();
+    p.push(".lock");
+    PathBuf::from(p)
+}
+
+impl LockFile {
+    pub fn read(recipe: &Path) -> Option<Self> {
+        let text = std::fs::read_to_string(path_for(recipe)).ok()?;
+        toml::from_str(&text).ok()
+    }
+
+    pub fn write(&self, recipe: &Path) -> Result<()> {
+        let p = path_for(recipe);
+        let text = format!(
+            "# Written by ddp-run: the resolved parameters and key of every stage of the last run.\n{}",
+            toml::to_string_pretty(self)?
+        );
+        let tmp = p.with_extension("lock.tmp");
+        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))?;
+        Ok(())
+    }
+}

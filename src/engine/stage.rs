@@ -1,0 +1,200 @@
+//! The stage contract: what a stage kind declares (parameters with defaults and meaning, inputs,
+//! a version) and what it gets when it runs (resolved parameters, its inputs' directories, a
+//! private output directory that survives a kill so it can resume from checkpoints).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use indicatif::ProgressBar;
+use toml::Value;
+
+/// Flat metrics a stage returns; stored in its manifest, read by reports.
+pub type Metrics = BTreeMap<String, f64>;
+
+/// Resolved parameters of one stage instance (defaults filled in).
+pub type Params = BTreeMap<String, Value>;
+
+/// The type of a parameter, checked before anything runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParamType {
+    Bool,
+    Int {
+        min: i64,
+        max: i64,
+    },
+    Float {
+        min: f64,
+        max: f64,
+    },
+    Str,
+    /// One of a fixed set of strings.
+    Choice(&'static [&'static str]),
+    /// A list of strings (e.g. file globs).
+    StrList,
+}
+
+impl ParamType {
+    pub fn describe(&self) -> String {
+        match self {
+            ParamType::Bool => "true or false".into(),
+            ParamType::Int { min, max } => format!("an integer in [{min}, {max}]"),
+            ParamType::Float { min, max } => format!("a number in [{min}, {max}]"),
+            ParamType::Str => "a string".into(),
+            ParamType::Choice(c) => format!(
+                "one of {}",
+                c.iter()
+                    .map(|s| format!("\"{s}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            ParamType::StrList => "a list of strings".into(),
+        }
+    }
+
+    /// Checks (and normalises: integers are accepted where numbers are expected) a value.
+    pub fn check(&self, v: &Value) -> Result<Value, String> {
+        let bad = || {
+            Err(format!(
+                "expected {}, found {}",
+                self.describe(),
+                describe_value(v)
+            ))
+        };
+        match (self, v) {
+            (ParamType::Bool, Value::Boolean(_)) => Ok(v.clone()),
+            (ParamType::Int { min, max }, Value::Integer(i)) => {
+                if i < min || i > max {
+                    bad()
+                } else {
+                    Ok(v.clone())
+                }
+            }
+            (ParamType::Float { min, max }, Value::Float(_) | Value::Integer(_)) => {
+                let x = match v {
+                    Value::Float(f) => *f,
+                    Value::Integer(i) => *i as f64,
+                    _ => unreachable!(),
+                };
+                if !x.is_finite() || x < *min || x > *max {
+                    bad()
+                } else {
+                    Ok(Value::Float(x))
+                }
+            }
+            (ParamType::Str, Value::String(_)) => Ok(v.clone()),
+            (ParamType::Choice(c), Value::String(s)) if c.contains(&s.as_str()) => Ok(v.clone()),
+            (ParamType::StrList, Value::Array(a)) if a.iter().all(Value::is_str) => Ok(v.clone()),
+            (ParamType::StrList, Value::String(s)) => {
+                Ok(Value::Array(vec![Value::String(s.clone())]))
+            }
+            _ => bad(),
+        }
+    }
+}
+
+pub fn describe_value(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("the string \"{s}\""),
+        Value::Integer(i) => format!("the integer {i}"),
+        Value::Float(f) => format!("the number {f}"),
+        Value::Boolean(b) => format!("{b}"),
+        Value::Datetime(d) => format!("the date {d}"),
+        Value::Array(_) => "a list".into(),
+        Value::Table(_) => "a table".into(),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ParamSpec {
+    pub name: &'static str,
+    pub ty: ParamType,
+    /// `None`: required.
+    pub default: Option<Value>,
+    pub doc: &'static str,
+}
+
+/// An upstream stage this kind needs: `kinds` lists the stage kinds that can provide it.
+#[derive(Debug, Clone)]
+pub struct InputSpec {
+    pub name: &'static str,
+    pub kinds: &'static [&'static str],
+    pub doc: &'static str,
+}
+
+/// One input of a running stage: the upstream instance's finished cache entry.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub stage: String,
+    pub kind: String,
+    pub key: String,
+    pub dir: PathBuf,
+    pub metrics: Metrics,
+}
+
+/// What a stage gets when it runs.
+pub struct StageContext<'a> {
+    pub instance: &'a str,
+    pub params: &'a Params,
+    /// By input name (as the kind declares them).
+    pub inputs: BTreeMap<String, Input>,
+    /// The stage's private output directory (a temporary directory inside the cache, renamed
+    /// into place when the stage succeeds). It survives a kill: checkpoints written here are
+    /// found again when the stage is rerun with the same key.
+    pub out_dir: &'a Path,
+    /// The cache root, for shared downloads.
+    pub cache_root: &'a Path,
+    pub progress: &'a ProgressBar,
+}
+
+impl StageContext<'_> {
+    pub fn str(&self, name: &str) -> &str {
+        self.params
+            .get(name)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    }
+    pub fn int(&self, name: &str) -> i64 {
+        self.params
+            .get(name)
+            .and_then(Value::as_integer)
+            .unwrap_or_default()
+    }
+    pub fn float(&self, name: &str) -> f64 {
+        match self.params.get(name) {
+            Some(Value::Float(f)) => *f,
+            Some(Value::Integer(i)) => *i as f64,
+            _ => 0.0,
+        }
+    }
+    pub fn bool(&self, name: &str) -> bool {
+        self.params
+            .get(name)
+            .and_then(Value::as_bool)
+            .unwrap_or_default()
+    }
+    pub fn input(&self, name: &str) -> anyhow::Result<&Input> {
+        self.inputs.get(name).ok_or_else(|| {
+            anyhow::anyhow!("stage {}: input `{name}` is not connected", self.instance)
+        })
+    }
+}
+
+pub trait StageKind: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Bumped whenever the kind's semantics change; part of every key.
+    fn version(&self) -> u32;
+    fn about(&self) -> &'static str;
+    fn params(&self) -> Vec<ParamSpec>;
+    fn inputs(&self) -> Vec<InputSpec> {
+        vec![]
+    }
+    /// External files this instance reads (their digests are part of the key).
+    fn external_files(&self, _params: &Params, _cache_root: &Path) -> anyhow::Result<Vec<PathBuf>> {
+        Ok(vec![])
+    }
+    /// The metric shown in summaries.
+    fn headline(&self) -> Option<&'static str> {
+        None
+    }
+    fn run(&self, ctx: &StageContext) -> anyhow::Result<Metrics>;
+}
