@@ -639,3 +639,26 @@ fn sweep_names_are_stable_and_readable() {
         Value::Integer(2)
     );
 }
+
+#[test]
+fn independent_stages_run_in_parallel_with_jobs() {
+    let env = Env::new();
+    let r = env.recipe(
+        "p.toml",
+        "[stages.a]\nkind = \"text\"\nvalue = \"a\"\nlog = \"LOG\"\n[stages.b]\nkind = \"text\"\nafter = [\"a\"]\nsteps = 8\nsleep_ms = 50\nlog = \"LOG\"\n[sweep]\nvalue = { values = [\"x\", \"y\", \"z\", \"w\"], stages = [\"b\"] }\n",
+    );
+    let rec = ddp::recipe::load(&r, &registry()).unwrap();
+    let opts = Options {
+        jobs: 4,
+        ..env.opts()
+    };
+    let s = engine::run(&rec, &registry(), &env.cache(), &opts).unwrap();
+    assert_eq!(s.executed(), 5);
+    for v in ["x", "y", "z", "w"] {
+        assert_eq!(
+            fs::read_to_string(env.root.join(format!("out/p/b@value={v}/out.txt"))).unwrap(),
+            format!("a[1]{v}[8]")
+        );
+    }
+    assert_eq!(env.log_lines().len(), 5, "each instance ran once");
+}

@@ -46,7 +46,8 @@ impl LockFile {
             "# Written by ddp-run: the resolved parameters and key of every stage of the last run.\n{}",
             toml::to_string_pretty(self)?
         );
-        let tmp = p.with_extension("lock.tmp");
+        // Per-process temporary name: concurrent runs of one recipe each replace the file whole.
+        let tmp = p.with_extension(format!("lock.tmp{}", std::process::id()));
         std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))?;
         Ok(())

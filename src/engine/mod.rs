@@ -574,32 +574,41 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
-/// Makes a cache entry visible at `dst` (a symlink, or a copy).
+/// Makes a cache entry visible at `dst` (a symlink, or a copy), built under a temporary name
+/// and renamed over the old one so concurrent runs never see a half-made result.
 fn expose(src: &Path, dst: &Path, copy: bool) -> Result<()> {
-    std::fs::create_dir_all(dst.parent().unwrap())?;
-    if dst.is_symlink() || dst.is_file() {
-        std::fs::remove_file(dst)?;
-    } else if dst.is_dir() {
-        std::fs::remove_dir_all(dst)?;
-    }
+    let parent = dst.parent().unwrap();
+    std::fs::create_dir_all(parent)?;
     let src = std::fs::canonicalize(src)?;
+    let tmp = parent.join(format!(
+        ".{}.tmp{}",
+        dst.file_name().unwrap().to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let _ = std::fs::remove_file(&tmp);
     if copy {
         for e in walkdir::WalkDir::new(&src) {
             let e = e?;
-            let rel = e.path().strip_prefix(&src)?;
-            let to = dst.join(rel);
+            let to = tmp.join(e.path().strip_prefix(&src)?);
             if e.file_type().is_dir() {
                 std::fs::create_dir_all(&to)?;
             } else {
                 std::fs::copy(e.path(), &to)?;
             }
         }
-        Ok(())
+        if dst.is_dir() && !dst.is_symlink() {
+            std::fs::remove_dir_all(dst)?;
+        }
     } else {
         #[cfg(unix)]
-        std::os::unix::fs::symlink(&src, dst)?;
+        std::os::unix::fs::symlink(&src, &tmp)?;
         #[cfg(not(unix))]
         bail!("links need a unix system; use --copy-out");
-        Ok(())
+        if dst.is_dir() && !dst.is_symlink() {
+            std::fs::remove_dir_all(dst)?;
+        }
     }
+    std::fs::rename(&tmp, dst)?;
+    Ok(())
 }

@@ -90,6 +90,13 @@ pub fn config_json(cfg: &ModelConfig) -> Value {
             o.insert("shared_expert_intermediate_size".into(), json!(s));
         }
     }
+    if let Some(w) = cfg.sliding_window {
+        v["sliding_window"] = json!(w);
+        if !matches!(cfg.arch, Arch::Mistral | Arch::Mixtral) {
+            v["use_sliding_window"] = json!(true);
+            v["max_window_layers"] = json!(cfg.sliding_layers_from);
+        }
+    }
     if let Some(shapes) = &cfg.layer_shapes {
         v["ddp_layer_shapes"] = json!(shapes);
     }
@@ -109,19 +116,33 @@ pub fn write_hf_dir(
     tensors: &BTreeMap<String, HostTensor>,
     tokenizer: Option<&Tokenizer>,
 ) -> Result<()> {
+    write_hf_dir_sharded(dir, cfg, tensors, tokenizer, SHARD_BYTES)
+}
+
+/// [`write_hf_dir`] with shards of at most `shard_bytes` (a tensor larger than that gets a
+/// shard of its own).
+pub fn write_hf_dir_sharded(
+    dir: &Path,
+    cfg: &ModelConfig,
+    tensors: &BTreeMap<String, HostTensor>,
+    tokenizer: Option<&Tokenizer>,
+    shard_bytes: usize,
+) -> Result<()> {
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let total: usize = tensors.values().map(|t| t.numel() * 4).sum();
-    let n_shards = total.div_ceil(SHARD_BYTES).max(1);
-    let mut shards: Vec<Vec<(&String, &HostTensor)>> = vec![vec![]; n_shards];
-    let (mut cur, mut acc) = (0, 0);
+    // Greedy packing in name order.
+    let mut shards: Vec<Vec<(&String, &HostTensor)>> = vec![vec![]];
+    let mut acc = 0;
     for (name, t) in tensors {
-        if acc > 0 && acc + t.numel() * 4 > SHARD_BYTES && cur + 1 < n_shards {
-            cur += 1;
+        let b = t.numel() * 4;
+        if acc > 0 && acc + b > shard_bytes {
+            shards.push(vec![]);
             acc = 0;
         }
-        acc += t.numel() * 4;
-        shards[cur].push((name, t));
+        acc += b;
+        shards.last_mut().unwrap().push((name, t));
     }
+    let total: usize = tensors.values().map(|t| t.numel() * 4).sum();
+    let n_shards = shards.len();
     let mut weight_map = serde_json::Map::new();
     for (i, shard) in shards.iter().enumerate() {
         let file = if n_shards == 1 {

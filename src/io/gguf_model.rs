@@ -220,6 +220,8 @@ fn config_from_metadata(f: &GgufFile) -> Result<ModelConfig> {
         bos_token_id: tok("tokenizer.ggml.bos_token_id"),
         eos_token_id: tok("tokenizer.ggml.eos_token_id"),
         layer_shapes,
+        sliding_window: None,
+        sliding_layers_from: 0,
     };
     cfg.validate()
         .map_err(|what| Error::bad_config(&f.path, "metadata", what))?;

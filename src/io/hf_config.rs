@@ -199,6 +199,21 @@ pub fn parse(text: &str, path: &Path) -> Result<ModelConfig> {
             })?,
         ),
     };
+    // Mistral/Mixtral: `sliding_window` applies to every layer when set. Qwen: only with
+    // `use_sliding_window`, from layer `max_window_layers` on.
+    let (sliding_window, sliding_layers_from) = match arch {
+        Arch::Mistral | Arch::Mixtral => (
+            j.get("sliding_window")
+                .map(|_| j.usize("sliding_window"))
+                .transpose()?,
+            0,
+        ),
+        _ if j.bool_or("use_sliding_window", false)? => (
+            Some(j.usize("sliding_window")?),
+            j.usize_or("max_window_layers", 0)?,
+        ),
+        _ => (None, 0),
+    };
     let cfg = ModelConfig {
         arch,
         vocab_size: j.usize("vocab_size")?,
@@ -218,6 +233,8 @@ pub fn parse(text: &str, path: &Path) -> Result<ModelConfig> {
         bos_token_id: j.token_id("bos_token_id"),
         eos_token_id: j.token_id("eos_token_id"),
         layer_shapes,
+        sliding_window,
+        sliding_layers_from,
     };
     cfg.validate()
         .map_err(|what| Error::bad_config(path, "config", what))?;

@@ -245,11 +245,43 @@ fn tempdir_in(dir: &Path) -> Result<PathBuf> {
     Ok(p)
 }
 
-fn fetch_hf(spec: &str, _repo: &str, _rev: Option<&str>, _cache: &Path) -> Result<PathBuf> {
-    Err(Error::Source {
+/// Downloads config.json, tokenizer.json (if present) and the safetensors weights (single or
+/// sharded) of a Hub repository into `<cache>/downloads/hf` (the Hub's own cache layout, which
+/// checks each file against its ETag); returns the snapshot directory. HF_TOKEN is honoured for
+/// gated models.
+fn fetch_hf(spec: &str, repo: &str, rev: Option<&str>, cache: &Path) -> Result<PathBuf> {
+    use hf_hub::{api::sync::ApiBuilder, Repo, RepoType};
+    let err = |what: String| Error::Source {
         spec: spec.into(),
-        what: "Hugging Face Hub downloads are not built into this binary yet; download the model \
-               directory (config.json, *.safetensors, tokenizer.json) and pass its path"
-            .into(),
-    })
+        what,
+    };
+    let api = ApiBuilder::from_env()
+        .with_cache_dir(cache.join("downloads").join("hf"))
+        .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .build()
+        .map_err(|e| err(format!("cannot set up the Hub client: {e}")))?;
+    let r = match rev {
+        Some(v) => Repo::with_revision(repo.into(), RepoType::Model, v.into()),
+        None => Repo::model(repo.into()),
+    };
+    let api = api.repo(r);
+    let get = |f: &str| api.get(f).map_err(|e| err(format!("downloading {f}: {e}")));
+    let config = get("config.json")?;
+    let _ = api.get("tokenizer.json");
+    if api.get("model.safetensors").is_err() {
+        let index = get("model.safetensors.index.json")?;
+        let text = fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::bad_file(&index, format!("invalid JSON: {e}")))?;
+        let files: std::collections::BTreeSet<&str> = v["weight_map"]
+            .as_object()
+            .ok_or_else(|| Error::bad_config(&index, "weight_map", "missing"))?
+            .values()
+            .filter_map(|f| f.as_str())
+            .collect();
+        for f in files {
+            get(f)?;
+        }
+    }
+    Ok(config.parent().expect("a file has a parent").to_path_buf())
 }

@@ -212,6 +212,11 @@ pub struct ModelConfig {
     pub eos_token_id: Option<u32>,
     /// Per-layer sizes when they differ between layers (ddp's non-uniform pruned models).
     pub layer_shapes: Option<Vec<LayerShape>>,
+    /// Sliding-window attention: a query sees at most this many most recent positions
+    /// (itself included) in the layers listed by `sliding_layers_from` onwards.
+    pub sliding_window: Option<usize>,
+    /// First layer that uses the sliding window (Qwen's `max_window_layers`; 0 for Mistral).
+    pub sliding_layers_from: usize,
 }
 
 impl ModelConfig {
@@ -228,6 +233,12 @@ impl ModelConfig {
                 intermediate_size: self.intermediate_size,
             },
         }
+    }
+
+    /// The attention window of layer `i`, if it has one.
+    pub fn window(&self, i: usize) -> Option<usize> {
+        self.sliding_window
+            .filter(|_| i >= self.sliding_layers_from)
     }
 
     /// Whether layer `i` uses routed experts.

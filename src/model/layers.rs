@@ -67,6 +67,8 @@ pub struct Attention<B: Backend> {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    /// Sliding-window size, if this layer has one.
+    pub window: Option<usize>,
 }
 
 /// Additive causal mask for `s` queries at positions `offset..offset+s` over `offset+s` keys,
@@ -75,6 +77,7 @@ fn causal_mask<B: Backend>(
     s: usize,
     offset: usize,
     groups: usize,
+    window: Option<usize>,
     device: &B::Device,
 ) -> Tensor<B, 2> {
     let t = offset + s;
@@ -83,7 +86,8 @@ fn causal_mask<B: Backend>(
         for i in 0..s {
             let row = &mut m[(g * s + i) * t..(g * s + i + 1) * t];
             for (j, v) in row.iter_mut().enumerate() {
-                if j > offset + i {
+                let q = offset + i;
+                if j > q || window.is_some_and(|w| q - j >= w) {
                     *v = f32::NEG_INFINITY;
                 }
             }
@@ -146,8 +150,8 @@ impl<B: Backend> Attention<B> {
         let qg = q.reshape([b, nkv, g * s, hd]);
         let scale = 1.0 / (hd as f64).sqrt();
         let mut scores = qg.matmul(k.swap_dims(2, 3)) * scale;
-        if s > 1 {
-            let mask = causal_mask::<B>(s, offset, g, &scores.device());
+        if s > 1 || self.window.is_some_and(|w| t > w) {
+            let mask = causal_mask::<B>(s, offset, g, self.window, &scores.device());
             scores = scores + mask.unsqueeze::<4>();
         }
         let probs = softmax(scores, 3);
@@ -155,7 +159,6 @@ impl<B: Backend> Attention<B> {
         if let Some(gate) = gate {
             out = out * gate.clone().reshape([1, nh, 1, 1]);
         }
-        debug_assert_eq!(t, offset + s);
         self.o.forward(out.swap_dims(1, 2).reshape([b, s, nh * hd]))
     }
 }

@@ -131,6 +131,7 @@ pub fn load_model<B: Backend>(
             n_heads: nh,
             n_kv_heads: nkv,
             head_dim: hd,
+            window: cfg.window(i),
         };
         let ffn = match (&cfg.moe, spec.moe) {
             (Some(m), Some(names)) if cfg.is_moe_layer(i) => {

@@ -70,6 +70,8 @@ pub fn config(arch: Arch, heads: usize, kv: usize) -> ModelConfig {
         bos_token_id: None,
         eos_token_id: None,
         layer_shapes: None,
+        sliding_window: None,
+        sliding_layers_from: 0,
     }
 }
 
@@ -355,7 +357,8 @@ pub fn reference(
             for hh in 0..nh {
                 let kvh = hh / (nh / nkv);
                 let q = &qs[pos][hh * hd..(hh + 1) * hd];
-                let sc: Vec<f64> = (0..=pos)
+                let lo = cfg.window(li).map_or(0, |w| (pos + 1).saturating_sub(w));
+                let sc: Vec<f64> = (lo..=pos)
                     .map(|j| {
                         (0..hd).map(|d| q[d] * ks[j][kvh * hd + d]).sum::<f64>()
                             / (hd as f64).sqrt()
@@ -366,7 +369,8 @@ pub fn reference(
                 let g = gates
                     .and_then(|g| g.heads[li].as_ref())
                     .map_or(1.0, |g| g[hh]);
-                for (j, v) in sc.iter().enumerate() {
+                for (jj, v) in sc.iter().enumerate() {
+                    let j = lo + jj;
                     let a = (v - m).exp() / z;
                     for d in 0..hd {
                         att[hh * hd + d] += g * a * vs[j][kvh * hd + d];
