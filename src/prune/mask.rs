@@ -1,0 +1,93 @@
+//! Final masks: from trained gate parameters `z` to the units that survive and the values they
+//! keep (the paper's rule `ReLU(z) > 0`, an exact top-k budget, or uniform per-layer counts
+//! that give a standard config).
+
+use serde::{Deserialize, Serialize};
+
+/// Gate values per layer after thresholding: 0 = removed, otherwise the factor folded into
+/// the weights. `heads` has one value per query head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerMask {
+    pub heads: Vec<f32>,
+    pub channels: Vec<f32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FinalMask {
+    pub layers: Vec<LayerMask>,
+}
+
+/// Expands per-KV-group values to per-query-head values (each group's value repeated for its
+/// `heads / groups` query heads); per-head values pass through.
+pub fn expand_groups(v: &[f32], heads: usize) -> Vec<f32> {
+    if v.len() == heads || v.is_empty() {
+        return v.to_vec();
+    }
+    let g = heads / v.len();
+    v.iter().flat_map(|&x| std::iter::repeat_n(x, g)).collect()
+}
+
+/// The paper's rule: a unit survives when ReLU(z) > 0, keeping ReLU(z) as its scale.
+pub fn relu(z: &[Vec<f32>]) -> Vec<Vec<f32>> {
+    z.iter()
+        .map(|l| l.iter().map(|&x| x.max(0.0)).collect())
+        .collect()
+}
+
+/// Removes exactly `remove` units, those with the smallest ReLU(z) across all layers (ties:
+/// lower layer, then lower index, first); survivors keep ReLU(z).
+pub fn topk(z: &[Vec<f32>], remove: usize) -> Vec<Vec<f32>> {
+    let mut all: Vec<(f32, usize, usize)> = z
+        .iter()
+        .enumerate()
+        .flat_map(|(l, v)| v.iter().enumerate().map(move |(i, &x)| (x.max(0.0), l, i)))
+        .collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let mut out = relu(z);
+    for &(_, l, i) in all.iter().take(remove) {
+        out[l][i] = 0.0;
+    }
+    out
+}
+
+/// Keeps the `keep` largest ReLU(z) in every layer (the same count everywhere).
+pub fn uniform(z: &[Vec<f32>], keep: usize) -> Vec<Vec<f32>> {
+    z.iter()
+        .map(|v| {
+            let mut idx: Vec<usize> = (0..v.len()).collect();
+            idx.sort_by(|&a, &b| v[b].total_cmp(&v[a]).then(a.cmp(&b)));
+            let mut out = vec![0.0; v.len()];
+            for &i in idx.iter().take(keep) {
+                out[i] = v[i].max(0.0);
+            }
+            out
+        })
+        .collect()
+}
+
+/// Fraction of units removed (value 0), overall and per layer.
+pub fn sparsity(m: &[Vec<f32>]) -> (f64, Vec<f64>) {
+    let per: Vec<f64> = m
+        .iter()
+        .map(|l| {
+            if l.is_empty() {
+                0.0
+            } else {
+                l.iter().filter(|&&x| x == 0.0).count() as f64 / l.len() as f64
+            }
+        })
+        .collect();
+    let total: usize = m.iter().map(Vec::len).sum();
+    let removed: usize = m
+        .iter()
+        .map(|l| l.iter().filter(|&&x| x == 0.0).count())
+        .sum();
+    (
+        if total == 0 {
+            0.0
+        } else {
+            removed as f64 / total as f64
+        },
+        per,
+    )
+}
