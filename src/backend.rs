@@ -58,6 +58,51 @@ pub trait BackendTask {
     fn run<B: Backend>(self, device: B::Device) -> Result<Self::Output>;
 }
 
+/// Code that trains: runs on the autodiff wrapper of the chosen backend.
+pub trait AutodiffTask {
+    type Output;
+    fn run<B: burn::tensor::backend::AutodiffBackend>(
+        self,
+        device: B::Device,
+    ) -> Result<Self::Output>;
+}
+
+/// [`run_on`] for training code.
+pub fn run_autodiff_on<T: AutodiffTask>(spec: DeviceSpec, task: T) -> Result<T::Output> {
+    use burn::backend::Autodiff;
+    match spec {
+        DeviceSpec::Cpu => {
+            task.run::<Autodiff<burn::backend::NdArray>>(burn::backend::ndarray::NdArrayDevice::Cpu)
+        }
+        #[cfg(feature = "cuda")]
+        DeviceSpec::Cuda(i) => {
+            check_cuda_driver(&spec)?;
+            task.run::<Autodiff<burn::backend::Cuda>>(burn::backend::cuda::CudaDevice::new(i))
+        }
+        #[cfg(feature = "tch")]
+        DeviceSpec::TchCpu => task
+            .run::<Autodiff<burn::backend::LibTorch>>(burn::backend::libtorch::LibTorchDevice::Cpu),
+        #[cfg(feature = "tch")]
+        DeviceSpec::TchCuda(i) => {
+            check_cuda_driver(&spec)?;
+            task.run::<Autodiff<burn::backend::LibTorch>>(
+                burn::backend::libtorch::LibTorchDevice::Cuda(i),
+            )
+        }
+        #[allow(unreachable_patterns)]
+        other => run_on(other, Unreachable).map(|_| unreachable!()),
+    }
+}
+
+/// Lets [`run_autodiff_on`] reuse [`run_on`]'s "feature not compiled in" message.
+struct Unreachable;
+impl BackendTask for Unreachable {
+    type Output = ();
+    fn run<B: Backend>(self, _: B::Device) -> Result<()> {
+        unreachable!("only reached for backends that are not compiled in")
+    }
+}
+
 /// Checks that the CUDA driver library loads; cubecl would otherwise panic on a worker thread.
 pub fn check_cuda_driver(spec: &DeviceSpec) -> Result<()> {
     // SAFETY: loading the driver library runs its initialisers only; we unload it at once.

@@ -446,7 +446,7 @@ fn load_recipe(path: &std::path::Path) -> Result<ddp::recipe::Recipe> {
         .map_err(|e| anyhow::Error::new(Invalid(format!("invalid recipe\n{e}"))))
 }
 
-fn run_recipe(a: RunArgs, cache_dir: &std::path::Path) -> Result<ExitCode> {
+fn run_recipe(a: RunArgs, cache_dir: &std::path::Path, device: DeviceSpec) -> Result<ExitCode> {
     let recipe = load_recipe(&a.recipe)?;
     let cache = Cache::open(cache_dir)?;
     let opts = engine::Options {
@@ -458,6 +458,7 @@ fn run_recipe(a: RunArgs, cache_dir: &std::path::Path) -> Result<ExitCode> {
         dry_run: a.dry_run,
         copy_out: a.copy_out,
         out_root: Some(a.out),
+        device: device.to_string(),
     };
     let summary = engine::run(&recipe, &stages::registry(), &cache, &opts)?;
     println!("| stage | key | result | seconds | headline |");
@@ -589,7 +590,7 @@ fn gc(
 fn real_main(cli: Cli) -> Result<ExitCode> {
     let device: DeviceSpec = cli.device.parse()?;
     match cli.cmd {
-        Cmd::Run(a) => run_recipe(a, &cli.cache),
+        Cmd::Run(a) => run_recipe(a, &cli.cache, device),
         Cmd::Plan { recipe, force } => {
             let recipe = load_recipe(&recipe)?;
             let cache = Cache::open(&cli.cache)?;

@@ -37,6 +37,8 @@ pub struct Options {
     pub copy_out: bool,
     /// Where `out/<recipe>/<instance>/` links go (default `out`).
     pub out_root: Option<PathBuf>,
+    /// Compute device for stages that run models (`cpu` when empty).
+    pub device: String,
 }
 
 /// Why an instance will run.
@@ -394,8 +396,13 @@ pub fn run(recipe: &Recipe, registry: &Registry, cache: &Cache, opts: &Options) 
                     bar.set_style(progress_style());
                     bar.set_prefix(p.instance.name.clone());
                     let tx = tx.clone();
+                    let device = if opts.device.is_empty() {
+                        "cpu"
+                    } else {
+                        opts.device.as_str()
+                    };
                     scope.spawn(move || {
-                        let done = execute(p, registry, cache, inputs, &bar, tty);
+                        let done = execute(p, registry, cache, inputs, &bar, tty, device);
                         bar.finish_and_clear();
                         let _ = tx.send(done);
                     });
@@ -497,6 +504,7 @@ fn execute(
     inputs: BTreeMap<String, Input>,
     bar: &ProgressBar,
     tty: bool,
+    device: &str,
 ) -> Done {
     let kind = registry.get(&p.instance.kind).unwrap().clone();
     let name = p.instance.name.clone();
@@ -526,6 +534,7 @@ fn execute(
             out_dir: &tmp,
             cache_root: &cache.root,
             progress: bar,
+            device,
         };
         let metrics = kind.run(&ctx)?;
         let files = cache.digest_outputs(&tmp)?;

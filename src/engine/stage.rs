@@ -144,6 +144,8 @@ pub struct StageContext<'a> {
     /// The cache root, for shared downloads.
     pub cache_root: &'a Path,
     pub progress: &'a ProgressBar,
+    /// The compute device the user chose (`--device`); not part of any key.
+    pub device: &'a str,
 }
 
 impl StageContext<'_> {

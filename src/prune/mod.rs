@@ -4,3 +4,4 @@
 pub mod mask;
 pub mod slice;
 pub mod surrogate;
+pub mod train;

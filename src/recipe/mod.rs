@@ -307,37 +307,79 @@ impl Parser<'_> {
         }
     }
 
+    /// Reads a pipeline (and the pipelines it builds on, up to a few levels) into `stages` and
+    /// `vars`; later files override earlier ones key by key.
+    fn include(
+        &mut self,
+        from: usize,
+        name: &Spanned<String>,
+        beside: &Path,
+        stages: &mut BTreeMap<String, RawStage>,
+        vars: &mut toml::Table,
+        depth: usize,
+    ) {
+        if depth >= 4 {
+            self.err(
+                from,
+                name.span(),
+                format!(
+                    "pipeline `{}`: pipelines nest more than 4 levels deep (a cycle?)",
+                    name.get_ref()
+                ),
+            );
+            return;
+        }
+        let Some(pp) = find_pipeline(name.get_ref(), beside) else {
+            self.err(
+                from,
+                name.span(),
+                format!("pipeline `{}` not found (looked for {0}.toml beside the recipe and in pipelines/)", name.get_ref()),
+            );
+            return;
+        };
+        let text = match std::fs::read_to_string(&pp) {
+            Ok(t) => t,
+            Err(e) => {
+                return self.err(
+                    from,
+                    name.span(),
+                    format!("cannot read pipeline {}: {e}", pp.display()),
+                )
+            }
+        };
+        self.srcs.push(Src {
+            path: pp.clone(),
+            text,
+        });
+        let idx = self.srcs.len() - 1;
+        let Some(pf) = self.read(idx) else { return };
+        if let Some(base) = &pf.pipeline {
+            self.include(idx, base, &pp, stages, vars, depth + 1);
+        }
+        for (k, t) in [("model", pf.model), ("data", pf.data), ("vars", pf.vars)] {
+            if let Some(t) = t {
+                let slot = vars
+                    .entry(k.to_string())
+                    .or_insert_with(|| Value::Table(Default::default()));
+                if let Value::Table(dst) = slot {
+                    dst.extend(t);
+                }
+            }
+        }
+        self.merge_stages(idx, pf.stages, stages);
+        if !pf.sweep.is_empty() {
+            let span = pf.sweep.keys().next().unwrap().span();
+            self.err(idx, span, "sweeps belong in recipes, not pipelines");
+        }
+    }
+
     fn run(&mut self) -> Option<Recipe> {
         let file = self.read(0)?;
         let path = self.srcs[0].path.clone();
         let mut stages: BTreeMap<String, RawStage> = BTreeMap::new();
         let mut vars = toml::Table::new();
         if let Some(pl) = &file.pipeline {
-            match find_pipeline(pl.get_ref(), &path) {
-                None => self.err(0, pl.span(), format!("pipeline `{}` not found (looked for {0}.toml beside the recipe and in pipelines/)", pl.get_ref())),
-                Some(pp) => match std::fs::read_to_string(&pp) {
-                    Err(e) => self.err(0, pl.span(), format!("cannot read pipeline {}: {e}", pp.display())),
-                    Ok(text) => {
-                        self.srcs.push(Src { path: pp, text });
-                        let idx = self.srcs.len() - 1;
-                        if let Some(pf) = self.read(idx) {
-                            if let Some(n) = &pf.pipeline {
-                                self.err(idx, n.span(), "a pipeline cannot include another pipeline");
-                            }
-                            for (k, t) in [("model", pf.model), ("data", pf.data), ("vars", pf.vars)] {
-                                if let Some(t) = t {
-                                    vars.insert(k.into(), Value::Table(t));
-                                }
-                            }
-                            self.merge_stages(idx, pf.stages, &mut stages);
-                            if !pf.sweep.is_empty() {
-                                let span = pf.sweep.keys().next().unwrap().span();
-                                self.err(idx, span, "sweeps belong in recipes, not pipelines");
-                            }
-                        }
-                    }
-                },
-            }
+            self.include(0, pl, &path, &mut stages, &mut vars, 0);
         }
         for (k, t) in [
             ("model", file.model),

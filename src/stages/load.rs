@@ -109,6 +109,9 @@ pub fn model_path(load_dir: &Path, cache_root: &Path) -> Result<PathBuf> {
     if let Some(rel) = loc["cache_relative"].as_str() {
         return Ok(cache_root.join(rel));
     }
+    if let Some(rel) = loc["entry_relative"].as_str() {
+        return Ok(load_dir.join(rel));
+    }
     loc["path"]
         .as_str()
         .map(PathBuf::from)

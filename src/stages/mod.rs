@@ -1,6 +1,12 @@
 //! The product's stage kinds: small adapters from parameters and inputs to library calls.
 
+pub mod anneal_train;
+pub mod calibrate;
+pub mod common;
+pub mod gate_insert;
 pub mod load;
+pub mod slice;
+pub mod threshold;
 
 use std::sync::Arc;
 
@@ -10,5 +16,10 @@ use crate::engine::registry::Registry;
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(Arc::new(load::Load));
+    r.register(Arc::new(gate_insert::GateInsert));
+    r.register(Arc::new(calibrate::Calibrate));
+    r.register(Arc::new(anneal_train::AnnealTrain));
+    r.register(Arc::new(threshold::Threshold));
+    r.register(Arc::new(slice::Slice));
     r
 }

@@ -1,0 +1,396 @@
+//! Mask-only training (METHOD.md §3-4): the model's weights are frozen, only the gate
+//! parameters `z` (per KV group or head, per FFN channel) and the Lagrange multipliers train.
+//! Loss = CE + eta KL(teacher || student) + sum over families of
+//! `l1 (q - a) + l2 (q - a)^2 + l3 mean s(1 - s)`, with `q = 1 - mean s` the expected sparsity.
+//! `z` descends, the multipliers ascend; AdamW (no weight decay) with a cosine schedule after a
+//! linear warm-up; `z` is clamped to `>= -0.1` after each step. All state lives in
+//! [`GateState`] on the host, so it checkpoints and resumes exactly.
+
+use burn::tensor::{activation::log_softmax, backend::AutodiffBackend, Int, Tensor, TensorData};
+use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::surrogate::{forward_mask, mu_at, retention};
+use crate::error::{Error, Result};
+use crate::model::{Gates, LayerGates, Logits, Model};
+
+/// Gate granularity of attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HeadGates {
+    /// One gate per KV group (whole groups removed: loadable by standard runtimes).
+    PerGroup,
+    PerHead,
+    /// Attention not pruned.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scope {
+    /// One expected sparsity over all layers (the paper's better-quality default).
+    Global,
+    /// The target applies to every layer.
+    PerLayer,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub steps: usize,
+    pub warmup: usize,
+    pub batch: usize,
+    pub grad_accum: usize,
+    pub lr_z: f64,
+    pub lr_lambda: f64,
+    pub lr_lambda2: f64,
+    pub eta: f64,
+    pub mu0: f64,
+    pub mu_end: f64,
+    pub seed: u64,
+}
+
+/// Adam moments of one parameter vector.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Moments {
+    pub m: Vec<f64>,
+    pub v: Vec<f64>,
+}
+
+/// One gate family (heads or channels): `z` per layer, multipliers, optimiser state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Family {
+    pub name: String,
+    pub target: f64,
+    pub z: Vec<Vec<f32>>,
+    /// [lambda1, lambda2, lambda3].
+    pub lambdas: [f64; 3],
+    pub z_moments: Vec<Moments>,
+    pub lambda_moments: Moments,
+}
+
+/// Everything training needs to continue: checkpointed as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GateState {
+    pub heads: HeadGates,
+    pub scope: Scope,
+    pub families: Vec<Family>,
+    pub step: usize,
+}
+
+/// What one step measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepLog {
+    pub step: usize,
+    pub loss: f64,
+    pub ce: f64,
+    pub kl: f64,
+    pub mu: f64,
+    pub lr_z: f64,
+    /// Per family: (name, expected sparsity q, lambda1, lambda2, lambda3, mean s(1-s)).
+    pub families: Vec<(String, f64, f64, f64, f64, f64)>,
+}
+
+impl GateState {
+    /// Gates initialised near 1: `z ~ N(1, 0.01)` (std 0.01), seeded.
+    pub fn init(
+        unit_counts: &[(String, f64, Vec<usize>)],
+        heads: HeadGates,
+        scope: Scope,
+        seed: u64,
+    ) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let families = unit_counts
+            .iter()
+            .map(|(name, target, per_layer)| {
+                let z: Vec<Vec<f32>> = per_layer
+                    .iter()
+                    .map(|&n| {
+                        (0..n)
+                            .map(|_| {
+                                // Box-Muller from two uniforms.
+                                let (a, b): (f64, f64) =
+                                    (rand::Rng::random(&mut rng), rand::Rng::random(&mut rng));
+                                (1.0 + 0.01
+                                    * (-2.0 * (1.0 - a).ln()).sqrt()
+                                    * (2.0 * std::f64::consts::PI * b).cos())
+                                    as f32
+                            })
+                            .collect()
+                    })
+                    .collect();
+                Family {
+                    name: name.clone(),
+                    target: *target,
+                    z_moments: per_layer
+                        .iter()
+                        .map(|&n| Moments {
+                            m: vec![0.0; n],
+                            v: vec![0.0; n],
+                        })
+                        .collect(),
+                    z,
+                    lambdas: [0.0; 3],
+                    lambda_moments: Moments {
+                        m: vec![0.0; 3],
+                        v: vec![0.0; 3],
+                    },
+                }
+            })
+            .collect();
+        Self {
+            heads,
+            scope,
+            families,
+            step: 0,
+        }
+    }
+
+    pub fn family(&self, name: &str) -> Option<&Family> {
+        self.families.iter().find(|f| f.name == name)
+    }
+}
+
+const BETA1: f64 = 0.9;
+const BETA2: f64 = 0.999;
+const EPS: f64 = 1e-8;
+
+fn adam(p: &mut f64, g: f64, mo: (&mut f64, &mut f64), lr: f64, t: usize) {
+    *mo.0 = BETA1 * *mo.0 + (1.0 - BETA1) * g;
+    *mo.1 = BETA2 * *mo.1 + (1.0 - BETA2) * g * g;
+    let mh = *mo.0 / (1.0 - BETA1.powi(t as i32));
+    let vh = *mo.1 / (1.0 - BETA2.powi(t as i32));
+    *p -= lr * mh / (vh.sqrt() + EPS);
+}
+
+/// Cosine schedule after a linear warm-up.
+pub fn lr_factor(step: usize, warmup: usize, total: usize) -> f64 {
+    if step < warmup {
+        return (step + 1) as f64 / warmup as f64;
+    }
+    let span = total.saturating_sub(warmup).max(1);
+    let p = ((step - warmup) as f64 / span as f64).min(1.0);
+    0.5 * (1.0 + (std::f64::consts::PI * p).cos())
+}
+
+fn scalar<B: AutodiffBackend>(t: Tensor<B, 1>) -> f64 {
+    t.into_data()
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .map(|v| v[0])
+        .unwrap_or(f64::NAN)
+}
+
+/// CE of `logits [n, s, V]` for next tokens, and KL(teacher || student), both token means.
+fn distill_losses<B: AutodiffBackend>(
+    student: Tensor<B, 3>,
+    teacher: Tensor<B, 3>,
+    tokens: &Tensor<B, 2, Int>,
+) -> (Tensor<B, 1>, Tensor<B, 1>) {
+    let [n, s, v] = student.dims();
+    let rows = n * (s - 1);
+    let ls = log_softmax(student.slice([0..n, 0..s - 1, 0..v]).reshape([rows, v]), 1);
+    let lt = log_softmax(teacher.slice([0..n, 0..s - 1, 0..v]).reshape([rows, v]), 1).detach();
+    let targets = tokens.clone().slice([0..n, 1..s]).reshape([rows, 1]);
+    let ce = ls.clone().gather(1, targets).neg().mean();
+    let kl = (lt.clone().exp() * (lt - ls)).sum_dim(1).mean();
+    (ce, kl)
+}
+
+/// Runs training from `state.step` to `cfg.steps`, calling `on_step` after every step (for
+/// logs, progress and checkpoints). Stops with an error naming the term and the step when a
+/// loss term is not finite, leaving `state` at the last good step.
+pub fn train<B: AutodiffBackend>(
+    model: &Model<B>,
+    blocks: &[Vec<u32>],
+    cfg: &TrainConfig,
+    state: &mut GateState,
+    mut on_step: impl FnMut(&StepLog, &GateState) -> Result<()>,
+) -> Result<()> {
+    if blocks.is_empty() {
+        return Err(Error::Invalid("no training blocks".into()));
+    }
+    let dev = model.device.clone();
+    let n_layers = model.layers.len();
+    // A fixed shuffled order of blocks, walked by step, so a resumed run sees the same batches.
+    let mut order: Vec<usize> = (0..blocks.len()).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(cfg.seed ^ 0x5eed));
+    let seq = blocks[0].len();
+    while state.step < cfg.steps {
+        let t = state.step;
+        let mu = mu_at(t, cfg.steps, cfg.mu0, cfg.mu_end);
+        let f_lr = lr_factor(t, cfg.warmup, cfg.steps);
+        let mut z_grads: Vec<Vec<Vec<f64>>> = state
+            .families
+            .iter()
+            .map(|f| f.z.iter().map(|l| vec![0.0; l.len()]).collect())
+            .collect();
+        let mut l_grads: Vec<[f64; 3]> = vec![[0.0; 3]; state.families.len()];
+        let (mut loss_sum, mut ce_sum, mut kl_sum) = (0.0, 0.0, 0.0);
+        let mut fam_log = vec![];
+        for micro in 0..cfg.grad_accum.max(1) {
+            let ids: Vec<i64> = (0..cfg.batch)
+                .flat_map(|i| {
+                    let b =
+                        order[((t * cfg.grad_accum.max(1) + micro) * cfg.batch + i) % order.len()];
+                    blocks[b].iter().map(|&x| x as i64)
+                })
+                .collect();
+            let tokens =
+                Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [cfg.batch, seq]), &dev);
+            // Leaves: z per family and layer, and the multipliers.
+            let zs: Vec<Vec<Tensor<B, 1>>> = state
+                .families
+                .iter()
+                .map(|f| {
+                    f.z.iter()
+                        .map(|l| {
+                            Tensor::<B, 1>::from_data(TensorData::new(l.clone(), [l.len()]), &dev)
+                                .require_grad()
+                        })
+                        .collect()
+                })
+                .collect();
+            let lams: Vec<Tensor<B, 1>> = state
+                .families
+                .iter()
+                .map(|f| {
+                    Tensor::<B, 1>::from_data(
+                        TensorData::new(
+                            f.lambdas.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+                            [3],
+                        ),
+                        &dev,
+                    )
+                    .require_grad()
+                })
+                .collect();
+            let mut layers: Vec<LayerGates<B>> =
+                (0..n_layers).map(|_| LayerGates::default()).collect();
+            for (f, zf) in state.families.iter().zip(&zs) {
+                for (i, z) in zf.iter().enumerate() {
+                    let m = forward_mask(z.clone());
+                    match f.name.as_str() {
+                        "heads" => layers[i].heads = Some(m),
+                        _ => layers[i].channels = Some(m),
+                    }
+                }
+            }
+            let gates = Gates { layers };
+            let teacher = model
+                .forward(tokens.clone(), None, None, Logits::All)
+                .detach();
+            let student = model.forward(tokens.clone(), None, Some(&gates), Logits::All);
+            let (ce, kl) = distill_losses(student, teacher, &tokens);
+            let mut loss = ce.clone() + kl.clone() * cfg.eta;
+            let mut terms: Vec<(String, Tensor<B, 1>)> = vec![
+                ("cross-entropy".into(), ce.clone()),
+                ("KL".into(), kl.clone()),
+            ];
+            fam_log.clear();
+            for ((f, zf), lam) in state.families.iter().zip(&zs).zip(&lams) {
+                let ss: Vec<Tensor<B, 1>> = zf.iter().map(|z| retention(z.clone(), mu)).collect();
+                // Gap q - a: one over all layers (global), or one per layer (per-layer scope, where
+                // the multiplier terms are taken per row and averaged).
+                let gaps: Tensor<B, 1> = match state.scope {
+                    Scope::Global => Tensor::cat(ss.clone(), 0).mean().neg() + (1.0 - f.target),
+                    Scope::PerLayer => Tensor::cat(
+                        ss.iter()
+                            .map(|s| s.clone().mean().neg() + (1.0 - f.target))
+                            .collect(),
+                        0,
+                    ),
+                };
+                let all = Tensor::cat(ss.clone(), 0);
+                let bin = (all.clone() * (all.neg() + 1.0)).mean();
+                let l1 = lam.clone().narrow(0, 0, 1);
+                let l2 = lam.clone().narrow(0, 1, 1);
+                let l3 = lam.clone().narrow(0, 2, 1);
+                let sparsity_term = l1 * gaps.clone().mean()
+                    + l2 * (gaps.clone() * gaps.clone()).mean()
+                    + l3 * bin.clone();
+                fam_log.push((
+                    f.name.clone(),
+                    scalar(gaps.mean()) + f.target,
+                    f.lambdas[0],
+                    f.lambdas[1],
+                    f.lambdas[2],
+                    scalar(bin.clone()),
+                ));
+                terms.push((format!("{} sparsity", f.name), sparsity_term.clone()));
+                loss = loss + sparsity_term;
+            }
+            let lv = scalar(loss.clone());
+            if !lv.is_finite() {
+                let bad = terms
+                    .iter()
+                    .find(|(_, t)| !scalar(t.clone()).is_finite())
+                    .map_or("loss".to_string(), |x| x.0.clone());
+                return Err(Error::Invalid(format!(
+                    "step {t}: the {bad} term is not finite; stopping at the last good step ({t})"
+                )));
+            }
+            loss_sum += lv;
+            ce_sum += scalar(ce);
+            kl_sum += scalar(kl);
+            let grads = loss.backward();
+            for (fi, zf) in zs.iter().enumerate() {
+                for (i, z) in zf.iter().enumerate() {
+                    let g: Vec<f32> = z
+                        .grad(&grads)
+                        .map(|g| g.into_data().into_vec::<f32>().unwrap_or_default())
+                        .unwrap_or_default();
+                    for (acc, x) in z_grads[fi][i].iter_mut().zip(g) {
+                        *acc += x as f64;
+                    }
+                }
+                let g: Vec<f32> = lams[fi]
+                    .grad(&grads)
+                    .map(|g| g.into_data().into_vec::<f32>().unwrap_or_default())
+                    .unwrap_or_default();
+                for (acc, x) in l_grads[fi].iter_mut().zip(g) {
+                    *acc += x as f64;
+                }
+            }
+        }
+        let k = cfg.grad_accum.max(1) as f64;
+        let step_no = t + 1;
+        for (fi, f) in state.families.iter_mut().enumerate() {
+            for (i, layer) in f.z.iter_mut().enumerate() {
+                let mo = &mut f.z_moments[i];
+                for (j, zj) in layer.iter_mut().enumerate() {
+                    let mut p = *zj as f64;
+                    adam(
+                        &mut p,
+                        z_grads[fi][i][j] / k,
+                        (&mut mo.m[j], &mut mo.v[j]),
+                        cfg.lr_z * f_lr,
+                        step_no,
+                    );
+                    *zj = p.max(-0.1) as f32;
+                }
+            }
+            for (j, g) in l_grads[fi].iter().enumerate() {
+                let lr = if j == 1 {
+                    cfg.lr_lambda2
+                } else {
+                    cfg.lr_lambda
+                };
+                // Gradient ascent on the multipliers.
+                let (m, v) = (&mut f.lambda_moments.m[j], &mut f.lambda_moments.v[j]);
+                adam(&mut f.lambdas[j], -g / k, (m, v), lr * f_lr, step_no);
+            }
+        }
+        state.step = step_no;
+        let log = StepLog {
+            step: step_no,
+            loss: loss_sum / k,
+            ce: ce_sum / k,
+            kl: kl_sum / k,
+            mu,
+            lr_z: cfg.lr_z * f_lr,
+            families: fam_log.clone(),
+        };
+        on_step(&log, state)?;
+    }
+    Ok(())
+}

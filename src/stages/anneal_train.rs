@@ -1,0 +1,254 @@
+//! `anneal-train`: mask-only DDP training of the gates (prune::train) on calibration blocks,
+//! with the dense model as its own teacher. Checkpoints into its output directory every
+//! `checkpoint_every` steps and resumes from there after a kill, reaching the same result.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use toml::Value;
+
+use super::common::{forward_model_json, model_path, read_json, write_json};
+use crate::backend::{run_autodiff_on, AutodiffTask, DeviceSpec};
+use crate::data::Blocks;
+use crate::engine::stage::{InputSpec, Metrics, ParamSpec, ParamType, StageContext, StageKind};
+use crate::io::{self, ModelFiles};
+use crate::model::load::load_model;
+use crate::prune::train::{self, GateState, TrainConfig};
+
+pub struct AnnealTrain;
+
+fn f(name: &'static str, min: f64, max: f64, default: f64, doc: &'static str) -> ParamSpec {
+    ParamSpec {
+        name,
+        ty: ParamType::Float { min, max },
+        default: Some(Value::Float(default)),
+        doc,
+    }
+}
+fn i(name: &'static str, min: i64, default: i64, doc: &'static str) -> ParamSpec {
+    ParamSpec {
+        name,
+        ty: ParamType::Int { min, max: i64::MAX },
+        default: Some(Value::Integer(default)),
+        doc,
+    }
+}
+
+impl StageKind for AnnealTrain {
+    fn name(&self) -> &'static str {
+        "anneal-train"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn about(&self) -> &'static str {
+        "Train the gates mask-only (weights frozen) with the DDP annealed l0 surrogate, learned Lagrange multipliers and distillation from the dense model."
+    }
+    fn params(&self) -> Vec<ParamSpec> {
+        vec![
+            ParamSpec {
+                name: "method",
+                ty: ParamType::Choice(&["ddp"]),
+                default: Some(Value::String("ddp".into())),
+                doc: "ddp (hard-concrete baselines: not available yet)",
+            },
+            i(
+                "steps",
+                1,
+                200,
+                "optimiser steps (the paper: 1000 of 16 x 2048 tokens)",
+            ),
+            i(
+                "warmup",
+                0,
+                20,
+                "linear warm-up steps before the cosine schedule (the paper: 100)",
+            ),
+            i("batch", 1, 1, "blocks per micro-batch"),
+            i("grad_accum", 1, 1, "micro-batches per step"),
+            f("lr_z", 0.0, 10.0, 2e-2, "learning rate of the gates z"),
+            f(
+                "lr_lambda",
+                0.0,
+                10.0,
+                2e-2,
+                "learning rate of lambda1 and lambda3 (ascent)",
+            ),
+            f(
+                "lr_lambda2",
+                0.0,
+                10.0,
+                0.4,
+                "learning rate of lambda2 (ascent)",
+            ),
+            f("eta", 0.0, 100.0, 2.0, "weight of KL(teacher || student)"),
+            f("mu0", 1e-6, 10.0, 0.5, "initial annealing temperature mu_0"),
+            f(
+                "mu_end",
+                1e-6,
+                10.0,
+                0.1,
+                "final mu_T (paper 0.05, reference code 0.1)",
+            ),
+            i("seed", 0, 0, "order of the training blocks"),
+            i(
+                "checkpoint_every",
+                1,
+                25,
+                "steps between checkpoints (resume after a kill)",
+            ),
+        ]
+    }
+    fn inputs(&self) -> Vec<InputSpec> {
+        vec![
+            InputSpec {
+                name: "gates",
+                kinds: &["gate-insert"],
+                doc: "gate families, targets and initial z",
+            },
+            InputSpec {
+                name: "data",
+                kinds: &["calibrate"],
+                doc: "training blocks",
+            },
+        ]
+    }
+    fn headline(&self) -> Option<&'static str> {
+        Some("loss")
+    }
+    fn run(&self, ctx: &StageContext) -> Result<Metrics> {
+        let gates_in = ctx.input("gates")?;
+        let files = io::open_model(&model_path(gates_in, ctx.cache_root)?)?;
+        let blocks: Blocks = read_json(&ctx.input("data")?.dir.join("blocks.json"))?;
+        let ckpt = ctx.out_dir.join("checkpoint.json");
+        let mut state: GateState = if ckpt.exists() {
+            read_json(&ckpt).context("resuming from checkpoint.json")?
+        } else {
+            read_json(&gates_in.dir.join("gates.json"))?
+        };
+        let resumed_at = state.step;
+        let cfg = TrainConfig {
+            steps: ctx.int("steps") as usize,
+            warmup: ctx.int("warmup") as usize,
+            batch: ctx.int("batch") as usize,
+            grad_accum: ctx.int("grad_accum") as usize,
+            lr_z: ctx.float("lr_z"),
+            lr_lambda: ctx.float("lr_lambda"),
+            lr_lambda2: ctx.float("lr_lambda2"),
+            eta: ctx.float("eta"),
+            mu0: ctx.float("mu0"),
+            mu_end: ctx.float("mu_end"),
+            seed: ctx.int("seed") as u64,
+        };
+        let device: DeviceSpec = ctx.device.parse()?;
+        let task = Task {
+            ctx,
+            files: &files,
+            blocks: &blocks,
+            cfg: &cfg,
+            state: &mut state,
+            every: ctx.int("checkpoint_every") as usize,
+        };
+        let last = run_autodiff_on(device, task)?;
+        write_json(&ctx.out_dir.join("gates.json"), &state)?;
+        forward_model_json(gates_in, ctx.out_dir)?;
+        let _ = std::fs::remove_file(&ckpt);
+        let mut m = Metrics::from([
+            ("steps".into(), state.step as f64),
+            ("resumed_at".into(), resumed_at as f64),
+        ]);
+        if let Some(l) = last {
+            m.insert("loss".into(), l.loss);
+            m.insert("ce".into(), l.ce);
+            m.insert("kl".into(), l.kl);
+            for (name, q, l1, l2, l3, bin) in l.families {
+                m.insert(format!("expected_sparsity_{name}"), q);
+                m.insert(format!("lambda1_{name}"), l1);
+                m.insert(format!("lambda2_{name}"), l2);
+                m.insert(format!("lambda3_{name}"), l3);
+                m.insert(format!("binarity_{name}"), bin);
+            }
+        }
+        Ok(m)
+    }
+}
+
+struct Task<'a> {
+    ctx: &'a StageContext<'a>,
+    files: &'a ModelFiles,
+    blocks: &'a Blocks,
+    cfg: &'a TrainConfig,
+    state: &'a mut GateState,
+    every: usize,
+}
+
+impl AutodiffTask for Task<'_> {
+    type Output = Option<train::StepLog>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> crate::Result<Self::Output> {
+        let model = load_model::<B>(
+            &self.files.config,
+            self.files.weights.as_ref(),
+            &device,
+            None,
+        )?;
+        let bar = self.ctx.progress;
+        bar.set_length(self.cfg.steps as u64);
+        bar.set_position(self.state.step as u64);
+        let log_path = self.ctx.out_dir.join("train_log.csv");
+        if self.state.step > 0 {
+            // Resuming: drop log rows written after the checkpoint we resume from.
+            if let Ok(text) = std::fs::read_to_string(&log_path) {
+                let keep: String = text
+                    .lines()
+                    .filter(|l| {
+                        l.split(',')
+                            .next()
+                            .and_then(|s| s.parse::<usize>().ok())
+                            .is_none_or(|s| s <= self.state.step)
+                    })
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                std::fs::write(&log_path, keep).map_err(|e| crate::Error::io(&log_path, e))?;
+            }
+        }
+        let new_log = !log_path.exists();
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| crate::Error::io(&log_path, e))?;
+        if new_log {
+            let _ = writeln!(
+                log,
+                "step,loss,ce,kl,mu,lr_z,family,expected_sparsity,lambda1,lambda2,lambda3,binarity"
+            );
+        }
+        let mut last = None;
+        let ckpt = self.ctx.out_dir.join("checkpoint.json");
+        let every = self.every.max(1);
+        let blocks = &self.blocks.train;
+        train::train(&model, blocks, self.cfg, self.state, |l, st| {
+            for (name, q, l1, l2, l3, bin) in &l.families {
+                let _ = writeln!(
+                    log,
+                    "{},{},{},{},{},{},{name},{q},{l1},{l2},{l3},{bin}",
+                    l.step, l.loss, l.ce, l.kl, l.mu, l.lr_z
+                );
+            }
+            bar.set_position(l.step as u64);
+            bar.set_message(format!("loss {:.3}", l.loss));
+            if l.step % every == 0 {
+                let _ = log.flush();
+                // Write-then-rename: a kill never leaves a torn checkpoint.
+                let tmp = ckpt.with_extension("tmp");
+                std::fs::write(&tmp, serde_json::to_string(st).unwrap())
+                    .map_err(|e| crate::Error::io(&tmp, e))?;
+                std::fs::rename(&tmp, &ckpt).map_err(|e| crate::Error::io(&ckpt, e))?;
+            }
+            last = Some(l.clone());
+            Ok(())
+        })?;
+        Ok(last)
+    }
+}
