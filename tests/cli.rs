@@ -124,12 +124,24 @@ fn the_shipped_recipes_validate_with_clear_errors_for_missing_kinds() {
     }
     // The pruning-only quickstart validates and plans with the kinds that exist.
     let out = Command::new(env!("CARGO_BIN_EXE_ddp-run"))
-        .args(["--cache", cache().to_str().unwrap(), "plan", &format!("{root}/recipes/quickstart.toml")])
+        .args([
+            "--cache",
+            cache().to_str().unwrap(),
+            "plan",
+            &format!("{root}/recipes/quickstart.toml"),
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("anneal-train") && text.contains("slice"), "{text}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("anneal-train") && text.contains("slice"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -29,20 +29,23 @@ pub fn stage_key(
     h.update(b"\0");
     h.update(&version.to_le_bytes());
     h.update(canonical_params(params).as_bytes());
-    h.update(b"\0inputs\0");
-    for (name, key) in inputs {
-        h.update(name.as_bytes());
-        h.update(b"=");
-        h.update(key.as_bytes());
-        h.update(b"\0");
-    }
-    h.update(b"files\0");
-    for (path, digest) in files {
-        h.update(path.as_bytes());
-        h.update(b"=");
-        h.update(digest.as_bytes());
-        h.update(b"\0");
-    }
+    let mut section = |tag: &[u8], pairs: &mut dyn Iterator<Item = (&str, &str)>| {
+        h.update(tag);
+        for (name, value) in pairs {
+            h.update(name.as_bytes());
+            h.update(b"=");
+            h.update(value.as_bytes());
+            h.update(b"\0");
+        }
+    };
+    section(
+        b"\0inputs\0",
+        &mut inputs.iter().map(|(a, b)| (a.as_str(), b.as_str())),
+    );
+    section(
+        b"files\0",
+        &mut files.iter().map(|(a, b)| (a.as_str(), b.as_str())),
+    );
     h.finalize().to_hex().to_string()
 }
 

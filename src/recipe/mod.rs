@@ -356,16 +356,10 @@ impl Parser<'_> {
         if let Some(base) = &pf.pipeline {
             self.include(idx, base, &pp, stages, vars, depth + 1);
         }
-        for (k, t) in [("model", pf.model), ("data", pf.data), ("vars", pf.vars)] {
-            if let Some(t) = t {
-                let slot = vars
-                    .entry(k.to_string())
-                    .or_insert_with(|| Value::Table(Default::default()));
-                if let Value::Table(dst) = slot {
-                    dst.extend(t);
-                }
-            }
-        }
+        merge_vars(
+            vars,
+            [("model", pf.model), ("data", pf.data), ("vars", pf.vars)],
+        );
         self.merge_stages(idx, pf.stages, stages);
         if !pf.sweep.is_empty() {
             let span = pf.sweep.keys().next().unwrap().span();
@@ -381,21 +375,15 @@ impl Parser<'_> {
         if let Some(pl) = &file.pipeline {
             self.include(0, pl, &path, &mut stages, &mut vars, 0);
         }
-        for (k, t) in [
-            ("model", file.model),
-            ("data", file.data),
-            ("vars", file.vars),
-        ] {
-            if let Some(t) = t {
-                // Recipe variables override the pipeline's, key by key.
-                let slot = vars
-                    .entry(k.to_string())
-                    .or_insert_with(|| Value::Table(Default::default()));
-                if let Value::Table(dst) = slot {
-                    dst.extend(t);
-                }
-            }
-        }
+        // Recipe variables override the pipeline's, key by key.
+        merge_vars(
+            &mut vars,
+            [
+                ("model", file.model),
+                ("data", file.data),
+                ("vars", file.vars),
+            ],
+        );
         self.merge_stages(0, file.stages, &mut stages);
         if stages.is_empty() {
             self.err(
@@ -769,6 +757,20 @@ impl Parser<'_> {
                     format!("the stage graph has a cycle through `{n}`"),
                 );
                 None
+            }
+        }
+    }
+}
+
+/// Adds the variable tables of one file (`[model]`, `[data]`, `[vars]`), key by key.
+fn merge_vars(vars: &mut toml::Table, tables: [(&str, Option<toml::Table>); 3]) {
+    for (k, t) in tables {
+        if let Some(t) = t {
+            let slot = vars
+                .entry(k.to_string())
+                .or_insert_with(|| Value::Table(Default::default()));
+            if let Value::Table(dst) = slot {
+                dst.extend(t);
             }
         }
     }
