@@ -8,7 +8,7 @@ use burn::backend::ndarray::NdArrayDevice;
 use burn::backend::{Autodiff, NdArray};
 use ddp::data;
 use ddp::model::load::load_model;
-use ddp::prune::train::{self, GateState, HeadGates, Scope, StepLog, TrainConfig};
+use ddp::prune::train::{self, GateState, HeadGates, Method, Scope, StepLog, TrainConfig};
 
 type A = Autodiff<NdArray>;
 
@@ -17,6 +17,7 @@ type A = Autodiff<NdArray>;
 /// these short runs hold mu at 0.5 and let the multipliers grow faster.
 fn cfg(steps: usize) -> TrainConfig {
     TrainConfig {
+        method: Method::Ddp,
         steps,
         warmup: 2,
         batch: 1,
@@ -219,4 +220,50 @@ fn smollm2_a_few_steps_move_sparsity_toward_the_target() {
         );
     }
     assert!(last.loss.is_finite());
+}
+
+#[test]
+fn hard_concrete_baselines_train_toward_the_target() {
+    for method in [Method::HardConcrete, Method::DetHardConcrete] {
+        let (files, blocks, mut state) = setup(None, 64);
+        let c = TrainConfig {
+            method,
+            warmup: 5,
+            lr_z: 0.1,
+            lr_lambda: 1.0,
+            lr_lambda2: 4.0,
+            ..cfg(60)
+        };
+        let logs = run(&files, &blocks, &c, &mut state);
+        assert_eq!(state.method, method);
+        let (first, last) = (&logs[0], logs.last().unwrap());
+        for fam in ["heads", "channels"] {
+            // q here is the expected L0 sparsity, 1 - mean P(gate != 0).
+            assert!(
+                q(last, fam) > q(first, fam) + 0.005,
+                "{method:?} {fam}: {} -> {}",
+                q(first, fam),
+                q(last, fam)
+            );
+        }
+        // Deployed values are deterministic gates in [0, 1].
+        let v = train::deployed_values(method, &state.families[1].z);
+        assert!(v.iter().flatten().all(|x| (0.0..=1.0).contains(x)));
+        // A checkpoint of one method cannot be continued with another.
+        let other = TrainConfig {
+            method: Method::Ddp,
+            ..cfg(80)
+        };
+        let model = load_model::<A>(
+            &files.config,
+            files.weights.as_ref(),
+            &NdArrayDevice::Cpu,
+            None,
+        )
+        .unwrap();
+        let e = train::train(&model, &blocks.train, &other, &mut state, |_, _| Ok(()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("trained with"), "{e}");
+    }
 }

@@ -47,6 +47,29 @@ pub fn mu_at(step: usize, total: usize, mu0: f64, mu_end: f64) -> f64 {
     mu0 - (mu0 - mu_end) * frac.sqrt()
 }
 
+/// Hard-concrete constants (Louizos et al. 2018): temperature and stretch interval.
+pub const HC_BETA: f64 = 2.0 / 3.0;
+pub const HC_GAMMA: f64 = -0.1;
+pub const HC_ZETA: f64 = 1.1;
+
+/// Hard-concrete gate from `log_alpha` and uniform noise `u` (None: the deterministic variant,
+/// u = 1/2): `clamp(sigmoid((ln u - ln(1-u) + log_alpha) / beta) (zeta - gamma) + gamma, 0, 1)`.
+pub fn hard_concrete<B: Backend, const D: usize>(
+    log_alpha: Tensor<B, D>,
+    u: Option<Tensor<B, D>>,
+) -> Tensor<B, D> {
+    let x = match u {
+        Some(u) => (u.clone().log() - (u.neg() + 1.0).log() + log_alpha) / HC_BETA,
+        None => log_alpha / HC_BETA,
+    };
+    (sigmoid(x) * (HC_ZETA - HC_GAMMA) + HC_GAMMA).clamp(0.0, 1.0)
+}
+
+/// Probability that a hard-concrete gate is non-zero: `sigmoid(log_alpha - beta ln(-gamma/zeta))`.
+pub fn hard_concrete_l0<B: Backend, const D: usize>(log_alpha: Tensor<B, D>) -> Tensor<B, D> {
+    sigmoid(log_alpha - HC_BETA * (-HC_GAMMA / HC_ZETA).ln())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,6 +122,35 @@ mod tests {
         let g = retention(z2.clone(), 0.5).sum().backward();
         let grad: Vec<f32> = z2.grad(&g).unwrap().into_data().into_vec().unwrap();
         assert!(grad.iter().all(|&x| x > 0.0), "{grad:?}");
+    }
+
+    #[test]
+    fn hard_concrete_matches_its_formulas() {
+        let dev = Default::default();
+        let la =
+            Tensor::<NdArray, 1>::from_data(TensorData::new(vec![-3.0f32, 0.0, 2.0], [3]), &dev);
+        let det: Vec<f32> = hard_concrete(la.clone(), None)
+            .into_data()
+            .into_vec()
+            .unwrap();
+        let u = Tensor::<NdArray, 1>::from_data(TensorData::new(vec![0.3f32, 0.3, 0.3], [3]), &dev);
+        let noisy: Vec<f32> = hard_concrete(la.clone(), Some(u))
+            .into_data()
+            .into_vec()
+            .unwrap();
+        let l0: Vec<f32> = hard_concrete_l0(la).into_data().into_vec().unwrap();
+        for (i, a) in [-3.0f64, 0.0, 2.0].into_iter().enumerate() {
+            let st = |x: f64| (1.0 / (1.0 + (-x).exp()) * 1.2 - 0.1).clamp(0.0, 1.0);
+            assert!((det[i] as f64 - st(a / HC_BETA)).abs() < 1e-6);
+            let logit = (0.3f64).ln() - (0.7f64).ln();
+            assert!((noisy[i] as f64 - st((logit + a) / HC_BETA)).abs() < 1e-6);
+            let p = 1.0 / (1.0 + (-(a - HC_BETA * (0.1f64 / 1.1).ln())).exp());
+            assert!((l0[i] as f64 - p).abs() < 1e-6);
+        }
+        assert_eq!(
+            det[0], 0.0,
+            "a very negative log_alpha closes the gate exactly"
+        );
     }
 
     #[test]

@@ -7,10 +7,10 @@
 //! [`GateState`] on the host, so it checkpoints and resumes exactly.
 
 use burn::tensor::{activation::log_softmax, backend::AutodiffBackend, Int, Tensor, TensorData};
-use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
+use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::surrogate::{forward_mask, mu_at, retention};
+use super::surrogate::{forward_mask, hard_concrete, hard_concrete_l0, mu_at, retention};
 use crate::error::{Error, Result};
 use crate::model::{Gates, LayerGates, Logits, Model};
 
@@ -25,6 +25,58 @@ pub enum HeadGates {
     None,
 }
 
+/// The training method: DDP, or the baselines the paper compares against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Deterministic ReLU mask, annealed retention score, binarisation term (this paper).
+    #[default]
+    Ddp,
+    /// Stochastic hard-concrete gates (Louizos et al.; CoFi / Sheared-LLaMA), expected-L0
+    /// Lagrangian with a linearly warmed-up target.
+    HardConcrete,
+    /// The same with the noise fixed at u = 1/2.
+    DetHardConcrete,
+}
+
+impl Method {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "ddp" => Method::Ddp,
+            "hard-concrete" => Method::HardConcrete,
+            "det-hard-concrete" => Method::DetHardConcrete,
+            _ => return None,
+        })
+    }
+}
+
+/// The hard-concrete methods start from `log_alpha` = ln(0.95 / 0.05) (gates ~open), keeping the
+/// N(1, 0.01) noise of the initial z.
+pub const HC_LOG_ALPHA_SHIFT: f32 = 1.944_439;
+
+/// The gate values a method's parameters stand for at deployment: ReLU(z) for DDP, the
+/// deterministic hard-concrete gate for the baselines. Thresholding ranks and keeps these.
+pub fn deployed_values(method: Method, z: &[Vec<f32>]) -> Vec<Vec<f32>> {
+    use super::surrogate::{HC_BETA, HC_GAMMA, HC_ZETA};
+    match method {
+        Method::Ddp => z
+            .iter()
+            .map(|l| l.iter().map(|&x| x.max(0.0)).collect())
+            .collect(),
+        _ => z
+            .iter()
+            .map(|l| {
+                l.iter()
+                    .map(|&a| {
+                        let s = 1.0 / (1.0 + (-(a as f64) / HC_BETA).exp());
+                        (s * (HC_ZETA - HC_GAMMA) + HC_GAMMA).clamp(0.0, 1.0) as f32
+                    })
+                    .collect()
+            })
+            .collect(),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scope {
@@ -36,6 +88,7 @@ pub enum Scope {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainConfig {
+    pub method: Method,
     pub steps: usize,
     pub warmup: usize,
     pub batch: usize,
@@ -73,6 +126,9 @@ pub struct Family {
 pub struct GateState {
     pub heads: HeadGates,
     pub scope: Scope,
+    /// How `z` is to be read (set when training starts).
+    #[serde(default)]
+    pub method: Method,
     pub families: Vec<Family>,
     pub step: usize,
 }
@@ -140,6 +196,7 @@ impl GateState {
         Self {
             heads,
             scope,
+            method: Method::Ddp,
             families,
             step: 0,
         }
@@ -215,6 +272,22 @@ pub fn train<B: AutodiffBackend>(
     let mut order: Vec<usize> = (0..blocks.len()).collect();
     order.shuffle(&mut StdRng::seed_from_u64(cfg.seed ^ 0x5eed));
     let seq = blocks[0].len();
+    if state.step == 0 && state.method != cfg.method {
+        if cfg.method != Method::Ddp {
+            for f in &mut state.families {
+                for z in f.z.iter_mut().flatten() {
+                    *z += HC_LOG_ALPHA_SHIFT;
+                }
+            }
+        }
+        state.method = cfg.method;
+    }
+    if state.method != cfg.method {
+        return Err(Error::Invalid(format!(
+            "the checkpoint was trained with {:?}, this run asks for {:?}",
+            state.method, cfg.method
+        )));
+    }
     while state.step < cfg.steps {
         let t = state.step;
         let mu = mu_at(t, cfg.steps, cfg.mu0, cfg.mu_end);
@@ -266,9 +339,31 @@ pub fn train<B: AutodiffBackend>(
                 .collect();
             let mut layers: Vec<LayerGates<B>> =
                 (0..n_layers).map(|_| LayerGates::default()).collect();
-            for (f, zf) in state.families.iter().zip(&zs) {
+            for (fi, (f, zf)) in state.families.iter().zip(&zs).enumerate() {
                 for (i, z) in zf.iter().enumerate() {
-                    let m = forward_mask(z.clone());
+                    let m = match cfg.method {
+                        Method::Ddp => forward_mask(z.clone()),
+                        Method::DetHardConcrete => hard_concrete(z.clone(), None),
+                        Method::HardConcrete => {
+                            // Noise seeded by (seed, step, micro-batch, family, layer): a resumed
+                            // run draws what the uninterrupted one drew.
+                            let mut rng = StdRng::seed_from_u64(
+                                cfg.seed
+                                    ^ ((t as u64) << 20)
+                                    ^ ((micro as u64) << 12)
+                                    ^ ((fi as u64) << 8)
+                                    ^ i as u64,
+                            );
+                            let n = z.dims()[0];
+                            let u: Vec<f32> = (0..n)
+                                .map(|_| rng.random_range(1e-6f32..1.0 - 1e-6))
+                                .collect();
+                            hard_concrete(
+                                z.clone(),
+                                Some(Tensor::from_data(TensorData::new(u, [n]), &dev)),
+                            )
+                        }
+                    };
                     match f.name.as_str() {
                         "heads" => layers[i].heads = Some(m),
                         _ => layers[i].channels = Some(m),
@@ -288,14 +383,26 @@ pub fn train<B: AutodiffBackend>(
             ];
             fam_log.clear();
             for ((f, zf), lam) in state.families.iter().zip(&zs).zip(&lams) {
-                let ss: Vec<Tensor<B, 1>> = zf.iter().map(|z| retention(z.clone(), mu)).collect();
+                // Per-unit retention: DDP's annealed score, or the hard-concrete expected L0.
+                let ss: Vec<Tensor<B, 1>> = zf
+                    .iter()
+                    .map(|z| match cfg.method {
+                        Method::Ddp => retention(z.clone(), mu),
+                        _ => hard_concrete_l0(z.clone()),
+                    })
+                    .collect();
+                // The baselines warm their target up linearly over the warm-up steps (CoFi).
+                let target = match cfg.method {
+                    Method::Ddp => f.target,
+                    _ => f.target * ((t + 1) as f64 / cfg.warmup.max(1) as f64).min(1.0),
+                };
                 // Gap q - a: one over all layers (global), or one per layer (per-layer scope, where
                 // the multiplier terms are taken per row and averaged).
                 let gaps: Tensor<B, 1> = match state.scope {
-                    Scope::Global => Tensor::cat(ss.clone(), 0).mean().neg() + (1.0 - f.target),
+                    Scope::Global => Tensor::cat(ss.clone(), 0).mean().neg() + (1.0 - target),
                     Scope::PerLayer => Tensor::cat(
                         ss.iter()
-                            .map(|s| s.clone().mean().neg() + (1.0 - f.target))
+                            .map(|s| s.clone().mean().neg() + (1.0 - target))
                             .collect(),
                         0,
                     ),
@@ -305,12 +412,15 @@ pub fn train<B: AutodiffBackend>(
                 let l1 = lam.clone().narrow(0, 0, 1);
                 let l2 = lam.clone().narrow(0, 1, 1);
                 let l3 = lam.clone().narrow(0, 2, 1);
-                let sparsity_term = l1 * gaps.clone().mean()
-                    + l2 * (gaps.clone() * gaps.clone()).mean()
-                    + l3 * bin.clone();
+                let mut sparsity_term =
+                    l1 * gaps.clone().mean() + l2 * (gaps.clone() * gaps.clone()).mean();
+                if cfg.method == Method::Ddp {
+                    // The binarisation term is DDP's; the baselines' Lagrangian has two terms.
+                    sparsity_term = sparsity_term + l3 * bin.clone();
+                }
                 fam_log.push((
                     f.name.clone(),
-                    scalar(gaps.mean()) + f.target,
+                    scalar(gaps.mean()) + target,
                     f.lambdas[0],
                     f.lambdas[1],
                     f.lambdas[2],
@@ -366,7 +476,12 @@ pub fn train<B: AutodiffBackend>(
                         cfg.lr_z * f_lr,
                         step_no,
                     );
-                    *zj = p.max(-0.1) as f32;
+                    // DDP clamps z >= -0.1; log_alpha is unconstrained.
+                    *zj = if cfg.method == Method::Ddp {
+                        p.max(-0.1) as f32
+                    } else {
+                        p as f32
+                    };
                 }
             }
             for (j, g) in l_grads[fi].iter().enumerate() {

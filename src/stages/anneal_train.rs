@@ -14,7 +14,7 @@ use crate::data::Blocks;
 use crate::engine::stage::{InputSpec, Metrics, ParamSpec, ParamType, StageContext, StageKind};
 use crate::io::{self, ModelFiles};
 use crate::model::load::load_model;
-use crate::prune::train::{self, GateState, TrainConfig};
+use crate::prune::train::{self, GateState, Method, TrainConfig};
 
 pub struct AnnealTrain;
 
@@ -49,9 +49,9 @@ impl StageKind for AnnealTrain {
         vec![
             ParamSpec {
                 name: "method",
-                ty: ParamType::Choice(&["ddp"]),
+                ty: ParamType::Choice(&["ddp", "hard-concrete", "det-hard-concrete"]),
                 default: Some(Value::String("ddp".into())),
-                doc: "ddp (hard-concrete baselines: not available yet)",
+                doc: "ddp (this paper), or the baselines: hard-concrete (stochastic, CoFi/Sheared-LLaMA Lagrangian with a warmed-up target), det-hard-concrete (noise fixed at 1/2)",
             },
             i(
                 "steps",
@@ -129,6 +129,7 @@ impl StageKind for AnnealTrain {
         };
         let resumed_at = state.step;
         let cfg = TrainConfig {
+            method: Method::parse(ctx.str("method")).unwrap_or_default(),
             steps: ctx.int("steps") as usize,
             warmup: ctx.int("warmup") as usize,
             batch: ctx.int("batch") as usize,

@@ -8,7 +8,7 @@ use crate::engine::stage::{InputSpec, Metrics, ParamSpec, ParamType, StageContex
 use crate::io;
 use crate::model::accounting;
 use crate::prune::mask::{self, expand_groups, FinalMask, LayerMask};
-use crate::prune::train::{GateState, HeadGates};
+use crate::prune::train::{deployed_values, GateState, HeadGates};
 
 pub struct Threshold;
 
@@ -54,17 +54,19 @@ impl StageKind for Threshold {
             .collect();
         for f in &state.families {
             let total: usize = f.z.iter().map(Vec::len).sum();
+            // What the parameters mean at deployment (ReLU(z), or deterministic hard-concrete gates).
+            let values = deployed_values(state.method, &f.z);
             let kept = match rule {
-                "topk" => mask::topk(&f.z, (f.target * total as f64).round() as usize),
+                "topk" => mask::topk(&values, (f.target * total as f64).round() as usize),
                 "uniform" => {
                     let per = f.z.first().map_or(0, Vec::len);
                     let mut keep = ((1.0 - f.target) * per as f64).round() as usize;
                     if f.name == "channels" && multiple > 1 {
                         keep = (keep.div_ceil(multiple) * multiple).min(per);
                     }
-                    mask::uniform(&f.z, keep.max(1))
+                    mask::uniform(&values, keep.max(1))
                 }
-                _ => mask::relu(&f.z),
+                _ => mask::relu(&values),
             };
             let (achieved, per_layer) = mask::sparsity(&kept);
             metrics.insert(format!("sparsity_{}", f.name), achieved);
