@@ -192,6 +192,7 @@ fn resuming_from_a_checkpoint_gives_the_uninterrupted_result() {
     )
     .unwrap();
     let wrong = distance(&restarted, &straight);
+    eprintln!("distance to the uninterrupted run: resumed {d:e}, second uninterrupted run {baseline:e}, restarted {wrong:e}");
     assert!(
         d <= 10.0 * baseline.max(1e-6) + 1e-4,
         "resumed vs uninterrupted {d}, run-to-run {baseline}"
