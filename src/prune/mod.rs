@@ -1,5 +1,5 @@
-//! Pruning: final masks and slicing (gates, surrogates, annealing and the Lagrangian of
-//! training arrive with the anneal-train stage).
+//! Pruning: the gate surrogates and annealing, mask-only training with the Lagrangian,
+//! final-mask rules and slicing.
 
 pub mod mask;
 pub mod slice;

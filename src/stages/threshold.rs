@@ -99,7 +99,7 @@ impl StageKind for Threshold {
         };
         // Parameters removed: what slicing with these masks (no padding) takes away.
         let p = accounting::count(c);
-        let (per_q, _) = accounting::head_params(c);
+        let (per_q, per_kv) = accounting::head_params(c);
         let per_ch = accounting::channel_params(c);
         let mut removed = 0usize;
         for (i, l) in final_mask.layers.iter().enumerate() {
@@ -111,7 +111,7 @@ impl StageKind for Threshold {
                 .filter(|grp| grp.iter().all(|&x| x == 0.0))
                 .count();
             removed += dead_q * per_q
-                + dead_groups * accounting::head_params(c).1
+                + dead_groups * per_kv
                 + l.channels.iter().filter(|&&x| x == 0.0).count() * per_ch;
         }
         metrics.insert(
