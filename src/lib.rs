@@ -9,6 +9,7 @@ pub mod bench;
 pub mod data;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod io;
 pub mod model;
 pub mod prune;

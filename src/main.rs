@@ -153,6 +153,34 @@ enum Cmd {
         /// Output directory.
         out: PathBuf,
     },
+    /// Perplexity (and optionally cloze and multiple-choice tasks) of a model on a text: the
+    /// code the `evaluate` stage runs.
+    Eval {
+        #[arg(long)]
+        model: String,
+        /// Text source: a file, a directory, DIR/*.EXT, a .jsonl with `text`, or npm:PKG@VER:GLOB.
+        #[arg(long)]
+        text: Option<String>,
+        #[arg(long, default_value_t = 512)]
+        seq_len: usize,
+        /// 0: non-overlapping windows; else strided windows scoring each token once.
+        #[arg(long, default_value_t = 0)]
+        stride: usize,
+        /// Only the first N tokens of the text.
+        #[arg(long, default_value_t = 8192)]
+        max_tokens: usize,
+        /// Items of each built-in cloze task drawn from the text (0: none).
+        #[arg(long, default_value_t = 0)]
+        cloze_items: usize,
+        /// Multiple-choice task files (JSONL), NAME=PATH or PATH.
+        #[arg(long = "task")]
+        tasks: Vec<String>,
+        #[arg(long, default_value_t = 0)]
+        task_limit: usize,
+        /// Print the results as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Dense forward throughput: prefill and KV-cached decode, median of repeated runs.
     Bench {
         #[arg(long)]
@@ -174,6 +202,16 @@ enum Cmd {
         /// with the reason, when torch is not installed.
         #[arg(long)]
         torch: bool,
+        /// Measure this model against the other one (e.g. dense vs pruned), alternating in one
+        /// run, with the ideal speed-up from FLOPs per token.
+        #[arg(long)]
+        vs: Option<String>,
+        /// With --vs: more prompt lengths (decode follows the first), e.g. 128,512.
+        #[arg(long, value_delimiter = ',')]
+        prompt_lens: Vec<usize>,
+        /// With --vs: more batch sizes, e.g. 1,8.
+        #[arg(long, value_delimiter = ',')]
+        batches: Vec<usize>,
     },
 }
 
@@ -829,6 +867,71 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             println!("wrote {} ({} tensors)", out.display(), tensors.len());
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Eval {
+            model,
+            text,
+            seq_len,
+            stride,
+            max_tokens,
+            cloze_items,
+            tasks,
+            task_limit,
+            json,
+        } => {
+            let files = open(&model, &cli.cache)?;
+            let tok = files
+                .tokenizer
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("{model} has no tokenizer"))?;
+            let spec = stages::evaluate::SuiteSpec {
+                data: text.as_deref(),
+                seq_len,
+                stride,
+                max_tokens,
+                cloze_items,
+                cloze_choices: 4,
+                min_words: 40,
+                tasks,
+                task_limit,
+                max_len: 1024,
+                seed: 0,
+            };
+            let suite = stages::evaluate::build_suite(&spec, tok, &cli.cache)?;
+            let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                ProgressBar::new(0)
+            } else {
+                ProgressBar::hidden()
+            };
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg:>10} {pos}/{len} sequences [{bar:30}] {per_sec} eta {eta}",
+                )
+                .unwrap()
+                .progress_chars("=> "),
+            );
+            let r = run_on(
+                device,
+                stages::evaluate::EvalTask {
+                    files: &files,
+                    suite: &suite,
+                    bar: &bar,
+                },
+            )?;
+            bar.finish_and_clear();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("model {model}");
+                if let Some(p) = &r.perplexity {
+                    println!(
+                        "perplexity {:.4}  (mean NLL {:.6}; {} tokens, {} windows of {} (stride {}), {} scored)",
+                        p.perplexity, p.mean_nll, p.tokens, p.windows, p.window, p.stride, p.scored_tokens
+                    );
+                }
+                print!("{}", r.markdown(None));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Bench {
             model,
             prompt_len,
@@ -838,8 +941,47 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             warmup,
             json,
             torch,
+            vs,
+            prompt_lens,
+            batches,
         } => {
             let files = open(&model, &cli.cache)?;
+            if let Some(other) = vs {
+                let other_files = open(&other, &cli.cache)?;
+                let protocol = ddp::bench::Protocol {
+                    prompt_lens: if prompt_lens.is_empty() { vec![prompt_len] } else { prompt_lens },
+                    batches: if batches.is_empty() { vec![batch] } else { batches },
+                    decode_tokens,
+                    warmup,
+                    repeats,
+                };
+                let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                    ProgressBar::new(0)
+                } else {
+                    ProgressBar::hidden()
+                };
+                bar.set_style(
+                    ProgressStyle::with_template("runs {pos}/{len} [{bar:30}] eta {eta}")
+                        .unwrap()
+                        .progress_chars("=> "),
+                );
+                let dev = device.to_string();
+                let c = run_on(
+                    device,
+                    stages::benchmark::BenchTask {
+                        models: vec![(model.as_str(), &files), (other.as_str(), &other_files)],
+                        protocol: &protocol,
+                        device: &dev,
+                        bar: &bar,
+                    },
+                )?;
+                bar.finish_and_clear();
+                print!("{}", c.markdown());
+                if let Some(path) = json {
+                    std::fs::write(&path, serde_json::to_string_pretty(&c)?)?;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let r = run_on(
                 device,
                 BenchTask {

@@ -129,6 +129,7 @@ impl StageKind for NeedsText {
     }
     fn inputs(&self) -> Vec<InputSpec> {
         vec![InputSpec {
+            optional: false,
             name: "source",
             kinds: &["text"],
             doc: "a text",

@@ -117,3 +117,252 @@ pub fn throughput<B: Backend>(
         decode_tok_s: Stats::of(d),
     }
 }
+
+/// What a side-by-side benchmark measures.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Protocol {
+    pub prompt_lens: Vec<usize>,
+    pub batches: Vec<usize>,
+    /// Generated after a prompt of the first length.
+    pub decode_tokens: usize,
+    pub warmup: usize,
+    pub repeats: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    pub batch: usize,
+    pub prompt_len: usize,
+    pub tok_s: Stats,
+}
+
+/// One model's figures under a protocol.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measured {
+    pub label: String,
+    pub prefill: Vec<Point>,
+    /// Decode after a prompt of `prompt_lens[0]`, per batch size.
+    pub decode: Vec<Point>,
+}
+
+impl Protocol {
+    /// Timed runs in all (for a progress bar), warm-up included.
+    pub fn runs(&self, models: usize) -> usize {
+        (self.warmup + self.repeats) * models * self.batches.len() * self.prompt_lens.len()
+    }
+}
+
+/// Measures models in the same process, alternating between them inside every repeat (and
+/// reversing the order on odd repeats), so drift of a noisy machine hits all of them alike.
+pub fn side_by_side<B: Backend>(
+    models: &[(&str, &Model<B>)],
+    p: &Protocol,
+    mut on_run: impl FnMut(),
+) -> Vec<Measured> {
+    let n = models.len();
+    let cells = p.batches.len() * p.prompt_lens.len();
+    let mut prefill = vec![vec![vec![]; cells]; n];
+    let mut decode = vec![vec![vec![]; p.batches.len()]; n];
+    for r in 0..p.warmup + p.repeats {
+        let timed = r >= p.warmup;
+        for (bi, &b) in p.batches.iter().enumerate() {
+            for (pi, &len) in p.prompt_lens.iter().enumerate() {
+                let dec = if pi == 0 { p.decode_tokens } else { 0 };
+                let order: Vec<usize> = if r % 2 == 0 {
+                    (0..n).collect()
+                } else {
+                    (0..n).rev().collect()
+                };
+                for m in order {
+                    let (pf, dc) = run_once(models[m].1, b, len, if timed { dec } else { dec.min(4) });
+                    on_run();
+                    if timed {
+                        prefill[m][bi * p.prompt_lens.len() + pi].push(pf);
+                        if dec > 0 {
+                            decode[m][bi].push(dc);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    models
+        .iter()
+        .enumerate()
+        .map(|(m, (label, _))| Measured {
+            label: label.to_string(),
+            prefill: p
+                .batches
+                .iter()
+                .enumerate()
+                .flat_map(|(bi, &batch)| {
+                    let pf = &prefill[m];
+                    p.prompt_lens.iter().enumerate().map(move |(pi, &len)| Point {
+                        batch,
+                        prompt_len: len,
+                        tok_s: Stats::of(pf[bi * p.prompt_lens.len() + pi].clone()),
+                    })
+                })
+                .collect(),
+            decode: p
+                .batches
+                .iter()
+                .enumerate()
+                .filter(|_| p.decode_tokens > 0)
+                .map(|(bi, &batch)| Point {
+                    batch,
+                    prompt_len: p.prompt_lens[0],
+                    tok_s: Stats::of(decode[m][bi].clone()),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// Resident memory of this process in MB: (now, peak). Linux only (None elsewhere).
+pub fn memory_mb() -> Option<(f64, f64)> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<f64> {
+        let line = s.lines().find(|l| l.starts_with(name))?;
+        let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb / 1024.0)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Dense and pruned measured side by side, with the ideal speed-up from FLOPs per token.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    pub protocol: Protocol,
+    /// The build, backend, device and threads.
+    pub build: String,
+    pub device: String,
+    /// First the baseline (dense), then the candidate.
+    pub models: Vec<Measured>,
+    /// FLOPs per token of each model: prefill at each prompt length (mean context), decode.
+    pub flops_prefill: Vec<Vec<f64>>,
+    pub flops_decode: Vec<f64>,
+    pub params: Vec<usize>,
+    /// Resident memory growth when each model was loaded (MB), and the process peak.
+    pub load_rss_mb: Vec<f64>,
+    pub peak_rss_mb: f64,
+}
+
+impl Comparison {
+    /// Flat metrics: the candidate's throughputs, the baseline's, measured and ideal speed-ups.
+    pub fn metrics(&self) -> std::collections::BTreeMap<String, f64> {
+        let mut m = std::collections::BTreeMap::new();
+        let (base, cand) = (&self.models[0], self.models.last().unwrap());
+        let two = self.models.len() > 1;
+        for (i, (b, c)) in base.prefill.iter().zip(&cand.prefill).enumerate() {
+            let k = format!("b{}.p{}", c.batch, c.prompt_len);
+            m.insert(format!("prefill_tok_s.{k}"), c.tok_s.median);
+            if two {
+                m.insert(format!("dense.prefill_tok_s.{k}"), b.tok_s.median);
+                m.insert(format!("speedup.prefill.{k}"), c.tok_s.median / b.tok_s.median);
+                let pi = i % self.protocol.prompt_lens.len();
+                m.insert(
+                    format!("ideal.prefill.p{}", c.prompt_len),
+                    self.flops_prefill[0][pi] / self.flops_prefill[1][pi],
+                );
+            }
+        }
+        for (b, c) in base.decode.iter().zip(&cand.decode) {
+            let k = format!("b{}", c.batch);
+            m.insert(format!("decode_tok_s.{k}"), c.tok_s.median);
+            if two {
+                m.insert(format!("dense.decode_tok_s.{k}"), b.tok_s.median);
+                m.insert(format!("speedup.decode.{k}"), c.tok_s.median / b.tok_s.median);
+                m.insert("ideal.decode".into(), self.flops_decode[0] / self.flops_decode[1]);
+            }
+        }
+        m.insert("peak_rss_mb".into(), self.peak_rss_mb);
+        m
+    }
+
+    pub fn markdown(&self) -> String {
+        let p = &self.protocol;
+        let mut s = format!(
+            "protocol: prefill {:?} tokens, decode {} tokens after {} with the KV cache; batch {:?}; {} runs after {} warm-up, models alternating\nbuild: {} on {}\n\n",
+            p.prompt_lens, p.decode_tokens, p.prompt_lens[0], p.batches, p.repeats, p.warmup, self.build, self.device
+        );
+        s += "| model | params | phase | batch | prompt | tok/s median [min, max] | speed-up | ideal (FLOPs) |\n|---|---:|---|---:|---:|---|---:|---:|\n";
+        let base = &self.models[0];
+        for (mi, m) in self.models.iter().enumerate() {
+            let fmt = |t: &Stats| format!("{:.1} [{:.1}, {:.1}]", t.median, t.min, t.max);
+            for (i, pt) in m.prefill.iter().enumerate() {
+                let pi = i % p.prompt_lens.len();
+                let (sp, ideal) = if mi == 0 {
+                    ("1.00x".into(), "1.00x".into())
+                } else {
+                    (
+                        format!("{:.2}x", pt.tok_s.median / base.prefill[i].tok_s.median),
+                        format!("{:.2}x", self.flops_prefill[0][pi] / self.flops_prefill[mi][pi]),
+                    )
+                };
+                s += &format!("| {} | {} | prefill | {} | {} | {} | {sp} | {ideal} |\n", m.label, self.params[mi], pt.batch, pt.prompt_len, fmt(&pt.tok_s));
+            }
+            for (i, pt) in m.decode.iter().enumerate() {
+                let (sp, ideal) = if mi == 0 {
+                    ("1.00x".into(), "1.00x".into())
+                } else {
+                    (
+                        format!("{:.2}x", pt.tok_s.median / base.decode[i].tok_s.median),
+                        format!("{:.2}x", self.flops_decode[0] / self.flops_decode[mi]),
+                    )
+                };
+                s += &format!("| {} | {} | decode | {} | {} | {} | {sp} | {ideal} |\n", m.label, self.params[mi], pt.batch, pt.prompt_len, fmt(&pt.tok_s));
+            }
+        }
+        s += &format!(
+            "\nmemory: resident growth on load {} MB; process peak {:.0} MB\n",
+            self.models
+                .iter()
+                .zip(&self.load_rss_mb)
+                .map(|(m, r)| format!("{} {r:.0}", m.label))
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.peak_rss_mb
+        );
+        s
+    }
+}
+
+/// Loads the models one after another (recording resident growth), measures them side by
+/// side, and computes the ideal speed-ups.
+pub fn compare<B: Backend>(
+    models: Vec<(String, Model<B>, f64)>,
+    p: &Protocol,
+    device: &str,
+    on_run: impl FnMut(),
+) -> Comparison {
+    use crate::model::accounting;
+    let refs: Vec<(&str, &Model<B>)> = models.iter().map(|(l, m, _)| (l.as_str(), m)).collect();
+    let measured = side_by_side(&refs, p, on_run);
+    let dec_ctx = p.prompt_lens[0] + p.decode_tokens / 2;
+    Comparison {
+        protocol: p.clone(),
+        build: crate::backend::build_info(),
+        device: device.to_string(),
+        flops_prefill: models
+            .iter()
+            .map(|(_, m, _)| {
+                p.prompt_lens
+                    .iter()
+                    .map(|&l| accounting::flops_per_token(&m.config, l.div_ceil(2)))
+                    .collect()
+            })
+            .collect(),
+        flops_decode: models
+            .iter()
+            .map(|(_, m, _)| accounting::flops_per_token(&m.config, dec_ctx))
+            .collect(),
+        params: models
+            .iter()
+            .map(|(_, m, _)| accounting::count(&m.config).total)
+            .collect(),
+        load_rss_mb: models.iter().map(|(_, _, r)| *r).collect(),
+        peak_rss_mb: memory_mb().map_or(f64::NAN, |m| m.1),
+        models: measured,
+    }
+}

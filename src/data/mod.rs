@@ -93,13 +93,75 @@ pub fn documents(path: &Path) -> Result<Vec<String>> {
     }
 }
 
+/// Every document of a source, in order.
+pub fn texts(spec: &str) -> Result<Vec<String>> {
+    let mut out = vec![];
+    for f in source_files(spec)? {
+        out.extend(documents(&f)?);
+    }
+    Ok(out)
+}
+
+/// The source's tokens, documents in order, reading stops once `max_tokens` are reached (the
+/// result may run past it by the rest of the last document). With `specials`, each document
+/// gets BOS (when the tokenizer adds one) and EOS; without, documents are joined by EOS only
+/// (a single text is tokenised exactly as it is, the perplexity reference's convention).
+pub fn token_stream(spec: &str, tok: &Tokenizer, max_tokens: usize, specials: bool) -> Result<Vec<u32>> {
+    let mut stream: Vec<u32> = vec![];
+    let mut first = true;
+    'files: for f in source_files(spec)? {
+        for doc in documents(&f)? {
+            if specials && tok.add_bos {
+                stream.extend(tok.bos_id);
+            }
+            if !specials && !first {
+                stream.extend(tok.eos_id);
+            }
+            first = false;
+            stream.extend(encode_prefix(tok, &doc, max_tokens.saturating_sub(stream.len()))?);
+            if specials {
+                stream.extend(tok.eos_id);
+            }
+            if stream.len() >= max_tokens {
+                break 'files;
+            }
+        }
+    }
+    Ok(stream)
+}
+
+/// The tokens of `text`, or of enough of its beginning to give `need` tokens: long texts are
+/// encoded by doubling prefixes cut at whitespace (encoding a whole book as one sequence is
+/// slow with tokenizers that do not pre-split), keeping only tokens well before the cut, where
+/// the prefix's encoding agrees with the whole text's.
+fn encode_prefix(tok: &Tokenizer, text: &str, need: usize) -> Result<Vec<u32>> {
+    const MARGIN: usize = 256;
+    let mut chars = (need + MARGIN) * 8;
+    loop {
+        if chars >= text.len() {
+            return tok.encode(text, false);
+        }
+        let mut cut = chars;
+        while !text.is_char_boundary(cut) {
+            cut += 1;
+        }
+        let cut = text[..cut].rfind(char::is_whitespace).filter(|&c| c > 0).unwrap_or(cut);
+        let mut ids = tok.encode(&text[..cut], false)?;
+        if ids.len() >= need + MARGIN {
+            ids.truncate(need);
+            return Ok(ids);
+        }
+        chars *= 2;
+    }
+}
+
 /// Token blocks of one length.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Blocks {
     pub seq_len: usize,
     pub train: Vec<Vec<u32>>,
     pub validation: Vec<Vec<u32>>,
-    /// Tokens read before the cap (for the record).
+    /// Tokens read (at least the cap when the source has that many; for the record).
     pub tokens_seen: usize,
 }
 
@@ -116,19 +178,7 @@ pub fn blocks(
             "seq_len {seq_len} is too short (need at least 2 tokens)"
         )));
     }
-    let mut stream: Vec<u32> = vec![];
-    'files: for f in source_files(spec)? {
-        for doc in documents(&f)? {
-            if tok.add_bos {
-                stream.extend(tok.bos_id);
-            }
-            stream.extend(tok.encode(&doc, false)?);
-            stream.extend(tok.eos_id);
-            if stream.len() >= max_tokens {
-                break 'files;
-            }
-        }
-    }
+    let mut stream = token_stream(spec, tok, max_tokens, true)?;
     let tokens_seen = stream.len();
     stream.truncate(max_tokens);
     let mut train = vec![];

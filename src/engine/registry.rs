@@ -7,7 +7,7 @@ use super::stage::StageKind;
 
 /// Stage kinds of the DDP pipeline that have no implementation in this build yet. Recipes may
 /// name them (validation says so clearly) so that pipelines can be written ahead of the code.
-pub const PLANNED_KINDS: &[&str] = &["oneshot", "evaluate", "benchmark", "report"];
+pub const PLANNED_KINDS: &[&str] = &["oneshot", "report"];
 
 #[derive(Clone, Default)]
 pub struct Registry {

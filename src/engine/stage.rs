@@ -31,6 +31,11 @@ pub enum ParamType {
     Choice(&'static [&'static str]),
     /// A list of strings (e.g. file globs).
     StrList,
+    /// A non-empty list of integers in a range.
+    IntList {
+        min: i64,
+        max: i64,
+    },
 }
 
 impl ParamType {
@@ -48,6 +53,9 @@ impl ParamType {
                     .join(", ")
             ),
             ParamType::StrList => "a list of strings".into(),
+            ParamType::IntList { min, max } => {
+                format!("a non-empty list of integers in [{min}, {max}]")
+            }
         }
     }
 
@@ -84,6 +92,15 @@ impl ParamType {
             (ParamType::Str, Value::String(_)) => Ok(v.clone()),
             (ParamType::Choice(c), Value::String(s)) if c.contains(&s.as_str()) => Ok(v.clone()),
             (ParamType::StrList, Value::Array(a)) if a.iter().all(Value::is_str) => Ok(v.clone()),
+            (ParamType::IntList { min, max }, Value::Array(a))
+                if !a.is_empty()
+                    && a.iter().all(|x| x.as_integer().is_some_and(|i| i >= *min && i <= *max)) =>
+            {
+                Ok(v.clone())
+            }
+            (ParamType::IntList { min, max }, Value::Integer(i)) if i >= min && i <= max => {
+                Ok(Value::Array(vec![v.clone()]))
+            }
             (ParamType::StrList, Value::String(s)) => {
                 Ok(Value::Array(vec![Value::String(s.clone())]))
             }
@@ -117,6 +134,8 @@ pub struct ParamSpec {
 #[derive(Debug, Clone)]
 pub struct InputSpec {
     pub name: &'static str,
+    /// An optional input is bound when an upstream of a fitting kind is in `after`.
+    pub optional: bool,
     pub kinds: &'static [&'static str],
     pub doc: &'static str,
 }
@@ -168,6 +187,16 @@ impl StageContext<'_> {
             _ => 0.0,
         }
     }
+    pub fn ints(&self, name: &str) -> Vec<usize> {
+        match self.params.get(name) {
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_integer)
+                .map(|i| i as usize)
+                .collect(),
+            _ => vec![],
+        }
+    }
     pub fn bool(&self, name: &str) -> bool {
         self.params
             .get(name)
@@ -193,6 +222,21 @@ pub trait StageKind: Send + Sync {
     /// External files this instance reads (their digests are part of the key).
     fn external_files(&self, _params: &Params, _cache_root: &Path) -> anyhow::Result<Vec<PathBuf>> {
         Ok(vec![])
+    }
+    /// Checks this stage's parameters against its upstream stages' (by input name: kind and
+    /// parameters) when the recipe is validated, so a contradiction is refused before anything
+    /// runs.
+    fn check_upstream(
+        &self,
+        _params: &Params,
+        _upstream: &BTreeMap<String, (&str, &Params)>,
+    ) -> Result<(), String> {
+        Ok(())
+    }
+    /// A gathering stage (a report) takes every instance of its upstream stages across the
+    /// sweep, instead of being instantiated once per sweep point.
+    fn gathers(&self) -> bool {
+        false
     }
     /// The metric shown in summaries.
     fn headline(&self) -> Option<&'static str> {

@@ -65,3 +65,33 @@ pub fn count(cfg: &ModelConfig) -> ParamCounts {
     c.total = c.embedding + c.attention + c.ffn + c.other;
     c
 }
+
+/// Multiply-accumulate FLOPs (2 per MAC) of one token's forward pass that attends to `context`
+/// earlier positions: every projection, the active experts, the LM head, and the attention
+/// scores and weighted sum. Norms, RoPE and softmax are left out (they are O(hidden)).
+pub fn flops_per_token(cfg: &ModelConfig, context: usize) -> f64 {
+    let (h, v, hd) = (
+        cfg.hidden_size as f64,
+        cfg.vocab_size as f64,
+        cfg.head_dim as f64,
+    );
+    let mut macs = h * v; // LM head
+    for i in 0..cfg.num_hidden_layers {
+        let l = cfg.layer(i);
+        let (nh, nkv) = (l.num_attention_heads as f64, l.num_key_value_heads as f64);
+        macs += h * hd * (2.0 * nh + 2.0 * nkv); // q, o; k, v
+        let ctx = cfg.window(i).map_or(context, |w| context.min(w)) as f64;
+        macs += 2.0 * nh * hd * ctx; // scores and weighted sum
+        match &cfg.moe {
+            Some(m) if cfg.is_moe_layer(i) => {
+                macs += h * m.num_experts as f64; // router
+                macs += m.num_experts_per_tok as f64 * 3.0 * h * m.moe_intermediate_size as f64;
+                if let Some(si) = m.shared_expert_intermediate_size {
+                    macs += 3.0 * h * si as f64;
+                }
+            }
+            _ => macs += 3.0 * h * l.intermediate_size as f64,
+        }
+    }
+    2.0 * macs
+}

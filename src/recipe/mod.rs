@@ -626,6 +626,7 @@ impl Parser<'_> {
                 name.clone(),
                 Resolved {
                     kind: k.name().to_string(),
+                    gathers: k.gathers(),
                     params,
                     axes: swept.iter().map(|a| a.name.clone()).collect(),
                     inputs: BTreeMap::new(),
@@ -694,6 +695,7 @@ impl Parser<'_> {
                     [one] => {
                         inputs.insert(spec.name.to_string(), (*one).clone());
                     }
+                    [] if spec.optional => {}
                     [] => self.err(asrc, aspan.clone(), format!("stage `{name}` (kind {kind_name}) needs input `{}` from a stage of kind {} ({}); add one to `after`", spec.name, spec.kinds.join(" or "), spec.doc)),
                     many => self.err(asrc, aspan.clone(), format!("stage `{name}`: input `{}` could come from {}; say which with inputs = {{ {} = \"STAGE\" }}", spec.name, many.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(" or "), spec.name)),
                 }
@@ -707,6 +709,18 @@ impl Parser<'_> {
             if let Some(r) = out.get_mut(name) {
                 r.inputs = inputs;
                 r.after = after;
+            }
+        }
+        for (name, st) in stages {
+            let Some(r) = out.get(name) else { continue };
+            let k = self.registry.get(&r.kind).unwrap().clone();
+            let upstream: BTreeMap<String, (&str, &Params)> = r
+                .inputs
+                .iter()
+                .filter_map(|(i, up)| out.get(up).map(|u| (i.clone(), (u.kind.as_str(), &u.params))))
+                .collect();
+            if let Err(e) = k.check_upstream(&r.params, &upstream) {
+                self.err(st.src, st.name_span.clone(), format!("stage `{name}`: {e}"));
             }
         }
         for a in axes {
@@ -778,6 +792,8 @@ fn merge_vars(vars: &mut toml::Table, tables: [(&str, Option<toml::Table>); 3]) 
 
 struct Resolved {
     kind: String,
+    /// Takes every instance of its upstreams (see `StageKind::gathers`).
+    gathers: bool,
     params: Params,
     /// Axes that set this stage's own parameters.
     axes: Vec<String>,
@@ -834,8 +850,10 @@ fn expand(order: &[String], resolved: &BTreeMap<String, Resolved>, axes: &[Axis]
     for name in order {
         let r = &resolved[name];
         let mut d: BTreeSet<String> = r.axes.iter().cloned().collect();
-        for up in r.inputs.values() {
-            d.extend(deps[up.as_str()].iter().cloned());
+        if !r.gathers {
+            for up in r.inputs.values() {
+                d.extend(deps[up.as_str()].iter().cloned());
+            }
         }
         let mut d: Vec<String> = d.into_iter().collect();
         d.sort_by_key(|a| axis_pos(a));
@@ -882,8 +900,17 @@ fn expand(order: &[String], resolved: &BTreeMap<String, Resolved>, axes: &[Axis]
                     params.insert(axis.param.clone(), v);
                 }
             }
-            let inputs = r
-                .inputs
+            let gathered = |out: &[Instance]| -> BTreeMap<String, String> {
+                r.inputs
+                    .values()
+                    .flat_map(|up| out.iter().filter(move |i| &i.stage == up))
+                    .map(|i| (i.name.clone(), i.name.clone()))
+                    .collect()
+            };
+            let inputs = if r.gathers {
+                gathered(&out)
+            } else {
+                r.inputs
                 .iter()
                 .map(|(input, up)| {
                     let sub: Vec<(String, Value)> = assignment
@@ -898,7 +925,8 @@ fn expand(order: &[String], resolved: &BTreeMap<String, Resolved>, axes: &[Axis]
                     };
                     (input.clone(), up_name)
                 })
-                .collect();
+                .collect()
+            };
             out.push(Instance {
                 name: inst_name,
                 stage: name.clone(),

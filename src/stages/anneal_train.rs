@@ -103,11 +103,13 @@ impl StageKind for AnnealTrain {
     fn inputs(&self) -> Vec<InputSpec> {
         vec![
             InputSpec {
+                optional: false,
                 name: "gates",
                 kinds: &["gate-insert"],
                 doc: "gate families, targets and initial z",
             },
             InputSpec {
+                optional: false,
                 name: "data",
                 kinds: &["calibrate"],
                 doc: "training blocks",

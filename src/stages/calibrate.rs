@@ -32,6 +32,7 @@ impl StageKind for Calibrate {
     }
     fn inputs(&self) -> Vec<InputSpec> {
         vec![InputSpec {
+            optional: false,
             name: "model",
             kinds: &["load"],
             doc: "whose tokenizer to use",

@@ -35,6 +35,7 @@ impl StageKind for GateInsert {
     }
     fn inputs(&self) -> Vec<InputSpec> {
         vec![InputSpec {
+            optional: false,
             name: "model",
             kinds: &["load"],
             doc: "the model to prune",

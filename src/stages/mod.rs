@@ -1,8 +1,10 @@
 //! The product's stage kinds: small adapters from parameters and inputs to library calls.
 
 pub mod anneal_train;
+pub mod benchmark;
 pub mod calibrate;
 pub mod common;
+pub mod evaluate;
 pub mod gate_insert;
 pub mod load;
 pub mod slice;
@@ -21,5 +23,7 @@ pub fn registry() -> Registry {
     r.register(Arc::new(anneal_train::AnnealTrain));
     r.register(Arc::new(threshold::Threshold));
     r.register(Arc::new(slice::Slice));
+    r.register(Arc::new(evaluate::Evaluate));
+    r.register(Arc::new(benchmark::Benchmark));
     r
 }

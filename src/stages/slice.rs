@@ -30,6 +30,7 @@ impl StageKind for Slice {
     }
     fn inputs(&self) -> Vec<InputSpec> {
         vec![InputSpec {
+            optional: false,
             name: "mask",
             kinds: &["threshold"],
             doc: "the final mask",

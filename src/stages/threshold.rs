@@ -30,6 +30,7 @@ impl StageKind for Threshold {
     }
     fn inputs(&self) -> Vec<InputSpec> {
         vec![InputSpec {
+            optional: false,
             name: "trained",
             kinds: &["anneal-train", "gate-insert"],
             doc: "gates to threshold",
