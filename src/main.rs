@@ -692,10 +692,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 for n in reg.names() {
                     println!("{n:<14} {}", reg.get(n).unwrap().about());
                 }
-                println!(
-                    "\nnot available yet: {}",
-                    engine::registry::PLANNED_KINDS.join(", ")
-                );
+
                 return Ok(ExitCode::SUCCESS);
             };
             let k = reg
@@ -949,8 +946,16 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             if let Some(other) = vs {
                 let other_files = open(&other, &cli.cache)?;
                 let protocol = ddp::bench::Protocol {
-                    prompt_lens: if prompt_lens.is_empty() { vec![prompt_len] } else { prompt_lens },
-                    batches: if batches.is_empty() { vec![batch] } else { batches },
+                    prompt_lens: if prompt_lens.is_empty() {
+                        vec![prompt_len]
+                    } else {
+                        prompt_lens
+                    },
+                    batches: if batches.is_empty() {
+                        vec![batch]
+                    } else {
+                        batches
+                    },
                     decode_tokens,
                     warmup,
                     repeats,

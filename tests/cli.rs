@@ -105,41 +105,59 @@ fn bad_sources_are_clear_errors() {
 }
 
 #[test]
-fn the_shipped_recipes_validate_with_clear_errors_for_missing_kinds() {
+fn the_shipped_recipes_plan_with_the_expected_graph() {
     let root = env!("CARGO_MANIFEST_DIR");
-    for r in ["llama-50pct", "sweep-methods"] {
-        let path = format!("{root}/recipes/{r}.toml");
+    let plan = |r: &str| {
         let out = Command::new(env!("CARGO_BIN_EXE_ddp-run"))
-            .args(["plan", &path])
+            .args([
+                "--cache",
+                cache().to_str().unwrap(),
+                "plan",
+                &format!("{root}/recipes/{r}.toml"),
+            ])
             .output()
             .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{r}: {err}");
-        assert!(
-            err.contains("pipelines/ddp.toml:")
-                && err.contains("stage kind `evaluate` is not available yet"),
-            "{r}: {err}"
-        );
-        assert!(!err.contains("panicked"));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{r}: {err}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let count = |text: &str, kind: &str| {
+        text.lines()
+            .filter(|l| l.split_whitespace().nth(2) == Some(kind))
+            .count()
+    };
+    for r in ["quickstart", "llama-50pct"] {
+        let text = plan(r);
+        for (kind, n) in [
+            ("load", 1),
+            ("anneal-train", 1),
+            ("slice", 1),
+            ("evaluate", 2),
+            ("benchmark", 1),
+            ("report", 1),
+        ] {
+            assert_eq!(count(&text, kind), n, "{r}: {kind}\n{text}");
+        }
     }
-    // The pruning-only quickstart validates and plans with the kinds that exist.
-    let out = Command::new(env!("CARGO_BIN_EXE_ddp-run"))
-        .args([
-            "--cache",
-            cache().to_str().unwrap(),
-            "plan",
-            &format!("{root}/recipes/quickstart.toml"),
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    // 2 sparsities x (2 trained + 2 one-shot methods); the dense evaluation and calibration once.
+    let text = plan("sweep-methods");
+    for (kind, n) in [
+        ("calibrate", 1),
+        ("anneal-train", 4),
+        ("oneshot", 4),
+        ("slice", 8),
+        ("evaluate", 9),
+        ("benchmark", 8),
+        ("report", 1),
+    ] {
+        assert_eq!(count(&text, kind), n, "sweep-methods: {kind}\n{text}");
+    }
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        text.contains("anneal-train@sparsity=0.5,trained=hard-concrete"),
+        "{text}"
     );
     assert!(
-        text.contains("anneal-train") && text.contains("slice"),
+        text.contains("oneshot@sparsity=0.2,oneshot=wanda-sp"),
         "{text}"
     );
 }
@@ -222,6 +240,14 @@ fn explain_documents_a_stage_kind() {
         ok && out.contains("model") && out.contains("required"),
         "{out}"
     );
-    let (ok, _, err) = ddp_run(&["explain", "evaluate"]);
-    assert!(!ok && err.contains("not available yet"), "{err}");
+    let (ok, out, _) = ddp_run(&["explain", "evaluate"]);
+    assert!(
+        ok && out.contains("seq_len") && out.contains("calibration"),
+        "{out}"
+    );
+    let (ok, _, err) = ddp_run(&["explain", "evaulate"]);
+    assert!(
+        !ok && err.contains("unknown stage kind `evaulate`"),
+        "{err}"
+    );
 }

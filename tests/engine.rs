@@ -558,7 +558,6 @@ fn malformed_recipes_name_the_location() {
         ("missing kind", "[stages.a]\nvalue = \"x\"".into(), "no `kind`"),
         ("kind not a string", "[stages.a]\nkind = 3".into(), "kind"),
         ("unknown kind", "[stages.a]\nkind = \"txet\"".into(), "unknown stage kind `txet`"),
-        ("planned kind", "[stages.a]\nkind = \"evaluate\"".into(), "not available yet"),
         ("unknown param", format!("{good_head}valeu = \"x\""), "unknown parameter `valeu`"),
         ("param wrong type", format!("{good_head}steps = \"many\""), "expected an integer"),
         ("int out of range", format!("{good_head}steps = 0"), "[1, 1000]"),

@@ -174,7 +174,8 @@ pub fn side_by_side<B: Backend>(
                     (0..n).rev().collect()
                 };
                 for m in order {
-                    let (pf, dc) = run_once(models[m].1, b, len, if timed { dec } else { dec.min(4) });
+                    let (pf, dc) =
+                        run_once(models[m].1, b, len, if timed { dec } else { dec.min(4) });
                     on_run();
                     if timed {
                         prefill[m][bi * p.prompt_lens.len() + pi].push(pf);
@@ -197,11 +198,14 @@ pub fn side_by_side<B: Backend>(
                 .enumerate()
                 .flat_map(|(bi, &batch)| {
                     let pf = &prefill[m];
-                    p.prompt_lens.iter().enumerate().map(move |(pi, &len)| Point {
-                        batch,
-                        prompt_len: len,
-                        tok_s: Stats::of(pf[bi * p.prompt_lens.len() + pi].clone()),
-                    })
+                    p.prompt_lens
+                        .iter()
+                        .enumerate()
+                        .map(move |(pi, &len)| Point {
+                            batch,
+                            prompt_len: len,
+                            tok_s: Stats::of(pf[bi * p.prompt_lens.len() + pi].clone()),
+                        })
                 })
                 .collect(),
             decode: p
@@ -259,7 +263,10 @@ impl Comparison {
             m.insert(format!("prefill_tok_s.{k}"), c.tok_s.median);
             if two {
                 m.insert(format!("dense.prefill_tok_s.{k}"), b.tok_s.median);
-                m.insert(format!("speedup.prefill.{k}"), c.tok_s.median / b.tok_s.median);
+                m.insert(
+                    format!("speedup.prefill.{k}"),
+                    c.tok_s.median / b.tok_s.median,
+                );
                 let pi = i % self.protocol.prompt_lens.len();
                 m.insert(
                     format!("ideal.prefill.p{}", c.prompt_len),
@@ -272,8 +279,14 @@ impl Comparison {
             m.insert(format!("decode_tok_s.{k}"), c.tok_s.median);
             if two {
                 m.insert(format!("dense.decode_tok_s.{k}"), b.tok_s.median);
-                m.insert(format!("speedup.decode.{k}"), c.tok_s.median / b.tok_s.median);
-                m.insert("ideal.decode".into(), self.flops_decode[0] / self.flops_decode[1]);
+                m.insert(
+                    format!("speedup.decode.{k}"),
+                    c.tok_s.median / b.tok_s.median,
+                );
+                m.insert(
+                    "ideal.decode".into(),
+                    self.flops_decode[0] / self.flops_decode[1],
+                );
             }
         }
         m.insert("peak_rss_mb".into(), self.peak_rss_mb);
@@ -297,10 +310,20 @@ impl Comparison {
                 } else {
                     (
                         format!("{:.2}x", pt.tok_s.median / base.prefill[i].tok_s.median),
-                        format!("{:.2}x", self.flops_prefill[0][pi] / self.flops_prefill[mi][pi]),
+                        format!(
+                            "{:.2}x",
+                            self.flops_prefill[0][pi] / self.flops_prefill[mi][pi]
+                        ),
                     )
                 };
-                s += &format!("| {} | {} | prefill | {} | {} | {} | {sp} | {ideal} |\n", m.label, self.params[mi], pt.batch, pt.prompt_len, fmt(&pt.tok_s));
+                s += &format!(
+                    "| {} | {} | prefill | {} | {} | {} | {sp} | {ideal} |\n",
+                    m.label,
+                    self.params[mi],
+                    pt.batch,
+                    pt.prompt_len,
+                    fmt(&pt.tok_s)
+                );
             }
             for (i, pt) in m.decode.iter().enumerate() {
                 let (sp, ideal) = if mi == 0 {
@@ -311,7 +334,14 @@ impl Comparison {
                         format!("{:.2}x", self.flops_decode[0] / self.flops_decode[mi]),
                     )
                 };
-                s += &format!("| {} | {} | decode | {} | {} | {} | {sp} | {ideal} |\n", m.label, self.params[mi], pt.batch, pt.prompt_len, fmt(&pt.tok_s));
+                s += &format!(
+                    "| {} | {} | decode | {} | {} | {} | {sp} | {ideal} |\n",
+                    m.label,
+                    self.params[mi],
+                    pt.batch,
+                    pt.prompt_len,
+                    fmt(&pt.tok_s)
+                );
             }
         }
         s += &format!(

@@ -106,7 +106,12 @@ pub fn texts(spec: &str) -> Result<Vec<String>> {
 /// result may run past it by the rest of the last document). With `specials`, each document
 /// gets BOS (when the tokenizer adds one) and EOS; without, documents are joined by EOS only
 /// (a single text is tokenised exactly as it is, the perplexity reference's convention).
-pub fn token_stream(spec: &str, tok: &Tokenizer, max_tokens: usize, specials: bool) -> Result<Vec<u32>> {
+pub fn token_stream(
+    spec: &str,
+    tok: &Tokenizer,
+    max_tokens: usize,
+    specials: bool,
+) -> Result<Vec<u32>> {
     let mut stream: Vec<u32> = vec![];
     let mut first = true;
     'files: for f in source_files(spec)? {
@@ -118,7 +123,11 @@ pub fn token_stream(spec: &str, tok: &Tokenizer, max_tokens: usize, specials: bo
                 stream.extend(tok.eos_id);
             }
             first = false;
-            stream.extend(encode_prefix(tok, &doc, max_tokens.saturating_sub(stream.len()))?);
+            stream.extend(encode_prefix(
+                tok,
+                &doc,
+                max_tokens.saturating_sub(stream.len()),
+            )?);
             if specials {
                 stream.extend(tok.eos_id);
             }
@@ -145,7 +154,10 @@ fn encode_prefix(tok: &Tokenizer, text: &str, need: usize) -> Result<Vec<u32>> {
         while !text.is_char_boundary(cut) {
             cut += 1;
         }
-        let cut = text[..cut].rfind(char::is_whitespace).filter(|&c| c > 0).unwrap_or(cut);
+        let cut = text[..cut]
+            .rfind(char::is_whitespace)
+            .filter(|&c| c > 0)
+            .unwrap_or(cut);
         let mut ids = tok.encode(&text[..cut], false)?;
         if ids.len() >= need + MARGIN {
             ids.truncate(need);

@@ -5,10 +5,6 @@ use std::sync::Arc;
 
 use super::stage::StageKind;
 
-/// Stage kinds of the DDP pipeline that have no implementation in this build yet. Recipes may
-/// name them (validation says so clearly) so that pipelines can be written ahead of the code.
-pub const PLANNED_KINDS: &[&str] = &["oneshot", "report"];
-
 #[derive(Clone, Default)]
 pub struct Registry {
     kinds: BTreeMap<String, Arc<dyn StageKind>>,
@@ -29,16 +25,9 @@ impl Registry {
     }
     /// Why `name` cannot be used, for a validation message.
     pub fn unknown_kind_message(&self, name: &str) -> String {
-        if PLANNED_KINDS.contains(&name) {
-            format!(
-                "stage kind `{name}` is not available yet in this version of ddp (available: {})",
-                self.names().join(", ")
-            )
-        } else {
-            format!(
-                "unknown stage kind `{name}` (available: {})",
-                self.names().join(", ")
-            )
-        }
+        format!(
+            "unknown stage kind `{name}` (available: {})",
+            self.names().join(", ")
+        )
     }
 }

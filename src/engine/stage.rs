@@ -94,7 +94,8 @@ impl ParamType {
             (ParamType::StrList, Value::Array(a)) if a.iter().all(Value::is_str) => Ok(v.clone()),
             (ParamType::IntList { min, max }, Value::Array(a))
                 if !a.is_empty()
-                    && a.iter().all(|x| x.as_integer().is_some_and(|i| i >= *min && i <= *max)) =>
+                    && a.iter()
+                        .all(|x| x.as_integer().is_some_and(|i| i >= *min && i <= *max)) =>
             {
                 Ok(v.clone())
             }

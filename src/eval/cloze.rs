@@ -70,8 +70,7 @@ pub fn lambada_items(passages: &[String], limit: usize) -> Vec<ClozeItem> {
         // A whole word: not the tail of a contraction or a hyphenated word.
         let before = &body[..start];
         let prev = before.chars().last();
-        if word.chars().count() < 2
-            || prev.is_none_or(|c| c.is_alphanumeric() || "'’-".contains(c))
+        if word.chars().count() < 2 || prev.is_none_or(|c| c.is_alphanumeric() || "'’-".contains(c))
         {
             continue;
         }
@@ -170,7 +169,8 @@ pub fn lambada<B: Backend>(
 mod tests {
     use super::*;
 
-    const TEXT: &str = "Call me Ishmael. Some years ago, never mind how long\nprecisely, I went to sea.\n\n\
+    const TEXT: &str =
+        "Call me Ishmael. Some years ago, never mind how long\nprecisely, I went to sea.\n\n\
         Short one.\n\nIt is a way I have of driving off the \"spleen.\"\n\n\
         The whale's   tail rose above the boat's bow.\n";
 
@@ -178,10 +178,16 @@ mod tests {
     fn passages_and_last_words() {
         let p = passages(TEXT, 5);
         assert_eq!(p.len(), 3, "{p:?}");
-        assert_eq!(p[0], "Call me Ishmael. Some years ago, never mind how long precisely, I went to sea.");
+        assert_eq!(
+            p[0],
+            "Call me Ishmael. Some years ago, never mind how long precisely, I went to sea."
+        );
         let items = lambada_items(&p, 0);
         assert_eq!(items[0].target, " sea");
-        assert_eq!(items[0].context, "Call me Ishmael. Some years ago, never mind how long precisely, I went to");
+        assert_eq!(
+            items[0].context,
+            "Call me Ishmael. Some years ago, never mind how long precisely, I went to"
+        );
         assert_eq!(items[1].target, "spleen");
         assert_eq!(items[1].context, "It is a way I have of driving off the \"");
         // "boat's bow" -> "bow"; the apostrophe form "s" alone is never a target.

@@ -137,8 +137,14 @@ pub fn parse_item(v: &Value) -> std::result::Result<(&'static str, Item), String
     }
     // ARC and OpenBookQA: choices {text, label}, answerKey.
     if let (Some(ch), Some(key)) = (v.get("choices"), s(v, "answerKey")) {
-        let texts = ch.get("text").and_then(str_list).ok_or("expected choices.text")?;
-        let labels = ch.get("label").and_then(str_list).ok_or("expected choices.label")?;
+        let texts = ch
+            .get("text")
+            .and_then(str_list)
+            .ok_or("expected choices.text")?;
+        let labels = ch
+            .get("label")
+            .and_then(str_list)
+            .ok_or("expected choices.label")?;
         let gold = labels
             .iter()
             .position(|l| l == key)
@@ -148,7 +154,10 @@ pub fn parse_item(v: &Value) -> std::result::Result<(&'static str, Item), String
             return Ok(("openbookqa", item(vec![q.into()], ch, gold)));
         }
         let q = s(v, "question").ok_or("expected `question`")?;
-        return Ok(("arc", item(vec![format!("Question: {q}\nAnswer:")], ch, gold)));
+        return Ok((
+            "arc",
+            item(vec![format!("Question: {q}\nAnswer:")], ch, gold),
+        ));
     }
     // BoolQ.
     if let (Some(p), Some(q)) = (s(v, "passage"), s(v, "question")) {
@@ -167,8 +176,7 @@ pub fn parse_item(v: &Value) -> std::result::Result<(&'static str, Item), String
         ));
     }
     // WinoGrande: the option fills the blank inside the context; the rest is shared.
-    if let (Some(sent), Some(o1), Some(o2)) = (s(v, "sentence"), s(v, "option1"), s(v, "option2"))
-    {
+    if let (Some(sent), Some(o1), Some(o2)) = (s(v, "sentence"), s(v, "option1"), s(v, "option2")) {
         let at = sent.find('_').ok_or("expected a `_` blank in `sentence`")?;
         let gold = v
             .get("answer")
@@ -180,7 +188,11 @@ pub fn parse_item(v: &Value) -> std::result::Result<(&'static str, Item), String
         let rest = format!(" {}", sent[at + 1..].trim());
         return Ok((
             "winogrande",
-            item(vec![format!("{pre}{o1}"), format!("{pre}{o2}")], vec![rest], gold),
+            item(
+                vec![format!("{pre}{o1}"), format!("{pre}{o2}")],
+                vec![rest],
+                gold,
+            ),
         ));
     }
     Err("unrecognised layout: expected {context, choices, gold} or the fields of HellaSwag, PIQA, ARC, OpenBookQA, BoolQ or WinoGrande".into())
@@ -191,7 +203,11 @@ pub fn read_task(path: &Path, limit: usize) -> Result<(String, Vec<Item>)> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut layout = None;
     let mut items = vec![];
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let bad = |what: String| Error::bad_file(path, format!("line {}: {what}", i + 1));
         let v: Value = serde_json::from_str(line).map_err(|e| bad(format!("invalid JSON: {e}")))?;
         let (l, it) = parse_item(&v).map_err(bad)?;
@@ -277,7 +293,11 @@ pub fn logliks<B: Backend>(
     let mut it = scored.into_iter();
     Ok(items
         .iter()
-        .map(|item| (0..item.choices()).map(|_| it.next().unwrap().total()).collect())
+        .map(|item| {
+            (0..item.choices())
+                .map(|_| it.next().unwrap().total())
+                .collect()
+        })
         .collect())
 }
 
@@ -328,7 +348,10 @@ mod tests {
         let wg: Value = serde_json::from_str(r#"{"sentence":"Sam gave Tom a book because _ was kind.","option1":"Sam","option2":"Tom","answer":"1"}"#).unwrap();
         let (l, it) = parse_item(&wg).unwrap();
         assert_eq!(l, "winogrande");
-        assert_eq!(it.pair(1), ("Sam gave Tom a book because Tom", " was kind."));
+        assert_eq!(
+            it.pair(1),
+            ("Sam gave Tom a book because Tom", " was kind.")
+        );
         assert_eq!(it.gold, 0);
         let hs: Value = serde_json::from_str(r#"{"activity_label":"Baking","ctx_a":"A man mixes flour.","ctx_b":"he","endings":["bakes [title] bread.","sings."],"label":"0"}"#).unwrap();
         let (_, it) = parse_item(&hs).unwrap();
@@ -343,8 +366,16 @@ mod tests {
     #[test]
     fn accuracy_and_length_normalisation() {
         let items = vec![
-            Item { contexts: vec!["c".into()], continuations: vec![" a".into(), " bbbbbbb".into()], gold: 1 },
-            Item { contexts: vec!["c".into()], continuations: vec![" a".into(), " b".into()], gold: 0 },
+            Item {
+                contexts: vec!["c".into()],
+                continuations: vec![" a".into(), " bbbbbbb".into()],
+                gold: 1,
+            },
+            Item {
+                contexts: vec!["c".into()],
+                continuations: vec![" a".into(), " b".into()],
+                gold: 0,
+            },
         ];
         // Item 0: raw prefers choice 0 (-2 > -7); per byte prefers choice 1 (-1.0 > -1.0?):
         // -2/2 = -1.0 vs -7/8 = -0.875 -> 1. Item 1: both prefer 0.

@@ -23,12 +23,20 @@ pub struct Accuracy {
 
 impl Accuracy {
     pub fn of(correct: usize, n: usize) -> Self {
-        let p = if n == 0 { 0.0 } else { correct as f64 / n as f64 };
+        let p = if n == 0 {
+            0.0
+        } else {
+            correct as f64 / n as f64
+        };
         let stderr = if n > 1 {
             (p * (1.0 - p) / (n as f64 - 1.0)).sqrt()
         } else {
             0.0
         };
-        Self { value: p, stderr, n }
+        Self {
+            value: p,
+            stderr,
+            n,
+        }
     }
 }

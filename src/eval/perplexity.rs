@@ -72,7 +72,11 @@ pub fn perplexity<B: Backend>(
         nll -= s.total();
         count += s.logprobs.len();
     }
-    let mean = if count == 0 { f64::NAN } else { nll / count as f64 };
+    let mean = if count == 0 {
+        f64::NAN
+    } else {
+        nll / count as f64
+    };
     Perplexity {
         tokens: ids.len(),
         window,

@@ -39,10 +39,9 @@ pub struct Results {
 impl Suite {
     /// Sequences to score (for a progress bar's length).
     pub fn requests(&self) -> usize {
-        let ppl = self
-            .perplexity
-            .as_ref()
-            .map_or(0, |(ids, w, s)| perplexity::windows(ids.len(), *w, *s).len());
+        let ppl = self.perplexity.as_ref().map_or(0, |(ids, w, s)| {
+            perplexity::windows(ids.len(), *w, *s).len()
+        });
         let mc = |items: &[Item]| items.iter().map(Item::choices).sum::<usize>();
         ppl + self.lambada.len()
             + mc(&self.cloze_mc)
@@ -64,7 +63,13 @@ impl Suite {
         }
         if !self.lambada.is_empty() {
             bar.set_message("cloze");
-            r.lambada = Some(cloze::lambada(&scorer, tok, &self.lambada, self.max_len, tick)?);
+            r.lambada = Some(cloze::lambada(
+                &scorer,
+                tok,
+                &self.lambada,
+                self.max_len,
+                tick,
+            )?);
         }
         if !self.cloze_mc.is_empty() {
             bar.set_message("cloze-mc");
@@ -74,7 +79,8 @@ impl Suite {
         for (name, (layout, items)) in &self.tasks {
             bar.set_message(name.clone());
             let ll = mc::logliks(&scorer, tok, items, self.max_len, tick)?;
-            r.tasks.insert(name.clone(), mc::accuracy(items, &ll, layout));
+            r.tasks
+                .insert(name.clone(), mc::accuracy(items, &ll, layout));
         }
         Ok(r)
     }
@@ -111,13 +117,17 @@ impl Results {
 
     /// A Markdown table of the results (with deltas against `dense` when given).
     pub fn markdown(&self, dense: Option<&BTreeMap<String, f64>>) -> String {
-        let mut s = String::from("| metric | value | ± stderr | dense | delta |\n|---|---:|---:|---:|---:|\n");
+        let mut s = String::from(
+            "| metric | value | ± stderr | dense | delta |\n|---|---:|---:|---:|---:|\n",
+        );
         let m = self.metrics();
         for (k, v) in &m {
             if k.ends_with("_stderr") || k == "mean_nll" {
                 continue;
             }
-            let se = m.get(&format!("{k}_stderr")).map_or(String::new(), |e| format!("{e:.4}"));
+            let se = m
+                .get(&format!("{k}_stderr"))
+                .map_or(String::new(), |e| format!("{e:.4}"));
             let (d, delta) = match dense.and_then(|d| d.get(k)) {
                 Some(d) => (format!("{d:.4}"), format!("{:+.4}", v - d)),
                 None => (String::new(), String::new()),

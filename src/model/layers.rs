@@ -10,11 +10,38 @@ use burn::tensor::{
 
 use super::rope;
 
+/// Per-input-feature sums over every row a layer has seen: what one-shot pruning scores
+/// (Wanda-SP norms, FLAP fluctuations) need.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InputStats {
+    pub rows: usize,
+    pub sum: Vec<f64>,
+    pub sum_sq: Vec<f64>,
+}
+
+impl InputStats {
+    /// ||x_j||_2 over all rows.
+    pub fn norm(&self) -> Vec<f64> {
+        self.sum_sq.iter().map(|s| s.sqrt()).collect()
+    }
+    /// Sample variance of x_j over the rows.
+    pub fn variance(&self) -> Vec<f64> {
+        let n = self.rows.max(2) as f64;
+        self.sum
+            .iter()
+            .zip(&self.sum_sq)
+            .map(|(s, q)| ((q - s * s / n) / (n - 1.0)).max(0.0))
+            .collect()
+    }
+}
+
 /// `y = x W (+ b)` with `W` stored `[in, out]` so the matmul needs no transpose.
 #[derive(Debug, Clone)]
 pub struct Linear<B: Backend> {
     pub w: Tensor<B, 2>,
     pub b: Option<Tensor<B, 1>>,
+    /// When set, every forward adds its input's per-feature sums here.
+    pub probe: Option<std::sync::Arc<std::sync::Mutex<InputStats>>>,
 }
 
 impl<B: Backend> Linear<B> {
@@ -28,7 +55,31 @@ impl<B: Backend> Linear<B> {
         let mut dims = x.dims();
         let inn = dims[D - 1];
         let rows = dims.iter().product::<usize>() / inn;
-        let mut y = x.reshape([rows, inn]).matmul(self.w.clone());
+        let x = x.reshape([rows, inn]);
+        if let Some(p) = &self.probe {
+            let sum: Vec<f32> = x
+                .clone()
+                .sum_dim(0)
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .unwrap();
+            let sq: Vec<f32> = (x.clone() * x.clone())
+                .sum_dim(0)
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .unwrap();
+            let mut st = p.lock().unwrap_or_else(|e| e.into_inner());
+            st.sum.resize(inn, 0.0);
+            st.sum_sq.resize(inn, 0.0);
+            for j in 0..inn {
+                st.sum[j] += sum[j] as f64;
+                st.sum_sq[j] += sq[j] as f64;
+            }
+            st.rows += rows;
+        }
+        let mut y = x.matmul(self.w.clone());
         if let Some(b) = &self.b {
             y = y + b.clone().unsqueeze::<2>();
         }

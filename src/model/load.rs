@@ -62,6 +62,7 @@ impl<B: Backend> Loader<'_, B> {
         Ok(Linear {
             w: Tensor::from_data(TensorData::new(t.data, [inn, out]), self.device),
             b,
+            probe: None,
         })
     }
     fn mlp(&self, prefix: &str, names: [&str; 3], hidden: usize, width: usize) -> Result<Mlp<B>> {

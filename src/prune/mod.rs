@@ -2,6 +2,7 @@
 //! final-mask rules and slicing.
 
 pub mod mask;
+pub mod oneshot;
 pub mod slice;
 pub mod surrogate;
 pub mod train;

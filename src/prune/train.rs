@@ -129,6 +129,10 @@ pub struct GateState {
     /// How `z` is to be read (set when training starts).
     #[serde(default)]
     pub method: Method,
+    /// Set by one-shot scoring (`magnitude`, `wanda-sp`, `flap`): `z` holds importance scores
+    /// to rank, not gate values; survivors keep a scale of 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scored_by: Option<String>,
     pub families: Vec<Family>,
     pub step: usize,
 }
@@ -197,6 +201,7 @@ impl GateState {
             heads,
             scope,
             method: Method::Ddp,
+            scored_by: None,
             families,
             step: 0,
         }

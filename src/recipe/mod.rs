@@ -717,7 +717,10 @@ impl Parser<'_> {
             let upstream: BTreeMap<String, (&str, &Params)> = r
                 .inputs
                 .iter()
-                .filter_map(|(i, up)| out.get(up).map(|u| (i.clone(), (u.kind.as_str(), &u.params))))
+                .filter_map(|(i, up)| {
+                    out.get(up)
+                        .map(|u| (i.clone(), (u.kind.as_str(), &u.params)))
+                })
                 .collect();
             if let Err(e) = k.check_upstream(&r.params, &upstream) {
                 self.err(st.src, st.name_span.clone(), format!("stage `{name}`: {e}"));
@@ -911,21 +914,21 @@ fn expand(order: &[String], resolved: &BTreeMap<String, Resolved>, axes: &[Axis]
                 gathered(&out)
             } else {
                 r.inputs
-                .iter()
-                .map(|(input, up)| {
-                    let sub: Vec<(String, Value)> = assignment
-                        .iter()
-                        .filter(|(a, _)| deps[up.as_str()].contains(a))
-                        .cloned()
-                        .collect();
-                    let up_name = if sub.is_empty() {
-                        up.clone()
-                    } else {
-                        format!("{up}@{}", label(&sub))
-                    };
-                    (input.clone(), up_name)
-                })
-                .collect()
+                    .iter()
+                    .map(|(input, up)| {
+                        let sub: Vec<(String, Value)> = assignment
+                            .iter()
+                            .filter(|(a, _)| deps[up.as_str()].contains(a))
+                            .cloned()
+                            .collect();
+                        let up_name = if sub.is_empty() {
+                            up.clone()
+                        } else {
+                            format!("{up}@{}", label(&sub))
+                        };
+                        (input.clone(), up_name)
+                    })
+                    .collect()
             };
             out.push(Instance {
                 name: inst_name,

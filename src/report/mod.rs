@@ -1,5 +1,9 @@
 //! Tables over a run or a sweep, built from manifests / lock files (never from logs).
 
+pub mod plots;
+pub mod sweep;
+pub mod write;
+
 use std::collections::BTreeSet;
 
 use serde_json::json;

@@ -30,17 +30,58 @@ impl StageKind for Benchmark {
     }
     fn params(&self) -> Vec<ParamSpec> {
         vec![
-            ParamSpec { name: "prompt_lens", ty: ParamType::IntList { min: 1, max: 1 << 20 }, default: ints(&[128, 512]), doc: "prefill prompt lengths (decode follows the first)" },
-            ParamSpec { name: "batches", ty: ParamType::IntList { min: 1, max: 4096 }, default: ints(&[1, 8]), doc: "batch sizes" },
-            ParamSpec { name: "decode_tokens", ty: ParamType::Int { min: 0, max: 1 << 20 }, default: Some(Value::Integer(128)), doc: "tokens generated with the KV cache (0: no decode)" },
-            ParamSpec { name: "repeats", ty: ParamType::Int { min: 1, max: 1000 }, default: Some(Value::Integer(3)), doc: "timed runs per model and setting" },
-            ParamSpec { name: "warmup", ty: ParamType::Int { min: 0, max: 100 }, default: Some(Value::Integer(1)), doc: "untimed runs first" },
+            ParamSpec {
+                name: "prompt_lens",
+                ty: ParamType::IntList {
+                    min: 1,
+                    max: 1 << 20,
+                },
+                default: ints(&[128, 512]),
+                doc: "prefill prompt lengths (decode follows the first)",
+            },
+            ParamSpec {
+                name: "batches",
+                ty: ParamType::IntList { min: 1, max: 4096 },
+                default: ints(&[1, 8]),
+                doc: "batch sizes",
+            },
+            ParamSpec {
+                name: "decode_tokens",
+                ty: ParamType::Int {
+                    min: 0,
+                    max: 1 << 20,
+                },
+                default: Some(Value::Integer(128)),
+                doc: "tokens generated with the KV cache (0: no decode)",
+            },
+            ParamSpec {
+                name: "repeats",
+                ty: ParamType::Int { min: 1, max: 1000 },
+                default: Some(Value::Integer(3)),
+                doc: "timed runs per model and setting",
+            },
+            ParamSpec {
+                name: "warmup",
+                ty: ParamType::Int { min: 0, max: 100 },
+                default: Some(Value::Integer(1)),
+                doc: "untimed runs first",
+            },
         ]
     }
     fn inputs(&self) -> Vec<InputSpec> {
         vec![
-            InputSpec { optional: false, name: "model", kinds: &["slice", "load"], doc: "the model to measure" },
-            InputSpec { optional: true, name: "dense", kinds: &["load"], doc: "the dense model, measured alongside" },
+            InputSpec {
+                optional: false,
+                name: "model",
+                kinds: &["slice", "load"],
+                doc: "the model to measure",
+            },
+            InputSpec {
+                optional: true,
+                name: "dense",
+                kinds: &["load"],
+                doc: "the dense model, measured alongside",
+            },
         ]
     }
     fn headline(&self) -> Option<&'static str> {
@@ -67,7 +108,12 @@ impl StageKind for Benchmark {
         let device: DeviceSpec = ctx.device.parse()?;
         let c = run_on(
             device,
-            BenchTask { models, protocol: &protocol, device: ctx.device, bar: ctx.progress },
+            BenchTask {
+                models,
+                protocol: &protocol,
+                device: ctx.device,
+                bar: ctx.progress,
+            },
         )?;
         write_json(&ctx.out_dir.join("bench.json"), &c)?;
         std::fs::write(
@@ -97,6 +143,8 @@ impl BackendTask for BenchTask<'_> {
             loaded.push((label.to_string(), m, grew));
         }
         self.bar.set_length(self.protocol.runs(loaded.len()) as u64);
-        Ok(bench::compare(loaded, self.protocol, self.device, || self.bar.inc(1)))
+        Ok(bench::compare(loaded, self.protocol, self.device, || {
+            self.bar.inc(1)
+        }))
     }
 }

@@ -4,11 +4,14 @@ use anyhow::{Context, Result};
 use toml::Value;
 
 use super::common::{forward_model_json, model_path, write_json};
+use crate::backend::{run_on, BackendTask, DeviceSpec};
 use crate::data;
 use crate::engine::stage::{
     InputSpec, Metrics, ParamSpec, ParamType, Params, StageContext, StageKind,
 };
-use crate::io;
+use crate::io::{self, ModelFiles};
+use crate::model::load::load_model;
+use crate::prune::oneshot::{self, LayerStats};
 
 pub struct Calibrate;
 
@@ -17,7 +20,7 @@ impl StageKind for Calibrate {
         "calibrate"
     }
     fn version(&self) -> u32 {
-        1
+        2
     }
     fn about(&self) -> &'static str {
         "Tokenise a text source (file, directory, DIR/*.EXT, or JSONL with a text field) into blocks of seq_len tokens, split train/validation deterministically."
@@ -27,6 +30,7 @@ impl StageKind for Calibrate {
             ParamSpec { name: "data", ty: ParamType::Str, default: None, doc: "text source: a file, a directory of .txt, DIR/*.EXT, or a .jsonl with a `text` field" },
             ParamSpec { name: "seq_len", ty: ParamType::Int { min: 2, max: 1 << 20 }, default: Some(Value::Integer(256)), doc: "tokens per block" },
             ParamSpec { name: "max_tokens", ty: ParamType::Int { min: 2, max: i64::MAX }, default: Some(Value::Integer(200_000)), doc: "cap on the tokens read" },
+            ParamSpec { name: "activation_stats", ty: ParamType::Int { min: 0, max: 1 << 20 }, default: Some(Value::Integer(0)), doc: "run the dense model over the first N training blocks and record the inputs of every o_proj and down_proj (needed by the oneshot methods wanda-sp and flap); 0: skip" },
             ParamSpec { name: "val_every", ty: ParamType::Int { min: 0, max: 1 << 20 }, default: Some(Value::Integer(10)), doc: "every N-th block goes to validation (0: none)" },
         ]
     }
@@ -72,6 +76,19 @@ impl StageKind for Calibrate {
             ctx.int("val_every") as usize,
         )?;
         write_json(&ctx.out_dir.join("blocks.json"), &b)?;
+        let n_stats = (ctx.int("activation_stats") as usize).min(b.train.len());
+        if n_stats > 0 {
+            let device: DeviceSpec = ctx.device.parse()?;
+            let stats = run_on(
+                device,
+                StatsTask {
+                    files: &files,
+                    blocks: &b.train[..n_stats],
+                    bar: ctx.progress,
+                },
+            )?;
+            write_json(&ctx.out_dir.join("activation_stats.json"), &stats)?;
+        }
         forward_model_json(input, ctx.out_dir)?;
         Ok(Metrics::from([
             ("train_blocks".into(), b.train.len() as f64),
@@ -81,5 +98,28 @@ impl StageKind for Calibrate {
                 ((b.train.len() + b.validation.len()) * b.seq_len) as f64,
             ),
         ]))
+    }
+}
+
+struct StatsTask<'a> {
+    files: &'a ModelFiles,
+    blocks: &'a [Vec<u32>],
+    bar: &'a indicatif::ProgressBar,
+}
+
+impl BackendTask for StatsTask<'_> {
+    type Output = Vec<LayerStats>;
+    fn run<B: burn::tensor::backend::Backend>(
+        self,
+        device: B::Device,
+    ) -> crate::Result<Self::Output> {
+        let mut model = load_model::<B>(
+            &self.files.config,
+            self.files.weights.as_ref(),
+            &device,
+            None,
+        )?;
+        self.bar.set_length(self.blocks.len() as u64);
+        oneshot::activation_stats(&mut model, self.blocks, 4, |n| self.bar.inc(n as u64))
     }
 }

@@ -49,9 +49,11 @@ fn local_files(spec: &str) -> Option<HashSet<PathBuf>> {
     if spec.contains(':') && !Path::new(spec).exists() {
         return None;
     }
-    data::source_files(spec)
-        .ok()
-        .map(|v| v.into_iter().filter_map(|p| p.canonicalize().ok()).collect())
+    data::source_files(spec).ok().map(|v| {
+        v.into_iter()
+            .filter_map(|p| p.canonicalize().ok())
+            .collect()
+    })
 }
 
 /// Settings shared by the stage and `ddp-run eval`.
@@ -82,7 +84,11 @@ pub fn build_suite(spec: &SuiteSpec, tok: &Tokenizer, cache: &Path) -> Result<Su
         if ids.len() < 2 {
             bail!("evaluation text {d}: fewer than 2 tokens");
         }
-        let stride = if spec.stride == 0 { spec.seq_len } else { spec.stride };
+        let stride = if spec.stride == 0 {
+            spec.seq_len
+        } else {
+            spec.stride
+        };
         if stride > spec.seq_len {
             bail!("stride {stride} is longer than seq_len {}", spec.seq_len);
         }
@@ -91,7 +97,13 @@ pub fn build_suite(spec: &SuiteSpec, tok: &Tokenizer, cache: &Path) -> Result<Su
             let text = data::texts(&src)?.join("\n\n");
             let passages = cloze::passages(&text, spec.min_words);
             suite.lambada = cloze::lambada_items(&passages, spec.cloze_items);
-            suite.cloze_mc = cloze::mc_items(&passages, 8, spec.cloze_choices, spec.cloze_items, spec.seed);
+            suite.cloze_mc = cloze::mc_items(
+                &passages,
+                8,
+                spec.cloze_choices,
+                spec.cloze_items,
+                spec.seed,
+            );
         }
     }
     for t in &spec.tasks {
@@ -150,9 +162,24 @@ impl StageKind for Evaluate {
     }
     fn inputs(&self) -> Vec<InputSpec> {
         vec![
-            InputSpec { optional: false, name: "model", kinds: &["load", "slice"], doc: "the model to evaluate" },
-            InputSpec { optional: true, name: "calibration", kinds: &["calibrate"], doc: "calibration blocks: evaluation text overlapping them is refused" },
-            InputSpec { optional: true, name: "dense", kinds: &["evaluate"], doc: "the dense model's evaluation, for deltas" },
+            InputSpec {
+                optional: false,
+                name: "model",
+                kinds: &["load", "slice"],
+                doc: "the model to evaluate",
+            },
+            InputSpec {
+                optional: true,
+                name: "calibration",
+                kinds: &["calibrate"],
+                doc: "calibration blocks: evaluation text overlapping them is refused",
+            },
+            InputSpec {
+                optional: true,
+                name: "dense",
+                kinds: &["evaluate"],
+                doc: "the dense model's evaluation, for deltas",
+            },
         ]
     }
     fn external_files(&self, params: &Params, _cache: &Path) -> Result<Vec<PathBuf>> {
@@ -181,7 +208,10 @@ impl StageKind for Evaluate {
         let Some((_, cal)) = upstream.get("calibration") else {
             return Ok(());
         };
-        let eval = params.get("data").and_then(Value::as_str).unwrap_or_default();
+        let eval = params
+            .get("data")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let calib = cal.get("data").and_then(Value::as_str).unwrap_or_default();
         if eval.is_empty() {
             return Ok(());
@@ -191,7 +221,10 @@ impl StageKind for Evaluate {
         }
         if let (Some(a), Some(b)) = (local_files(eval), local_files(calib)) {
             if let Some(f) = a.intersection(&b).next() {
-                return Err(format!("evaluation data \"{eval}\" and calibration data \"{calib}\" share the file {}", f.display()));
+                return Err(format!(
+                    "evaluation data \"{eval}\" and calibration data \"{calib}\" share the file {}",
+                    f.display()
+                ));
             }
         }
         Ok(())
@@ -202,9 +235,16 @@ impl StageKind for Evaluate {
     fn run(&self, ctx: &StageContext) -> Result<Metrics> {
         let input = ctx.input("model")?;
         let files = io::open_model(&model_path(input, ctx.cache_root)?)?;
-        let tok = files.tokenizer.as_ref().context("the model has no tokenizer")?;
+        let tok = files
+            .tokenizer
+            .as_ref()
+            .context("the model has no tokenizer")?;
         let tasks: Vec<String> = match ctx.params.get("tasks") {
-            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(String::from).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect(),
             _ => vec![],
         };
         let spec = SuiteSpec {
@@ -226,7 +266,14 @@ impl StageKind for Evaluate {
             check_disjoint(ids, &blocks, &format!("stage {}", cal.stage))?;
         }
         let device: DeviceSpec = ctx.device.parse()?;
-        let results = run_on(device, EvalTask { files: &files, suite: &suite, bar: ctx.progress })?;
+        let results = run_on(
+            device,
+            EvalTask {
+                files: &files,
+                suite: &suite,
+                bar: ctx.progress,
+            },
+        )?;
         let dense = ctx.inputs.get("dense").map(|d| d.metrics.clone());
         let mut m = results.metrics();
         let params = accounting::count(&files.config);
@@ -244,7 +291,11 @@ impl StageKind for Evaluate {
         write_json(&ctx.out_dir.join("eval.json"), &results)?;
         std::fs::write(
             ctx.out_dir.join("eval.md"),
-            format!("# Evaluation: {}\n\n{}", ctx.instance, results.markdown(dense.as_ref())),
+            format!(
+                "# Evaluation: {}\n\n{}",
+                ctx.instance,
+                results.markdown(dense.as_ref())
+            ),
         )?;
         Ok(m)
     }
@@ -259,7 +310,12 @@ pub struct EvalTask<'a> {
 impl BackendTask for EvalTask<'_> {
     type Output = Results;
     fn run<B: Backend>(self, device: B::Device) -> crate::Result<Results> {
-        let model = load_model::<B>(&self.files.config, self.files.weights.as_ref(), &device, None)?;
+        let model = load_model::<B>(
+            &self.files.config,
+            self.files.weights.as_ref(),
+            &device,
+            None,
+        )?;
         let tok = self.files.tokenizer.as_ref().ok_or_else(|| {
             crate::Error::Invalid(format!("{} has no tokenizer", self.files.path.display()))
         })?;

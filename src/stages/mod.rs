@@ -7,6 +7,8 @@ pub mod common;
 pub mod evaluate;
 pub mod gate_insert;
 pub mod load;
+pub mod oneshot;
+pub mod report;
 pub mod slice;
 pub mod threshold;
 
@@ -25,5 +27,7 @@ pub fn registry() -> Registry {
     r.register(Arc::new(slice::Slice));
     r.register(Arc::new(evaluate::Evaluate));
     r.register(Arc::new(benchmark::Benchmark));
+    r.register(Arc::new(report::Report));
+    r.register(Arc::new(oneshot::Oneshot));
     r
 }

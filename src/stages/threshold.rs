@@ -32,7 +32,7 @@ impl StageKind for Threshold {
         vec![InputSpec {
             optional: false,
             name: "trained",
-            kinds: &["anneal-train", "gate-insert"],
+            kinds: &["anneal-train", "oneshot", "gate-insert"],
             doc: "gates to threshold",
         }]
     }
@@ -53,6 +53,13 @@ impl StageKind for Threshold {
         let mut channels: Vec<Vec<f32>> = (0..c.num_hidden_layers)
             .map(|i| vec![1.0; c.layer(i).intermediate_size])
             .collect();
+        if state.scored_by.is_some() && rule == "relu" {
+            anyhow::bail!(
+                "stage {}: one-shot scores ({}) have no threshold of their own: use rule = \"topk\" or \"uniform\"",
+                ctx.instance,
+                state.scored_by.as_deref().unwrap_or_default()
+            );
+        }
         for f in &state.families {
             let total: usize = f.z.iter().map(Vec::len).sum();
             // What the parameters mean at deployment (ReLU(z), or deterministic hard-concrete gates).
@@ -68,6 +75,18 @@ impl StageKind for Threshold {
                     mask::uniform(&values, keep.max(1))
                 }
                 _ => mask::relu(&values),
+            };
+            // One-shot survivors keep their weights as they are.
+            let kept: Vec<Vec<f32>> = if state.scored_by.is_some() {
+                kept.into_iter()
+                    .map(|l| {
+                        l.into_iter()
+                            .map(|x| if x > 0.0 { 1.0 } else { 0.0 })
+                            .collect()
+                    })
+                    .collect()
+            } else {
+                kept
             };
             let (achieved, per_layer) = mask::sparsity(&kept);
             metrics.insert(format!("sparsity_{}", f.name), achieved);

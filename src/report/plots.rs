@@ -1,0 +1,404 @@
+//! The report's figures as PNG (plotters, bitmap backend, bundled DejaVu font so no system
+//! fonts are needed): quality vs sparsity with the Pareto front, speed-up vs sparsity against
+//! the ideal, training curves, and per-layer maps of the kept heads and channels.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::prelude::*;
+
+use crate::error::{Error, Result};
+
+const W: u32 = 900;
+const H: u32 = 560;
+
+fn font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // The bundled font is valid; a failure would only leave text unrendered.
+        let _ = plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            dejavu::sans::regular(),
+        );
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Bold, dejavu::sans::bold());
+    });
+}
+
+fn err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::bad_file(path, format!("drawing the plot: {e}"))
+}
+
+fn colour(i: usize) -> RGBColor {
+    const P: [RGBColor; 8] = [
+        RGBColor(31, 119, 180),
+        RGBColor(214, 39, 40),
+        RGBColor(44, 160, 44),
+        RGBColor(255, 127, 14),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(23, 190, 207),
+    ];
+    P[i % P.len()]
+}
+
+fn range(vals: impl Iterator<Item = f64>, pad: f64, floor: Option<f64>) -> (f64, f64) {
+    let v: Vec<f64> = vals.filter(|x| x.is_finite()).collect();
+    let (mut lo, mut hi) = v
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        });
+    if !lo.is_finite() {
+        return (0.0, 1.0);
+    }
+    if (hi - lo).abs() < 1e-12 {
+        lo -= 0.5;
+        hi += 0.5;
+    }
+    let p = (hi - lo) * pad;
+    let lo = floor.map_or(lo - p, |f| (lo - p).max(f));
+    (lo, hi + p)
+}
+
+/// A series: name and (x, y) points, in x order.
+pub type Series = (String, Vec<(f64, f64)>);
+
+/// A speed-up panel: its title, the measured series, and the ideal line.
+pub type Panel = (String, Vec<Series>, Vec<(f64, f64)>);
+
+/// The points not dominated by another (lower or equal x and y, one strictly lower).
+pub fn pareto(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    // x: kept fraction of parameters (lower is better), y: perplexity (lower is better).
+    let mut front: Vec<(f64, f64)> = points
+        .iter()
+        .copied()
+        .filter(|&(x, y)| {
+            !points
+                .iter()
+                .any(|&(a, b)| a <= x && b <= y && (a < x || b < y))
+        })
+        .collect();
+    front.sort_by(|a, b| a.0.total_cmp(&b.0));
+    front.dedup();
+    front
+}
+
+/// Perplexity against sparsity (achieved, % of the dense model's parameters), one line per
+/// method, the Pareto front dashed.
+pub fn quality_vs_sparsity(
+    path: &Path,
+    series: &[Series],
+    dense: Option<f64>,
+    ylabel: &str,
+) -> Result<()> {
+    font();
+    let root = BitMapBackend::new(path, (W, H)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(path, e))?;
+    let all: Vec<(f64, f64)> = series
+        .iter()
+        .flat_map(|s| s.1.iter().copied())
+        .chain(dense.map(|d| (0.0, d)))
+        .collect();
+    let (x0, x1) = range(all.iter().map(|p| p.0), 0.08, Some(0.0));
+    let (y0, y1) = range(all.iter().map(|p| p.1), 0.1, Some(0.0));
+    let mut c = ChartBuilder::on(&root)
+        .caption(
+            format!("Quality vs sparsity ({ylabel}, lower is better)"),
+            ("sans-serif", 22),
+        )
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(|e| err(path, e))?;
+    c.configure_mesh()
+        .x_desc("parameters removed (% of the dense model)")
+        .y_desc(ylabel)
+        .label_style(("sans-serif", 15))
+        .draw()
+        .map_err(|e| err(path, e))?;
+    if let Some(d) = dense {
+        c.draw_series(LineSeries::new(
+            [(x0, d), (x1, d)],
+            BLACK.mix(0.4).stroke_width(1),
+        ))
+        .map_err(|e| err(path, e))?
+        .label(format!("dense ({d:.2})"))
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], BLACK.mix(0.4)));
+    }
+    for (i, (name, pts)) in series.iter().enumerate() {
+        let col = colour(i);
+        c.draw_series(LineSeries::new(pts.clone(), col.stroke_width(2)))
+            .map_err(|e| err(path, e))?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], col.stroke_width(2)));
+        c.draw_series(pts.iter().map(|&p| Circle::new(p, 5, col.filled())))
+            .map_err(|e| err(path, e))?;
+    }
+    let front = pareto(&all.iter().map(|&(x, y)| (100.0 - x, y)).collect::<Vec<_>>());
+    let front: Vec<(f64, f64)> = front.iter().map(|&(k, y)| (100.0 - k, y)).collect();
+    if front.len() > 1 {
+        c.draw_series(DashedLineSeries::new(
+            front.clone(),
+            6,
+            4,
+            BLACK.stroke_width(1),
+        ))
+        .map_err(|e| err(path, e))?
+        .label("Pareto front")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], BLACK));
+    }
+    c.draw_series(
+        front
+            .iter()
+            .map(|&p| Circle::new(p, 8, BLACK.stroke_width(1))),
+    )
+    .map_err(|e| err(path, e))?;
+    c.configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .label_font(("sans-serif", 15))
+        .draw()
+        .map_err(|e| err(path, e))?;
+    root.present().map_err(|e| err(path, e))
+}
+
+/// Measured speed-up against sparsity: one panel per phase (e.g. decode, prefill), one line
+/// per method, and the ideal from FLOPs per token dashed (it depends only on the shapes).
+pub fn speedup_vs_sparsity(
+    path: &Path,
+    panels: &[Panel],
+) -> Result<()> {
+    font();
+    let root = BitMapBackend::new(path, (W, H)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(path, e))?;
+    let root = root
+        .titled(
+            "Speed-up over dense vs sparsity: measured (solid), ideal from FLOPs (dashed)",
+            ("sans-serif", 20),
+        )
+        .map_err(|e| err(path, e))?;
+    let areas = root.split_evenly((1, panels.len().max(1)));
+    let all: Vec<(f64, f64)> = panels
+        .iter()
+        .flat_map(|p| {
+            p.1.iter()
+                .flat_map(|s| s.1.iter().copied())
+                .chain(p.2.iter().copied())
+        })
+        .chain([(0.0, 1.0)])
+        .collect();
+    let (x0, x1) = range(all.iter().map(|p| p.0), 0.08, Some(0.0));
+    let (y0, y1) = range(all.iter().map(|p| p.1), 0.1, Some(0.0));
+    for (area, (title, measured, ideal)) in areas.iter().zip(panels) {
+        let mut c = ChartBuilder::on(area)
+            .caption(title, ("sans-serif", 17))
+            .margin(10)
+            .x_label_area_size(45)
+            .y_label_area_size(60)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(|e| err(path, e))?;
+        c.configure_mesh()
+            .x_desc("parameters removed (%)")
+            .y_desc("speed-up over dense (x)")
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(|e| err(path, e))?;
+        c.draw_series(LineSeries::new([(x0, 1.0), (x1, 1.0)], BLACK.mix(0.4)))
+            .map_err(|e| err(path, e))?
+            .label("dense (1.0x)")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], BLACK.mix(0.4)));
+        if !ideal.is_empty() {
+            c.draw_series(DashedLineSeries::new(
+                ideal.clone(),
+                6,
+                4,
+                BLACK.stroke_width(2),
+            ))
+            .map_err(|e| err(path, e))?
+            .label("ideal (FLOPs)")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], BLACK.stroke_width(2)));
+        }
+        for (i, (name, pts)) in measured.iter().enumerate() {
+            let col = colour(i);
+            c.draw_series(LineSeries::new(pts.clone(), col.stroke_width(2)))
+                .map_err(|e| err(path, e))?
+                .label(name.clone())
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], col.stroke_width(2)));
+            c.draw_series(pts.iter().map(|&p| Circle::new(p, 5, col.filled())))
+                .map_err(|e| err(path, e))?;
+        }
+        c.configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.3))
+            .label_font(("sans-serif", 14))
+            .draw()
+            .map_err(|e| err(path, e))?;
+    }
+    root.present().map_err(|e| err(path, e))
+}
+
+/// One training run: loss terms, expected sparsity per family against its target, and mu_t,
+/// against the step, in three panels. `cols`: the CSV's columns by name.
+pub fn training_curves(
+    path: &Path,
+    title: &str,
+    cols: &BTreeMap<String, Vec<(f64, f64)>>,
+    families: &BTreeMap<String, Vec<(f64, f64)>>,
+    target: Option<f64>,
+) -> Result<()> {
+    font();
+    let root = BitMapBackend::new(path, (W, H * 3 / 2)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(path, e))?;
+    let root = root
+        .titled(&format!("Training: {title}"), ("sans-serif", 22))
+        .map_err(|e| err(path, e))?;
+    let panels = root.split_evenly((3, 1));
+    let steps = cols.values().flat_map(|v| v.iter().map(|p| p.0));
+    let (x0, x1) = range(steps, 0.02, Some(0.0));
+    let panel = |area: &DrawingArea<BitMapBackend, _>,
+                 ylabel: &str,
+                 series: Vec<(String, Vec<(f64, f64)>)>,
+                 hline: Option<(String, f64)>|
+     -> Result<()> {
+        let ys = series
+            .iter()
+            .flat_map(|s| s.1.iter().map(|p| p.1))
+            .chain(hline.iter().map(|h| h.1));
+        let (y0, y1) = range(ys, 0.1, None);
+        let mut c = ChartBuilder::on(area)
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(70)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(|e| err(path, e))?;
+        c.configure_mesh()
+            .x_desc("step")
+            .y_desc(ylabel)
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(|e| err(path, e))?;
+        for (i, (name, pts)) in series.into_iter().enumerate() {
+            let col = colour(i);
+            c.draw_series(LineSeries::new(pts, col.stroke_width(2)))
+                .map_err(|e| err(path, e))?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], col.stroke_width(2)));
+        }
+        if let Some((name, v)) = hline {
+            c.draw_series(DashedLineSeries::new(
+                [(x0, v), (x1, v)],
+                6,
+                4,
+                BLACK.stroke_width(1),
+            ))
+            .map_err(|e| err(path, e))?
+            .label(name)
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], BLACK));
+        }
+        c.configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.3))
+            .label_font(("sans-serif", 14))
+            .draw()
+            .map_err(|e| err(path, e))
+    };
+    let pick = |names: &[&str]| -> Vec<(String, Vec<(f64, f64)>)> {
+        names
+            .iter()
+            .filter_map(|n| cols.get(*n).map(|v| (n.to_string(), v.clone())))
+            .collect()
+    };
+    panel(&panels[0], "loss (nats)", pick(&["loss", "ce", "kl"]), None)?;
+    let fam: Vec<(String, Vec<(f64, f64)>)> = families
+        .iter()
+        .map(|(k, v)| (format!("expected sparsity: {k}"), v.clone()))
+        .collect();
+    panel(
+        &panels[1],
+        "expected sparsity",
+        fam,
+        target.map(|t| (format!("target {t}"), t)),
+    )?;
+    panel(&panels[2], "mu_t / lr_z", pick(&["mu", "lr_z"]), None)?;
+    root.present().map_err(|e| err(path, e))
+}
+
+/// Per-layer map of kept (dark) and removed (light) units: one panel for query heads, one for
+/// FFN channels; rows are layers.
+pub fn kept_map(
+    path: &Path,
+    title: &str,
+    heads: &[Vec<bool>],
+    channels: &[Vec<bool>],
+) -> Result<()> {
+    font();
+    let root = BitMapBackend::new(path, (W, H)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(path, e))?;
+    let root = root
+        .titled(
+            &format!("Kept units per layer: {title} (dark = kept)"),
+            ("sans-serif", 20),
+        )
+        .map_err(|e| err(path, e))?;
+    let (left, right) = root.split_horizontally(W / 4);
+    for (area, grid, what, col) in [
+        (&left, heads, "query head", colour(0)),
+        (&right, channels, "FFN channel", colour(2)),
+    ] {
+        let layers = grid.len();
+        let width = grid.iter().map(Vec::len).max().unwrap_or(1).max(1);
+        let kept: usize = grid.iter().flatten().filter(|&&k| k).count();
+        let total: usize = grid.iter().map(Vec::len).sum();
+        let mut c = ChartBuilder::on(area)
+            .caption(format!("{what}s: {kept}/{total} kept"), ("sans-serif", 16))
+            .margin(8)
+            .x_label_area_size(35)
+            .y_label_area_size(45)
+            .build_cartesian_2d(0..width, 0..layers)
+            .map_err(|e| err(path, e))?;
+        c.configure_mesh()
+            .disable_mesh()
+            .x_desc(what)
+            .y_desc("layer")
+            .label_style(("sans-serif", 13))
+            .draw()
+            .map_err(|e| err(path, e))?;
+        c.draw_series(grid.iter().enumerate().flat_map(|(l, row)| {
+            row.iter().enumerate().map(move |(u, &k)| {
+                let fill = if k {
+                    col.filled()
+                } else {
+                    RGBColor(235, 235, 235).filled()
+                };
+                Rectangle::new([(u, l), (u + 1, l + 1)], fill)
+            })
+        }))
+        .map_err(|e| err(path, e))?;
+    }
+    root.present().map_err(|e| err(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pareto_front_keeps_the_undominated() {
+        let pts = [
+            (0.8, 10.0),
+            (0.6, 12.0),
+            (0.6, 15.0),
+            (0.5, 30.0),
+            (0.8, 11.0),
+        ];
+        assert_eq!(
+            super::pareto(&pts),
+            vec![(0.5, 30.0), (0.6, 12.0), (0.8, 10.0)]
+        );
+    }
+}

@@ -1,0 +1,122 @@
+//! The rows of a run's report: one per evaluated model, joined with its benchmark and with
+//! what made it (method, target sparsity, training log, final mask), found by following the
+//! manifests' input keys up the cache.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::engine::cache::{Manifest, MANIFEST};
+use crate::engine::stage::{Input, Metrics};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// "dense", or "METHOD @ TARGET".
+    pub label: String,
+    pub method: String,
+    pub target: Option<f64>,
+    pub instance: String,
+    pub eval: Metrics,
+    pub bench: Option<Metrics>,
+    /// Entry directories of the training run and the final mask that produced the model.
+    pub train_dir: Option<PathBuf>,
+    pub mask_dir: Option<PathBuf>,
+}
+
+impl Row {
+    pub fn is_dense(&self) -> bool {
+        self.method == "dense"
+    }
+}
+
+fn read_manifest(dir: &Path) -> Option<Manifest> {
+    serde_json::from_str(&std::fs::read_to_string(dir.join(MANIFEST)).ok()?).ok()
+}
+
+/// The entry directory of `key`, whatever its kind.
+fn find_entry(cache: &Path, key: &str) -> Option<PathBuf> {
+    std::fs::read_dir(cache)
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join(key))
+        .find(|p| p.join(MANIFEST).is_file())
+}
+
+/// Every ancestor entry (kind, dir, manifest) of an entry, nearest first.
+fn ancestors(cache: &Path, dir: &Path) -> Vec<(PathBuf, Manifest)> {
+    let mut out = vec![];
+    let mut seen = BTreeSet::new();
+    let mut todo: Vec<PathBuf> = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Some(m) = read_manifest(&d) else { continue };
+        for k in m.inputs.values() {
+            if seen.insert(k.clone()) {
+                if let Some(up) = find_entry(cache, k) {
+                    todo.insert(0, up);
+                }
+            }
+        }
+        out.push((d, m));
+    }
+    out
+}
+
+fn param_str(m: &Manifest, k: &str) -> Option<String> {
+    m.params.get(k).and_then(|v| v.as_str()).map(String::from)
+}
+
+/// Builds rows from the gathered inputs of a report stage.
+pub fn rows(inputs: &BTreeMap<String, Input>, cache: &Path) -> Vec<Row> {
+    // Benchmarks by the key of the model they measured.
+    let mut bench_by_model: BTreeMap<String, Metrics> = BTreeMap::new();
+    for inp in inputs.values().filter(|i| i.kind == "benchmark") {
+        if let Some(m) = read_manifest(&inp.dir) {
+            if let Some(k) = m.inputs.get("model") {
+                bench_by_model.insert(k.clone(), inp.metrics.clone());
+            }
+        }
+    }
+    let mut rows = vec![];
+    for (name, inp) in inputs.iter().filter(|(_, i)| i.kind == "evaluate") {
+        let Some(me) = read_manifest(&inp.dir) else {
+            continue;
+        };
+        let model_key = me.inputs.get("model").cloned().unwrap_or_default();
+        let anc = ancestors(cache, &inp.dir);
+        let by_kind = |kind: &str| anc.iter().find(|(_, m)| m.kind == kind);
+        let trained = by_kind("anneal-train");
+        let oneshot = by_kind("oneshot");
+        let method = trained
+            .or(oneshot)
+            .and_then(|(_, m)| param_str(m, "method"))
+            .unwrap_or_else(|| "dense".into());
+        let target = by_kind("gate-insert").and_then(|(_, m)| m.params.get("sparsity")?.as_f64());
+        let label = match target {
+            Some(t) if method != "dense" => format!("{method} @ {t}"),
+            _ => method.clone(),
+        };
+        rows.push(Row {
+            label,
+            method,
+            target: if trained.or(oneshot).is_some() {
+                target
+            } else {
+                None
+            },
+            instance: name.clone(),
+            eval: inp.metrics.clone(),
+            bench: bench_by_model.get(&model_key).cloned(),
+            train_dir: trained.map(|(d, _)| d.clone()),
+            mask_dir: by_kind("threshold").map(|(d, _)| d.clone()),
+        });
+    }
+    rows.sort_by(|a, b| {
+        (!a.is_dense(), &a.method, a.target.unwrap_or(0.0).to_bits()).cmp(&(
+            !b.is_dense(),
+            &b.method,
+            b.target.unwrap_or(0.0).to_bits(),
+        ))
+    });
+    rows
+}

@@ -1,0 +1,316 @@
+//! A run's report: report.md (the table of every evaluated model with deltas against dense and
+//! speed-ups beside the ideal, and the plots), report.json and report.csv with the same data.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use serde_json::json;
+
+use super::plots::{self, Series};
+use super::sweep::Row;
+use crate::error::{Error, Result};
+use crate::prune::mask::FinalMask;
+
+fn removed_pct(r: &Row) -> Option<f64> {
+    if r.is_dense() {
+        return Some(0.0);
+    }
+    r.eval.get("params_kept").map(|k| (1.0 - k) * 100.0)
+}
+
+fn slug(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        let c = if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+            c
+        } else {
+            '_'
+        };
+        if !(c == '_' && out.ends_with('_')) {
+            out.push(c);
+        }
+    }
+    out.trim_matches('_').to_string()
+}
+
+/// The train_log.csv of a run: column name -> (step, value), and per family the expected
+/// sparsity.
+type Curves = (
+    BTreeMap<String, Vec<(f64, f64)>>,
+    BTreeMap<String, Vec<(f64, f64)>>,
+);
+
+fn read_log(path: &Path) -> Result<Curves> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut lines = text.lines();
+    let head: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let col = |n: &str| head.iter().position(|h| *h == n);
+    let (Some(step), Some(fam), Some(q)) = (col("step"), col("family"), col("expected_sparsity"))
+    else {
+        return Err(Error::bad_file(
+            path,
+            "expected columns step, family, expected_sparsity",
+        ));
+    };
+    let mut cols: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut fams: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut last_step = f64::NAN;
+    for line in lines {
+        let f: Vec<&str> = line.split(',').collect();
+        let num = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok());
+        let Some(s) = num(step) else { continue };
+        if let Some(v) = num(q) {
+            fams.entry(f[fam].to_string()).or_default().push((s, v));
+        }
+        if s != last_step {
+            for name in ["loss", "ce", "kl", "mu", "lr_z"] {
+                if let Some(v) = col(name).and_then(num) {
+                    cols.entry(name.into()).or_default().push((s, v));
+                }
+            }
+            last_step = s;
+        }
+    }
+    Ok((cols, fams))
+}
+
+/// Writes report.md, report.json, report.csv and plots/*.png into `out`; returns the PNGs.
+pub fn write(rows: &[Row], out: &Path, title: &str) -> Result<Vec<String>> {
+    let plots_dir = out.join("plots");
+    std::fs::create_dir_all(&plots_dir).map_err(|e| Error::io(&plots_dir, e))?;
+    let mut pngs = vec![];
+    let dense = rows.iter().find(|r| r.is_dense());
+    let methods: BTreeSet<&str> = rows
+        .iter()
+        .filter(|r| !r.is_dense())
+        .map(|r| r.method.as_str())
+        .collect();
+    let series = |f: &dyn Fn(&Row) -> Option<f64>| -> Vec<Series> {
+        methods
+            .iter()
+            .map(|m| {
+                let mut pts: Vec<(f64, f64)> = rows
+                    .iter()
+                    .filter(|r| r.method == *m)
+                    .filter_map(|r| Some((removed_pct(r)?, f(r)?)))
+                    .collect();
+                pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+                (m.to_string(), pts)
+            })
+            .filter(|s| !s.1.is_empty())
+            .collect()
+    };
+    // Quality vs sparsity.
+    let ppl = series(&|r| r.eval.get("perplexity").copied());
+    if !ppl.is_empty() {
+        let p = plots_dir.join("quality_vs_sparsity.png");
+        plots::quality_vs_sparsity(
+            &p,
+            &ppl,
+            dense.and_then(|d| d.eval.get("perplexity").copied()),
+            "perplexity",
+        )?;
+        pngs.push("plots/quality_vs_sparsity.png".to_string());
+    }
+    // Speed-up vs sparsity: batch 1, decode and the first prompt length.
+    let first_prefill = rows
+        .iter()
+        .filter_map(|r| r.bench.as_ref())
+        .flat_map(|b| b.keys())
+        .find(|k| k.starts_with("speedup.prefill.b1."))
+        .cloned();
+    let mut panels = vec![];
+    for (key, ideal_key, what) in [
+        (
+            Some("speedup.decode.b1".to_string()),
+            Some("ideal.decode".to_string()),
+            "decode, batch 1".to_string(),
+        ),
+        (
+            first_prefill.clone(),
+            first_prefill
+                .as_ref()
+                .map(|k| format!("ideal.prefill.{}", k.rsplit('.').next().unwrap_or_default())),
+            format!(
+                "prefill, batch 1, prompt {}",
+                first_prefill
+                    .as_deref()
+                    .unwrap_or_default()
+                    .rsplit(".p")
+                    .next()
+                    .unwrap_or_default()
+            ),
+        ),
+    ] {
+        let (Some(key), Some(ik)) = (key, ideal_key) else {
+            continue;
+        };
+        let measured = series(&|r| r.bench.as_ref()?.get(&key).copied());
+        if measured.is_empty() {
+            continue;
+        }
+        // The ideal depends only on the shapes: one line over every method's points.
+        let mut ideal: Vec<(f64, f64)> = series(&|r| r.bench.as_ref()?.get(&ik).copied())
+            .into_iter()
+            .flat_map(|s| s.1)
+            .chain([(0.0, 1.0)])
+            .collect();
+        ideal.sort_by(|a, b| a.0.total_cmp(&b.0));
+        ideal.dedup_by(|a, b| (a.0 - b.0).abs() < 1e-9);
+        panels.push((what, measured, ideal));
+    }
+    if !panels.is_empty() {
+        let p = plots_dir.join("speedup_vs_sparsity.png");
+        plots::speedup_vs_sparsity(&p, &panels)?;
+        pngs.push("plots/speedup_vs_sparsity.png".to_string());
+    }
+    // Training curves and kept-unit maps, per pruned model.
+    let mut per_row = BTreeMap::new();
+    for r in rows.iter().filter(|r| !r.is_dense()) {
+        let mut mine = vec![];
+        if let Some(d) = &r.train_dir {
+            let log = d.join("train_log.csv");
+            if log.is_file() {
+                let (cols, fams) = read_log(&log)?;
+                let name = format!("plots/training_{}.png", slug(&r.label));
+                plots::training_curves(&out.join(&name), &r.label, &cols, &fams, r.target)?;
+                mine.push(name);
+            }
+        }
+        if let Some(d) = &r.mask_dir {
+            let path = d.join("mask.json");
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                let m: FinalMask = serde_json::from_str(&text)
+                    .map_err(|e| Error::bad_file(&path, format!("not a mask: {e}")))?;
+                let heads: Vec<Vec<bool>> = m
+                    .layers
+                    .iter()
+                    .map(|l| l.heads.iter().map(|&v| v != 0.0).collect())
+                    .collect();
+                let chans: Vec<Vec<bool>> = m
+                    .layers
+                    .iter()
+                    .map(|l| l.channels.iter().map(|&v| v != 0.0).collect())
+                    .collect();
+                let name = format!("plots/kept_{}.png", slug(&r.label));
+                plots::kept_map(&out.join(&name), &r.label, &heads, &chans)?;
+                mine.push(name);
+            }
+        }
+        pngs.extend(mine.iter().cloned());
+        per_row.insert(r.label.clone(), mine);
+    }
+    // The table.
+    let acc_keys: BTreeSet<String> = rows
+        .iter()
+        .flat_map(|r| r.eval.keys())
+        .filter(|k| (k.ends_with("_acc") || k.ends_with("_acc_norm")) && !k.starts_with("delta."))
+        .cloned()
+        .collect();
+    let speed_keys: BTreeSet<String> = rows
+        .iter()
+        .filter_map(|r| r.bench.as_ref())
+        .flat_map(|b| b.keys())
+        .filter(|k| k.starts_with("speedup.") || k.starts_with("ideal."))
+        .cloned()
+        .collect();
+    let dense_ppl = dense.and_then(|d| d.eval.get("perplexity").copied());
+    let mut header = vec![
+        "model".to_string(),
+        "method".into(),
+        "target".into(),
+        "params".into(),
+        "removed %".into(),
+        "perplexity".into(),
+        "Δ ppl".into(),
+    ];
+    header.extend(acc_keys.iter().cloned());
+    header.extend(speed_keys.iter().cloned());
+    let mut table = vec![];
+    for r in rows {
+        let g = |k: &str| r.eval.get(k).copied();
+        let mut cells = vec![
+            r.label.clone(),
+            r.method.clone(),
+            r.target.map_or("—".into(), |t| format!("{t}")),
+            g("params_total").map_or("—".into(), |p| format!("{:.2}M", p / 1e6)),
+            removed_pct(r).map_or("—".into(), |p| format!("{p:.1}")),
+            g("perplexity").map_or("—".into(), |p| format!("{p:.3}")),
+            match (g("perplexity"), dense_ppl) {
+                (Some(p), Some(d)) if !r.is_dense() => {
+                    format!("{:+.3} ({:+.1} %)", p - d, (p / d - 1.0) * 100.0)
+                }
+                _ => "—".into(),
+            },
+        ];
+        for k in &acc_keys {
+            cells.push(match (g(k), g(&format!("{k}_stderr"))) {
+                (Some(v), Some(se)) => format!("{v:.3} ± {se:.3}"),
+                (Some(v), None) => format!("{v:.3}"),
+                _ => "—".into(),
+            });
+        }
+        for k in &speed_keys {
+            cells.push(
+                r.bench
+                    .as_ref()
+                    .and_then(|b| b.get(k))
+                    .map_or("—".into(), |v| format!("{v:.2}x")),
+            );
+        }
+        table.push(cells);
+    }
+    let mut md = format!("# Report: {title}\n\n");
+    md += "One row per evaluated model (the dense model first). `removed %`: parameters removed, of the dense model's total. `Δ ppl`: against dense. Accuracies ± their standard error. `speedup.*`: measured throughput over dense in the same run (median of alternating runs); `ideal.*`: dense / pruned FLOPs per token.\n\n";
+    md += &format!(
+        "| {} |\n|{}|\n",
+        header.join(" | "),
+        header.iter().map(|_| "---").collect::<Vec<_>>().join("|")
+    );
+    for c in &table {
+        md += &format!("| {} |\n", c.join(" | "));
+    }
+    md += "\n## Plots\n\n";
+    for p in pngs
+        .iter()
+        .filter(|p| !p.contains("training_") && !p.contains("kept_"))
+    {
+        md += &format!("![{p}]({p})\n\n");
+    }
+    for (label, mine) in &per_row {
+        if !mine.is_empty() {
+            md += &format!("### {label}\n\n");
+            for p in mine {
+                md += &format!("![{p}]({p})\n\n");
+            }
+        }
+    }
+    let write = |name: &str, text: String| -> Result<()> {
+        let p = out.join(name);
+        std::fs::write(&p, text).map_err(|e| Error::io(&p, e))
+    };
+    write("report.md", md)?;
+    write(
+        "report.json",
+        serde_json::to_string_pretty(&json!({"title": title, "rows": rows, "plots": pngs}))
+            .map_err(|e| Error::Invalid(e.to_string()))?,
+    )?;
+    let csv_cell = |s: &str| {
+        if s.contains(',') || s.contains('"') {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s.to_string()
+        }
+    };
+    let mut csv = header
+        .iter()
+        .map(|h| csv_cell(h))
+        .collect::<Vec<_>>()
+        .join(",")
+        + "\n";
+    for c in &table {
+        csv += &(c.iter().map(|x| csv_cell(x)).collect::<Vec<_>>().join(",") + "\n");
+    }
+    write("report.csv", csv)?;
+    Ok(pngs)
+}

@@ -1,0 +1,53 @@
+//! `report`: gathers every evaluate and benchmark instance of the run (across the sweep) and
+//! writes report.md with plots, report.json and report.csv (see report::write).
+
+use anyhow::Result;
+
+use crate::engine::stage::{Metrics, ParamSpec, ParamType, StageContext, StageKind};
+use crate::report::{sweep, write};
+
+pub struct Report;
+
+impl StageKind for Report {
+    fn name(&self) -> &'static str {
+        "report"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn about(&self) -> &'static str {
+        "Gather the run's evaluations and benchmarks (every sweep point) into report.md with plots (quality vs sparsity with the Pareto front, speed-up vs the ideal, training curves, kept units per layer), report.json and report.csv."
+    }
+    fn params(&self) -> Vec<ParamSpec> {
+        vec![ParamSpec {
+            name: "title",
+            ty: ParamType::Str,
+            default: Some(toml::Value::String(String::new())),
+            doc: "heading of the report (default: the stage instance)",
+        }]
+    }
+    fn gathers(&self) -> bool {
+        true
+    }
+    fn headline(&self) -> Option<&'static str> {
+        Some("rows")
+    }
+    fn run(&self, ctx: &StageContext) -> Result<Metrics> {
+        let rows = sweep::rows(&ctx.inputs, ctx.cache_root);
+        if rows.is_empty() {
+            anyhow::bail!(
+                "stage {}: no evaluate stage among its inputs (list the evaluate and benchmark stages in `after`)",
+                ctx.instance
+            );
+        }
+        let title = match ctx.str("title") {
+            "" => ctx.instance.to_string(),
+            t => t.to_string(),
+        };
+        let pngs = write::write(&rows, ctx.out_dir, &title)?;
+        Ok(Metrics::from([
+            ("rows".into(), rows.len() as f64),
+            ("plots".into(), pngs.len() as f64),
+        ]))
+    }
+}

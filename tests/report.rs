@@ -1,0 +1,237 @@
+//! A stories260k sweep through evaluate, benchmark and report: the report renders, its table
+//! has a row per model with deltas against dense, and its plots are valid PNG images.
+
+mod common;
+use common::*;
+
+use std::fs;
+
+use ddp::engine::{self, cache::Cache, Options};
+
+fn recipe(eval_data: &str) -> String {
+    format!(
+        r#"
+name = "sweep"
+[model]
+source = "{model}"
+[data]
+calibration = "{calib}"
+evaluation = "{eval}"
+[sweep]
+sparsity = [0.3, 0.5]
+oneshot = {{ param = "method", values = ["wanda-sp", "magnitude"], stages = ["oneshot"] }}
+[stages.load]
+kind = "load"
+model = "${{model.source}}"
+[stages.gate-insert]
+kind = "gate-insert"
+after = ["load"]
+[stages.calibrate]
+kind = "calibrate"
+after = ["load"]
+data = "${{data.calibration}}"
+seq_len = 64
+max_tokens = 4000
+activation_stats = 8
+[stages.anneal-train]
+kind = "anneal-train"
+after = ["gate-insert", "calibrate"]
+steps = 12
+warmup = 2
+lr_lambda = 0.1
+mu_end = 0.5
+[stages.oneshot]
+kind = "oneshot"
+after = ["gate-insert", "calibrate"]
+[stages.threshold]
+kind = "threshold"
+after = ["anneal-train"]
+rule = "topk"
+[stages.threshold-oneshot]
+kind = "threshold"
+after = ["oneshot"]
+rule = "topk"
+[stages.slice]
+kind = "slice"
+after = ["threshold"]
+[stages.slice-oneshot]
+kind = "slice"
+after = ["threshold-oneshot"]
+[stages.evaluate-dense]
+kind = "evaluate"
+after = ["load", "calibrate"]
+data = "${{data.evaluation}}"
+seq_len = 128
+max_tokens = 1024
+cloze_items = 8
+max_len = 64
+[stages.evaluate]
+kind = "evaluate"
+after = ["slice", "calibrate", "evaluate-dense"]
+data = "${{data.evaluation}}"
+seq_len = 128
+max_tokens = 1024
+cloze_items = 8
+max_len = 64
+[stages.evaluate-oneshot]
+kind = "evaluate"
+after = ["slice-oneshot", "calibrate", "evaluate-dense"]
+data = "${{data.evaluation}}"
+seq_len = 128
+max_tokens = 1024
+cloze_items = 8
+max_len = 64
+[stages.benchmark]
+kind = "benchmark"
+inputs = {{ model = "slice", dense = "load" }}
+prompt_lens = [16]
+batches = [1]
+decode_tokens = 4
+repeats = 2
+[stages.benchmark-oneshot]
+kind = "benchmark"
+inputs = {{ model = "slice-oneshot", dense = "load" }}
+prompt_lens = [16]
+batches = [1]
+decode_tokens = 4
+repeats = 2
+[stages.report]
+kind = "report"
+after = ["evaluate-dense", "evaluate", "evaluate-oneshot", "benchmark", "benchmark-oneshot"]
+"#,
+        model = fixtures().join("stories260k").display(),
+        calib = fixtures().join("corpora/sotu/*.txt").display(),
+        eval = eval_data,
+    )
+}
+
+fn png_size(path: &std::path::Path) -> (u32, u32) {
+    let dec = png::Decoder::new(std::io::BufReader::new(fs::File::open(path).unwrap()));
+    let mut r = dec
+        .read_info()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut buf = vec![0; r.output_buffer_size().unwrap()];
+    let info = r.next_frame(&mut buf).unwrap();
+    // Not a blank canvas: some pixels differ from the first one.
+    assert!(
+        buf.chunks(3).any(|p| p != &buf[..3]),
+        "{} is blank",
+        path.display()
+    );
+    (info.width, info.height)
+}
+
+#[test]
+fn a_stories260k_sweep_reports_every_model_with_plots() {
+    // DDP_KEEP_REPORT=DIR keeps the run there, to look at the plots.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = match std::env::var_os("DDP_KEEP_REPORT") {
+        Some(p) => tempfile::TempDir::new_in(p).unwrap().keep(),
+        None => tmp.path().to_path_buf(),
+    };
+    let path = root.join("sweep.toml");
+    let moby = fixtures().join("corpora/moby-dick.txt");
+    fs::write(&path, recipe(&moby.to_string_lossy())).unwrap();
+    let reg = ddp::stages::registry();
+    let r = ddp::recipe::load(&path, &reg).unwrap_or_else(|e| panic!("{e}"));
+    let cache = Cache::open(&root.as_path().join("cache")).unwrap();
+    let opts = Options {
+        out_root: Some(root.as_path().join("out")),
+        ..Default::default()
+    };
+    let s = engine::run(&r, &reg, &cache, &opts).unwrap();
+    assert!(
+        !s.failed(),
+        "{:?}",
+        s.results
+            .iter()
+            .map(|x| (&x.name, &x.outcome))
+            .collect::<Vec<_>>()
+    );
+    let out = root.as_path().join("out/sweep/report");
+    let md = fs::read_to_string(out.join("report.md")).unwrap();
+    println!("{md}");
+    let json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let rows = json["rows"].as_array().unwrap();
+    // dense + 2 sparsities x (ddp + wanda-sp + magnitude)
+    assert_eq!(rows.len(), 7, "{md}");
+    assert_eq!(rows[0]["method"], "dense");
+    for method in ["ddp", "wanda-sp", "magnitude"] {
+        for t in ["0.3", "0.5"] {
+            assert!(
+                md.contains(&format!("| {method} @ {t} |")),
+                "{method} @ {t} missing:\n{md}"
+            );
+        }
+    }
+    // Every pruned row has its perplexity delta against dense, and a measured speed-up beside
+    // the ideal one.
+    for row in &rows[1..] {
+        let e = &row["eval"];
+        let delta = e["delta.perplexity"].as_f64().unwrap();
+        let dense = rows[0]["eval"]["perplexity"].as_f64().unwrap();
+        assert!((e["perplexity"].as_f64().unwrap() - dense - delta).abs() < 1e-9);
+        let b = &row["bench"];
+        assert!(b["speedup.decode.b1"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(
+            b["ideal.decode"].as_f64().unwrap() > 1.0,
+            "pruned models need fewer FLOPs: {row}"
+        );
+    }
+    let csv = fs::read_to_string(out.join("report.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 8);
+    let plots: Vec<String> = json["plots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    for want in [
+        "plots/quality_vs_sparsity.png",
+        "plots/speedup_vs_sparsity.png",
+        "plots/training_ddp_0.3.png",
+        "plots/kept_wanda-sp_0.5.png",
+    ] {
+        assert!(plots.iter().any(|p| p == want), "{want} not in {plots:?}");
+    }
+    for p in &plots {
+        let (w, h) = png_size(&out.join(p));
+        assert!(w >= 800 && h >= 500, "{p}: {w}x{h}");
+        assert!(
+            md.contains(&format!("]({p})")),
+            "{p} not linked from report.md"
+        );
+    }
+}
+
+#[test]
+fn evaluation_text_that_is_the_calibration_text_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("sweep.toml");
+    let sotu = fixtures().join("corpora/sotu/*.txt");
+    fs::write(&path, recipe(&sotu.to_string_lossy())).unwrap();
+    let e = ddp::recipe::load(&path, &ddp::stages::registry())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("sweep.toml:")
+            && e.contains("stage `evaluate-dense`")
+            && e.contains("is the calibration data"),
+        "{e}"
+    );
+    // Overlap by content (another spelling of the same files) is caught when the stage runs.
+    let blocks = ddp::data::Blocks {
+        seq_len: 40,
+        train: vec![(0..40).collect()],
+        validation: vec![],
+        tokens_seen: 40,
+    };
+    let mut eval: Vec<u32> = (1000..1100).collect();
+    assert!(ddp::stages::evaluate::check_disjoint(&eval, &blocks, "x").is_ok());
+    eval.splice(50..50, 3..38);
+    let e = ddp::stages::evaluate::check_disjoint(&eval, &blocks, "x")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("overlaps the calibration text"), "{e}");
+}
