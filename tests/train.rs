@@ -259,3 +259,67 @@ fn hard_concrete_baselines_train_toward_the_target() {
         assert!(e.contains("trained with"), "{e}");
     }
 }
+
+/// The cached teacher: with k = the whole vocabulary it is the online teacher (same KL, same
+/// training to float noise); with a small k it is an approximation whose effect is measured
+/// and printed here (the note quotes these figures).
+#[test]
+fn cached_top_k_teacher_against_online() {
+    use ddp::prune::teacher::{self, TopK};
+    let (files, blocks, init) = setup(None, 64);
+    let dense = model(&files);
+    let v = files.config.vocab_size;
+    let train_n = |teacher: Option<&TopK>, steps: usize| {
+        let mut st = init.clone();
+        let mut kl = vec![];
+        train::train_with_teacher(
+            &model_of(&files),
+            &blocks.train,
+            teacher,
+            &cfg(steps),
+            &mut st,
+            |l, _| {
+                kl.push(l.kl);
+                Ok(())
+            },
+        )
+        .unwrap();
+        (st, kl)
+    };
+    let (online, kl_on) = train_n(None, 20);
+    let full = teacher::compute(&dense, &blocks.train, v, || {});
+    // Round trip through the files the calibrate stage writes.
+    let d = tempfile::tempdir().unwrap();
+    full.write(d.path()).unwrap();
+    assert_eq!(TopK::read(d.path()).unwrap(), full);
+    let (exact, kl_ex) = train_n(Some(&full), 20);
+    for (a, b) in kl_on.iter().zip(&kl_ex) {
+        assert!(
+            (a - b).abs() < 1e-4 * a.abs().max(1e-3),
+            "KL online {a} vs cached full {b}"
+        );
+    }
+    let d_exact = distance(&online, &exact);
+    let mut table = format!(
+        "cached teacher vs online (stories260k, 20 steps): k={v} (all) max |dz| {d_exact:.2e}"
+    );
+    assert!(d_exact < 1e-3, "{d_exact}");
+    for k in [64, 8] {
+        let t = teacher::compute(&dense, &blocks.train, k, || {});
+        let (st, kl) = train_n(Some(&t), 20);
+        let rel_kl = kl
+            .iter()
+            .zip(&kl_on)
+            .map(|(a, b)| (a - b).abs() / b.abs().max(1e-9))
+            .fold(0.0, f64::max);
+        table += &format!(
+            "; k={k}: max |dz| {:.2e}, KL rel. diff up to {rel_kl:.3}",
+            distance(&online, &st)
+        );
+        assert!(
+            distance(&online, &st) < 0.1,
+            "k={k} moved the gates too far: {table}"
+        );
+    }
+    println!("{table}");
+}

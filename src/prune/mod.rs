@@ -5,4 +5,5 @@ pub mod mask;
 pub mod oneshot;
 pub mod slice;
 pub mod surrogate;
+pub mod teacher;
 pub mod train;

@@ -11,6 +11,7 @@ use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::surrogate::{forward_mask, hard_concrete, hard_concrete_l0, mu_at, retention};
+use super::teacher::{kl_topk, TopK};
 use crate::error::{Error, Result};
 use crate::model::{Gates, LayerGates, Logits, Model};
 
@@ -266,10 +267,34 @@ pub fn train<B: AutodiffBackend>(
     blocks: &[Vec<u32>],
     cfg: &TrainConfig,
     state: &mut GateState,
+    on_step: impl FnMut(&StepLog, &GateState) -> Result<()>,
+) -> Result<()> {
+    train_with_teacher(model, blocks, None, cfg, state, on_step)
+}
+
+/// [`train`], distilling from cached top-k teacher distributions of the same blocks instead of
+/// running the dense model each step (`None`: online, exact).
+pub fn train_with_teacher<B: AutodiffBackend>(
+    model: &Model<B>,
+    blocks: &[Vec<u32>],
+    teacher: Option<&TopK>,
+    cfg: &TrainConfig,
+    state: &mut GateState,
     mut on_step: impl FnMut(&StepLog, &GateState) -> Result<()>,
 ) -> Result<()> {
     if blocks.is_empty() {
         return Err(Error::Invalid("no training blocks".into()));
+    }
+    if let Some(t) = teacher {
+        if t.header.blocks != blocks.len() || t.header.positions + 1 != blocks[0].len() {
+            return Err(Error::Invalid(format!(
+                "the cached teacher covers {} blocks of {} tokens, training has {} of {}",
+                t.header.blocks,
+                t.header.positions + 1,
+                blocks.len(),
+                blocks[0].len()
+            )));
+        }
     }
     let dev = model.device.clone();
     let n_layers = model.layers.len();
@@ -306,12 +331,12 @@ pub fn train<B: AutodiffBackend>(
         let (mut loss_sum, mut ce_sum, mut kl_sum) = (0.0, 0.0, 0.0);
         let mut fam_log = vec![];
         for micro in 0..cfg.grad_accum.max(1) {
-            let ids: Vec<i64> = (0..cfg.batch)
-                .flat_map(|i| {
-                    let b =
-                        order[((t * cfg.grad_accum.max(1) + micro) * cfg.batch + i) % order.len()];
-                    blocks[b].iter().map(|&x| x as i64)
-                })
+            let picked: Vec<usize> = (0..cfg.batch)
+                .map(|i| order[((t * cfg.grad_accum.max(1) + micro) * cfg.batch + i) % order.len()])
+                .collect();
+            let ids: Vec<i64> = picked
+                .iter()
+                .flat_map(|&b| blocks[b].iter().map(|&x| x as i64))
                 .collect();
             let tokens =
                 Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [cfg.batch, seq]), &dev);
@@ -376,11 +401,28 @@ pub fn train<B: AutodiffBackend>(
                 }
             }
             let gates = Gates { layers };
-            let teacher = model
-                .forward(tokens.clone(), None, None, Logits::All)
-                .detach();
             let student = model.forward(tokens.clone(), None, Some(&gates), Logits::All);
-            let (ce, kl) = distill_losses(student, teacher, &tokens);
+            let (ce, kl) = match teacher {
+                None => {
+                    let t = model
+                        .forward(tokens.clone(), None, None, Logits::All)
+                        .detach();
+                    distill_losses(student, t, &tokens)
+                }
+                Some(cached) => {
+                    let [n, s, v] = student.dims();
+                    let ls = log_softmax(
+                        student
+                            .slice([0..n, 0..s - 1, 0..v])
+                            .reshape([n * (s - 1), v]),
+                        1,
+                    );
+                    let targets = tokens.clone().slice([0..n, 1..s]).reshape([n * (s - 1), 1]);
+                    let ce = ls.clone().gather(1, targets).neg().mean();
+                    let (idx, lt, rest) = cached.rows::<B>(&picked, &dev);
+                    (ce, kl_topk(ls, idx, lt, rest))
+                }
+            };
             let mut loss = ce.clone() + kl.clone() * cfg.eta;
             let mut terms: Vec<(String, Tensor<B, 1>)> = vec![
                 ("cross-entropy".into(), ce.clone()),

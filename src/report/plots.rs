@@ -169,10 +169,7 @@ pub fn quality_vs_sparsity(
 
 /// Measured speed-up against sparsity: one panel per phase (e.g. decode, prefill), one line
 /// per method, and the ideal from FLOPs per token dashed (it depends only on the shapes).
-pub fn speedup_vs_sparsity(
-    path: &Path,
-    panels: &[Panel],
-) -> Result<()> {
+pub fn speedup_vs_sparsity(path: &Path, panels: &[Panel]) -> Result<()> {
     font();
     let root = BitMapBackend::new(path, (W, H)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(path, e))?;

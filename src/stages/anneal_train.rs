@@ -14,6 +14,7 @@ use crate::data::Blocks;
 use crate::engine::stage::{InputSpec, Metrics, ParamSpec, ParamType, StageContext, StageKind};
 use crate::io::{self, ModelFiles};
 use crate::model::load::load_model;
+use crate::prune::teacher::TopK;
 use crate::prune::train::{self, GateState, Method, TrainConfig};
 
 pub struct AnnealTrain;
@@ -52,6 +53,12 @@ impl StageKind for AnnealTrain {
                 ty: ParamType::Choice(&["ddp", "hard-concrete", "det-hard-concrete"]),
                 default: Some(Value::String("ddp".into())),
                 doc: "ddp (this paper), or the baselines: hard-concrete (stochastic, CoFi/Sheared-LLaMA Lagrangian with a warmed-up target), det-hard-concrete (noise fixed at 1/2)",
+            },
+            ParamSpec {
+                name: "teacher",
+                ty: ParamType::Choice(&["online", "cached"]),
+                default: Some(Value::String("online".into())),
+                doc: "distil from the dense model run every step (online, exact), or from calibrate's cached top-k distributions (needs calibrate teacher_topk > 0; shared by every run of a sweep)",
             },
             i(
                 "steps",
@@ -122,7 +129,17 @@ impl StageKind for AnnealTrain {
     fn run(&self, ctx: &StageContext) -> Result<Metrics> {
         let gates_in = ctx.input("gates")?;
         let files = io::open_model(&model_path(gates_in, ctx.cache_root)?)?;
-        let blocks: Blocks = read_json(&ctx.input("data")?.dir.join("blocks.json"))?;
+        let data_dir = &ctx.input("data")?.dir;
+        let blocks: Blocks = read_json(&data_dir.join("blocks.json"))?;
+        let teacher = match ctx.str("teacher") {
+            "cached" => Some(TopK::read(data_dir).with_context(|| {
+                format!(
+                    "stage {}: teacher = \"cached\" needs the calibrate stage to cache it (set teacher_topk, e.g. 64)",
+                    ctx.instance
+                )
+            })?),
+            _ => None,
+        };
         let ckpt = ctx.out_dir.join("checkpoint.json");
         let mut state: GateState = if ckpt.exists() {
             read_json(&ckpt).context("resuming from checkpoint.json")?
@@ -149,6 +166,7 @@ impl StageKind for AnnealTrain {
             ctx,
             files: &files,
             blocks: &blocks,
+            teacher: teacher.as_ref(),
             cfg: &cfg,
             state: &mut state,
             every: ctx.int("checkpoint_every") as usize,
@@ -181,6 +199,7 @@ struct Task<'a> {
     ctx: &'a StageContext<'a>,
     files: &'a ModelFiles,
     blocks: &'a Blocks,
+    teacher: Option<&'a TopK>,
     cfg: &'a TrainConfig,
     state: &'a mut GateState,
     every: usize,
@@ -231,27 +250,34 @@ impl AutodiffTask for Task<'_> {
         let ckpt = self.ctx.out_dir.join("checkpoint.json");
         let every = self.every.max(1);
         let blocks = &self.blocks.train;
-        train::train(&model, blocks, self.cfg, self.state, |l, st| {
-            for (name, q, l1, l2, l3, bin) in &l.families {
-                let _ = writeln!(
-                    log,
-                    "{},{},{},{},{},{},{name},{q},{l1},{l2},{l3},{bin}",
-                    l.step, l.loss, l.ce, l.kl, l.mu, l.lr_z
-                );
-            }
-            bar.set_position(l.step as u64);
-            bar.set_message(format!("loss {:.3}", l.loss));
-            if l.step % every == 0 {
-                let _ = log.flush();
-                // Write-then-rename: a kill never leaves a torn checkpoint.
-                let tmp = ckpt.with_extension("tmp");
-                std::fs::write(&tmp, serde_json::to_string(st).unwrap())
-                    .map_err(|e| crate::Error::io(&tmp, e))?;
-                std::fs::rename(&tmp, &ckpt).map_err(|e| crate::Error::io(&ckpt, e))?;
-            }
-            last = Some(l.clone());
-            Ok(())
-        })?;
+        train::train_with_teacher(
+            &model,
+            blocks,
+            self.teacher,
+            self.cfg,
+            self.state,
+            |l, st| {
+                for (name, q, l1, l2, l3, bin) in &l.families {
+                    let _ = writeln!(
+                        log,
+                        "{},{},{},{},{},{},{name},{q},{l1},{l2},{l3},{bin}",
+                        l.step, l.loss, l.ce, l.kl, l.mu, l.lr_z
+                    );
+                }
+                bar.set_position(l.step as u64);
+                bar.set_message(format!("loss {:.3}", l.loss));
+                if l.step % every == 0 {
+                    let _ = log.flush();
+                    // Write-then-rename: a kill never leaves a torn checkpoint.
+                    let tmp = ckpt.with_extension("tmp");
+                    std::fs::write(&tmp, serde_json::to_string(st).unwrap())
+                        .map_err(|e| crate::Error::io(&tmp, e))?;
+                    std::fs::rename(&tmp, &ckpt).map_err(|e| crate::Error::io(&ckpt, e))?;
+                }
+                last = Some(l.clone());
+                Ok(())
+            },
+        )?;
         Ok(last)
     }
 }

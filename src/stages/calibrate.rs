@@ -12,6 +12,7 @@ use crate::engine::stage::{
 use crate::io::{self, ModelFiles};
 use crate::model::load::load_model;
 use crate::prune::oneshot::{self, LayerStats};
+use crate::prune::teacher::{self, TopK};
 
 pub struct Calibrate;
 
@@ -31,6 +32,7 @@ impl StageKind for Calibrate {
             ParamSpec { name: "seq_len", ty: ParamType::Int { min: 2, max: 1 << 20 }, default: Some(Value::Integer(256)), doc: "tokens per block" },
             ParamSpec { name: "max_tokens", ty: ParamType::Int { min: 2, max: i64::MAX }, default: Some(Value::Integer(200_000)), doc: "cap on the tokens read" },
             ParamSpec { name: "activation_stats", ty: ParamType::Int { min: 0, max: 1 << 20 }, default: Some(Value::Integer(0)), doc: "run the dense model over the first N training blocks and record the inputs of every o_proj and down_proj (needed by the oneshot methods wanda-sp and flap); 0: skip" },
+            ParamSpec { name: "teacher_topk", ty: ParamType::Int { min: 0, max: 1 << 20 }, default: Some(Value::Integer(0)), doc: "cache the dense model's top-k next-token log-probabilities (plus the tail mass) of every training block, for anneal-train teacher = \"cached\"; 0: skip" },
             ParamSpec { name: "val_every", ty: ParamType::Int { min: 0, max: 1 << 20 }, default: Some(Value::Integer(10)), doc: "every N-th block goes to validation (0: none)" },
         ]
     }
@@ -77,17 +79,25 @@ impl StageKind for Calibrate {
         )?;
         write_json(&ctx.out_dir.join("blocks.json"), &b)?;
         let n_stats = (ctx.int("activation_stats") as usize).min(b.train.len());
-        if n_stats > 0 {
+        let topk = ctx.int("teacher_topk") as usize;
+        if n_stats > 0 || topk > 0 {
             let device: DeviceSpec = ctx.device.parse()?;
-            let stats = run_on(
+            let (stats, teacher) = run_on(
                 device,
-                StatsTask {
+                DenseTask {
                     files: &files,
-                    blocks: &b.train[..n_stats],
+                    blocks: &b.train,
+                    n_stats,
+                    topk,
                     bar: ctx.progress,
                 },
             )?;
-            write_json(&ctx.out_dir.join("activation_stats.json"), &stats)?;
+            if let Some(s) = stats {
+                write_json(&ctx.out_dir.join("activation_stats.json"), &s)?;
+            }
+            if let Some(t) = teacher {
+                t.write(ctx.out_dir)?;
+            }
         }
         forward_model_json(input, ctx.out_dir)?;
         Ok(Metrics::from([
@@ -101,14 +111,17 @@ impl StageKind for Calibrate {
     }
 }
 
-struct StatsTask<'a> {
+/// One load of the dense model for what calibration can precompute with it.
+struct DenseTask<'a> {
     files: &'a ModelFiles,
     blocks: &'a [Vec<u32>],
+    n_stats: usize,
+    topk: usize,
     bar: &'a indicatif::ProgressBar,
 }
 
-impl BackendTask for StatsTask<'_> {
-    type Output = Vec<LayerStats>;
+impl BackendTask for DenseTask<'_> {
+    type Output = (Option<Vec<LayerStats>>, Option<TopK>);
     fn run<B: burn::tensor::backend::Backend>(
         self,
         device: B::Device,
@@ -119,7 +132,20 @@ impl BackendTask for StatsTask<'_> {
             &device,
             None,
         )?;
-        self.bar.set_length(self.blocks.len() as u64);
-        oneshot::activation_stats(&mut model, self.blocks, 4, |n| self.bar.inc(n as u64))
+        let work = self.n_stats + if self.topk > 0 { self.blocks.len() } else { 0 };
+        self.bar.set_length(work as u64);
+        let stats = if self.n_stats > 0 {
+            Some(oneshot::activation_stats(
+                &mut model,
+                &self.blocks[..self.n_stats],
+                4,
+                |n| self.bar.inc(n as u64),
+            )?)
+        } else {
+            None
+        };
+        let teacher = (self.topk > 0)
+            .then(|| teacher::compute(&model, self.blocks, self.topk, || self.bar.inc(1)));
+        Ok((stats, teacher))
     }
 }
