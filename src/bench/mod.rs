@@ -247,8 +247,9 @@ pub struct Comparison {
     pub flops_prefill: Vec<Vec<f64>>,
     pub flops_decode: Vec<f64>,
     pub params: Vec<usize>,
-    /// Resident memory growth when each model was loaded (MB), and the process peak.
-    pub load_rss_mb: Vec<f64>,
+    /// Weights held on the device (f32), MB, per model; the process's peak resident memory
+    /// (all models and activations of the run together).
+    pub weights_mb: Vec<f64>,
     pub peak_rss_mb: f64,
 }
 
@@ -345,10 +346,10 @@ impl Comparison {
             }
         }
         s += &format!(
-            "\nmemory: resident growth on load {} MB; process peak {:.0} MB\n",
+            "\nmemory: weights (f32) {} MB; process peak resident {:.0} MB (both models together)\n",
             self.models
                 .iter()
-                .zip(&self.load_rss_mb)
+                .zip(&self.weights_mb)
                 .map(|(m, r)| format!("{} {r:.0}", m.label))
                 .collect::<Vec<_>>()
                 .join(", "),
@@ -358,16 +359,15 @@ impl Comparison {
     }
 }
 
-/// Loads the models one after another (recording resident growth), measures them side by
-/// side, and computes the ideal speed-ups.
+/// Measures loaded models side by side and computes the ideal speed-ups.
 pub fn compare<B: Backend>(
-    models: Vec<(String, Model<B>, f64)>,
+    models: Vec<(String, Model<B>)>,
     p: &Protocol,
     device: &str,
     on_run: impl FnMut(),
 ) -> Comparison {
     use crate::model::accounting;
-    let refs: Vec<(&str, &Model<B>)> = models.iter().map(|(l, m, _)| (l.as_str(), m)).collect();
+    let refs: Vec<(&str, &Model<B>)> = models.iter().map(|(l, m)| (l.as_str(), m)).collect();
     let measured = side_by_side(&refs, p, on_run);
     let dec_ctx = p.prompt_lens[0] + p.decode_tokens / 2;
     Comparison {
@@ -376,7 +376,7 @@ pub fn compare<B: Backend>(
         device: device.to_string(),
         flops_prefill: models
             .iter()
-            .map(|(_, m, _)| {
+            .map(|(_, m)| {
                 p.prompt_lens
                     .iter()
                     .map(|&l| accounting::flops_per_token(&m.config, l.div_ceil(2)))
@@ -385,13 +385,16 @@ pub fn compare<B: Backend>(
             .collect(),
         flops_decode: models
             .iter()
-            .map(|(_, m, _)| accounting::flops_per_token(&m.config, dec_ctx))
+            .map(|(_, m)| accounting::flops_per_token(&m.config, dec_ctx))
             .collect(),
         params: models
             .iter()
-            .map(|(_, m, _)| accounting::count(&m.config).total)
+            .map(|(_, m)| accounting::count(&m.config).total)
             .collect(),
-        load_rss_mb: models.iter().map(|(_, _, r)| *r).collect(),
+        weights_mb: models
+            .iter()
+            .map(|(_, m)| accounting::count(&m.config).total as f64 * 4.0 / 1e6)
+            .collect(),
         peak_rss_mb: memory_mb().map_or(f64::NAN, |m| m.1),
         models: measured,
     }

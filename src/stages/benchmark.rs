@@ -137,10 +137,8 @@ impl BackendTask for BenchTask<'_> {
     fn run<B: Backend>(self, device: B::Device) -> crate::Result<Comparison> {
         let mut loaded = vec![];
         for (label, f) in &self.models {
-            let before = bench::memory_mb().map_or(0.0, |m| m.0);
             let m = load_model::<B>(&f.config, f.weights.as_ref(), &device, None)?;
-            let grew = bench::memory_mb().map_or(f64::NAN, |m| m.0 - before);
-            loaded.push((label.to_string(), m, grew));
+            loaded.push((label.to_string(), m));
         }
         self.bar.set_length(self.protocol.runs(loaded.len()) as u64);
         Ok(bench::compare(loaded, self.protocol, self.device, || {
