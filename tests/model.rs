@@ -351,3 +351,28 @@ fn sliding_window_attention_matches_the_reference_in_prefill_and_decode() {
         assert!(max_abs_diff(&run(&build(&no_window, &w), None), &full) > 1e-3);
     }
 }
+
+/// FLOPs per token with no context are twice the multiply-accumulates of every weight matrix a
+/// token passes through: all parameters except norms (and the embedding lookup when untied);
+/// attention adds 4 * heads * head_dim per earlier position.
+#[test]
+fn flops_per_token_follow_the_parameter_count() {
+    use ddp::model::accounting::{count, flops_per_token};
+    for tied in [true, false] {
+        let mut cfg = tiny::config(Arch::Llama, 4, 2);
+        cfg.tie_word_embeddings = tied;
+        let p = count(&cfg);
+        let lookup = if tied {
+            0
+        } else {
+            cfg.vocab_size * cfg.hidden_size
+        };
+        let want = 2.0 * (p.total - p.other - lookup) as f64;
+        assert_eq!(flops_per_token(&cfg, 0), want, "tied {tied}");
+        let per_ctx = 4.0 * (cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim) as f64;
+        assert_eq!(
+            flops_per_token(&cfg, 10) - flops_per_token(&cfg, 0),
+            10.0 * per_ctx
+        );
+    }
+}

@@ -84,6 +84,9 @@ fn stories260k_pipeline_runs_end_to_end_and_the_result_loads() {
         "{:?}",
         m("threshold")
     );
+    // FLOPs per token of the sliced shapes: fewer than dense (the LM head is never pruned).
+    let fk = m("threshold")["flops_kept"];
+    assert!(fk < 1.0 && fk > 0.4, "flops kept {fk}");
     let kept = m("slice")["params_kept"];
     assert!(kept < 0.8 && kept > 0.4, "params kept {kept}");
     // The sliced model is a loadable HF directory that generates.

@@ -6,7 +6,7 @@ use toml::Value;
 use super::common::{forward_model_json, model_path, read_json, write_json};
 use crate::engine::stage::{InputSpec, Metrics, ParamSpec, ParamType, StageContext, StageKind};
 use crate::io;
-use crate::model::accounting;
+use crate::model::{accounting, config::LayerShape};
 use crate::prune::mask::{self, expand_groups, FinalMask, LayerMask};
 use crate::prune::train::{deployed_values, GateState, HeadGates};
 
@@ -137,6 +137,31 @@ impl StageKind for Threshold {
         metrics.insert(
             "params_removed".into(),
             removed as f64 / p.prunable() as f64,
+        );
+        // FLOPs per token of the sliced model (no padding) against dense, at a 512-token context.
+        let mut pruned = c.clone();
+        pruned.layer_shapes = Some(
+            final_mask
+                .layers
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    let g = c.layer(i).num_attention_heads / c.layer(i).num_key_value_heads.max(1);
+                    LayerShape {
+                        num_attention_heads: l.heads.iter().filter(|&&x| x != 0.0).count(),
+                        num_key_value_heads: l
+                            .heads
+                            .chunks(g.max(1))
+                            .filter(|grp| grp.iter().any(|&x| x != 0.0))
+                            .count(),
+                        intermediate_size: l.channels.iter().filter(|&&x| x != 0.0).count(),
+                    }
+                })
+                .collect(),
+        );
+        metrics.insert(
+            "flops_kept".into(),
+            accounting::flops_per_token(&pruned, 512) / accounting::flops_per_token(c, 512),
         );
         write_json(&ctx.out_dir.join("mask.json"), &final_mask)?;
         forward_model_json(input, ctx.out_dir)?;
