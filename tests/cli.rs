@@ -5,19 +5,6 @@ use common::*;
 
 use std::process::Command;
 
-fn ddp_run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ddp-run"))
-        .args(["--cache", cache().to_str().unwrap()])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn generate_on_smollm2_answers_paris() {
     let (ok, out, err) = ddp_run(&[

@@ -5,8 +5,6 @@
 mod common;
 use common::*;
 
-use std::process::Command;
-
 use ddp::eval::{cloze, mc, perplexity, score::Scorer, suite::Suite};
 
 fn golden_ppl(model: &str) -> serde_json::Value {
@@ -193,20 +191,6 @@ fn multiple_choice_scorer_on_a_hand_written_task() {
         "{e}"
     );
     let _ = Suite::default();
-}
-
-fn ddp_run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ddp-run"))
-        .arg("--cache")
-        .arg(cache())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 fn cli_perplexity(model: &str, seq: usize, tokens: usize) -> f64 {

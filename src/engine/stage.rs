@@ -131,6 +131,32 @@ pub struct ParamSpec {
     pub doc: &'static str,
 }
 
+/// An integer parameter in `[min, i64::MAX]` with a default.
+pub fn int_param(name: &'static str, min: i64, default: i64, doc: &'static str) -> ParamSpec {
+    ParamSpec {
+        name,
+        ty: ParamType::Int { min, max: i64::MAX },
+        default: Some(Value::Integer(default)),
+        doc,
+    }
+}
+
+/// A number parameter in `[min, max]` with a default.
+pub fn float_param(
+    name: &'static str,
+    min: f64,
+    max: f64,
+    default: f64,
+    doc: &'static str,
+) -> ParamSpec {
+    ParamSpec {
+        name,
+        ty: ParamType::Float { min, max },
+        default: Some(Value::Float(default)),
+        doc,
+    }
+}
+
 /// An upstream stage this kind needs: `kinds` lists the stage kinds that can provide it.
 #[derive(Debug, Clone)]
 pub struct InputSpec {

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Once;
 
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::error::{Error, Result};
@@ -63,6 +65,93 @@ fn range(vals: impl Iterator<Item = f64>, pad: f64, floor: Option<f64>) -> (f64,
     (lo, hi + p)
 }
 
+type Xy<'a, 'b> = ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A chart on `area` with a caption (skipped when empty) and labelled axes.
+#[allow(clippy::too_many_arguments)]
+fn axes<'a, 'b>(
+    area: &'a DrawingArea<BitMapBackend<'b>, Shift>,
+    path: &Path,
+    caption: &str,
+    x: (f64, f64),
+    y: (f64, f64),
+    xdesc: &str,
+    ydesc: &str,
+    label_size: u32,
+) -> Result<Xy<'a, 'b>> {
+    let mut b = ChartBuilder::on(area);
+    if !caption.is_empty() {
+        b.caption(caption, ("sans-serif", label_size + 4));
+    }
+    let mut c = b
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(65)
+        .build_cartesian_2d(x.0..x.1, y.0..y.1)
+        .map_err(|e| err(path, e))?;
+    c.configure_mesh()
+        .x_desc(xdesc)
+        .y_desc(ydesc)
+        .label_style(("sans-serif", label_size))
+        .draw()
+        .map_err(|e| err(path, e))?;
+    Ok(c)
+}
+
+/// A named line in `style`; with `marks`, its points as filled circles.
+fn line(
+    c: &mut Xy,
+    path: &Path,
+    name: &str,
+    pts: &[(f64, f64)],
+    col: RGBColor,
+    width: u32,
+    marks: bool,
+) -> Result<()> {
+    let style = col.stroke_width(width);
+    c.draw_series(LineSeries::new(pts.to_vec(), style))
+        .map_err(|e| err(path, e))?
+        .label(name)
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
+    if marks {
+        c.draw_series(pts.iter().map(|&p| Circle::new(p, 5, col.filled())))
+            .map_err(|e| err(path, e))?;
+    }
+    Ok(())
+}
+
+/// A named dashed line.
+fn dashed(
+    c: &mut Xy,
+    path: &Path,
+    name: &str,
+    pts: &[(f64, f64)],
+    col: RGBColor,
+    width: u32,
+) -> Result<()> {
+    let style = col.stroke_width(width);
+    c.draw_series(DashedLineSeries::new(pts.to_vec(), 6, 4, style))
+        .map_err(|e| err(path, e))?
+        .label(name)
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
+    Ok(())
+}
+
+fn legend<'a, 'b: 'a>(
+    c: &mut Xy<'a, 'b>,
+    path: &Path,
+    pos: SeriesLabelPosition,
+    size: u32,
+) -> Result<()> {
+    c.configure_series_labels()
+        .position(pos)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .label_font(("sans-serif", size))
+        .draw()
+        .map_err(|e| err(path, e))
+}
+
 /// A series: name and (x, y) points, in x order.
 pub type Series = (String, Vec<(f64, f64)>);
 
@@ -102,54 +191,30 @@ pub fn quality_vs_sparsity(
         .flat_map(|s| s.1.iter().copied())
         .chain(dense.map(|d| (0.0, d)))
         .collect();
-    let (x0, x1) = range(all.iter().map(|p| p.0), 0.08, Some(0.0));
-    let (y0, y1) = range(all.iter().map(|p| p.1), 0.1, Some(0.0));
-    let mut c = ChartBuilder::on(&root)
-        .caption(
-            format!("Quality vs sparsity ({ylabel}, lower is better)"),
-            ("sans-serif", 22),
-        )
-        .margin(12)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        .build_cartesian_2d(x0..x1, y0..y1)
-        .map_err(|e| err(path, e))?;
-    c.configure_mesh()
-        .x_desc("parameters removed (% of the dense model)")
-        .y_desc(ylabel)
-        .label_style(("sans-serif", 15))
-        .draw()
-        .map_err(|e| err(path, e))?;
+    let x = range(all.iter().map(|p| p.0), 0.08, Some(0.0));
+    let y = range(all.iter().map(|p| p.1), 0.1, Some(0.0));
+    let caption = format!("Quality vs sparsity ({ylabel}, lower is better)");
+    let xdesc = "parameters removed (% of the dense model)";
+    let mut c = axes(&root, path, &caption, x, y, xdesc, ylabel, 15)?;
     if let Some(d) = dense {
-        c.draw_series(LineSeries::new(
-            [(x0, d), (x1, d)],
-            BLACK.mix(0.4).stroke_width(1),
-        ))
-        .map_err(|e| err(path, e))?
-        .label(format!("dense ({d:.2})"))
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], BLACK.mix(0.4)));
+        line(
+            &mut c,
+            path,
+            &format!("dense ({d:.2})"),
+            &[(x.0, d), (x.1, d)],
+            RGBColor(120, 120, 120),
+            1,
+            false,
+        )?;
     }
     for (i, (name, pts)) in series.iter().enumerate() {
-        let col = colour(i);
-        c.draw_series(LineSeries::new(pts.clone(), col.stroke_width(2)))
-            .map_err(|e| err(path, e))?
-            .label(name.clone())
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], col.stroke_width(2)));
-        c.draw_series(pts.iter().map(|&p| Circle::new(p, 5, col.filled())))
-            .map_err(|e| err(path, e))?;
+        line(&mut c, path, name, pts, colour(i), 2, true)?;
     }
+    // Kept fraction and quality are both better lower: the front over (100 - removed, y).
     let front = pareto(&all.iter().map(|&(x, y)| (100.0 - x, y)).collect::<Vec<_>>());
     let front: Vec<(f64, f64)> = front.iter().map(|&(k, y)| (100.0 - k, y)).collect();
     if front.len() > 1 {
-        c.draw_series(DashedLineSeries::new(
-            front.clone(),
-            6,
-            4,
-            BLACK.stroke_width(1),
-        ))
-        .map_err(|e| err(path, e))?
-        .label("Pareto front")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], BLACK));
+        dashed(&mut c, path, "Pareto front", &front, BLACK, 1)?;
     }
     c.draw_series(
         front
@@ -157,13 +222,7 @@ pub fn quality_vs_sparsity(
             .map(|&p| Circle::new(p, 8, BLACK.stroke_width(1))),
     )
     .map_err(|e| err(path, e))?;
-    c.configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .label_font(("sans-serif", 15))
-        .draw()
-        .map_err(|e| err(path, e))?;
+    legend(&mut c, path, SeriesLabelPosition::UpperLeft, 15)?;
     root.present().map_err(|e| err(path, e))
 }
 
@@ -189,53 +248,35 @@ pub fn speedup_vs_sparsity(path: &Path, panels: &[Panel]) -> Result<()> {
         })
         .chain([(0.0, 1.0)])
         .collect();
-    let (x0, x1) = range(all.iter().map(|p| p.0), 0.08, Some(0.0));
-    let (y0, y1) = range(all.iter().map(|p| p.1), 0.1, Some(0.0));
+    let x = range(all.iter().map(|p| p.0), 0.08, Some(0.0));
+    let y = range(all.iter().map(|p| p.1), 0.1, Some(0.0));
     for (area, (title, measured, ideal)) in areas.iter().zip(panels) {
-        let mut c = ChartBuilder::on(area)
-            .caption(title, ("sans-serif", 17))
-            .margin(10)
-            .x_label_area_size(45)
-            .y_label_area_size(60)
-            .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(|e| err(path, e))?;
-        c.configure_mesh()
-            .x_desc("parameters removed (%)")
-            .y_desc("speed-up over dense (x)")
-            .label_style(("sans-serif", 14))
-            .draw()
-            .map_err(|e| err(path, e))?;
-        c.draw_series(LineSeries::new([(x0, 1.0), (x1, 1.0)], BLACK.mix(0.4)))
-            .map_err(|e| err(path, e))?
-            .label("dense (1.0x)")
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], BLACK.mix(0.4)));
+        let mut c = axes(
+            area,
+            path,
+            title,
+            x,
+            y,
+            "parameters removed (%)",
+            "speed-up over dense (x)",
+            14,
+        )?;
+        line(
+            &mut c,
+            path,
+            "dense (1.0x)",
+            &[(x.0, 1.0), (x.1, 1.0)],
+            RGBColor(120, 120, 120),
+            1,
+            false,
+        )?;
         if !ideal.is_empty() {
-            c.draw_series(DashedLineSeries::new(
-                ideal.clone(),
-                6,
-                4,
-                BLACK.stroke_width(2),
-            ))
-            .map_err(|e| err(path, e))?
-            .label("ideal (FLOPs)")
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], BLACK.stroke_width(2)));
+            dashed(&mut c, path, "ideal (FLOPs)", ideal, BLACK, 2)?;
         }
         for (i, (name, pts)) in measured.iter().enumerate() {
-            let col = colour(i);
-            c.draw_series(LineSeries::new(pts.clone(), col.stroke_width(2)))
-                .map_err(|e| err(path, e))?
-                .label(name.clone())
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], col.stroke_width(2)));
-            c.draw_series(pts.iter().map(|&p| Circle::new(p, 5, col.filled())))
-                .map_err(|e| err(path, e))?;
+            line(&mut c, path, name, pts, colour(i), 2, true)?;
         }
-        c.configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .label_font(("sans-serif", 14))
-            .draw()
-            .map_err(|e| err(path, e))?;
+        legend(&mut c, path, SeriesLabelPosition::UpperLeft, 14)?;
     }
     root.present().map_err(|e| err(path, e))
 }
@@ -256,74 +297,48 @@ pub fn training_curves(
         .titled(&format!("Training: {title}"), ("sans-serif", 22))
         .map_err(|e| err(path, e))?;
     let panels = root.split_evenly((3, 1));
-    let steps = cols.values().flat_map(|v| v.iter().map(|p| p.0));
-    let (x0, x1) = range(steps, 0.02, Some(0.0));
-    let panel = |area: &DrawingArea<BitMapBackend, _>,
-                 ylabel: &str,
-                 series: Vec<(String, Vec<(f64, f64)>)>,
-                 hline: Option<(String, f64)>|
-     -> Result<()> {
-        let ys = series
-            .iter()
-            .flat_map(|s| s.1.iter().map(|p| p.1))
-            .chain(hline.iter().map(|h| h.1));
-        let (y0, y1) = range(ys, 0.1, None);
-        let mut c = ChartBuilder::on(area)
-            .margin(10)
-            .x_label_area_size(35)
-            .y_label_area_size(70)
-            .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(|e| err(path, e))?;
-        c.configure_mesh()
-            .x_desc("step")
-            .y_desc(ylabel)
-            .label_style(("sans-serif", 14))
-            .draw()
-            .map_err(|e| err(path, e))?;
-        for (i, (name, pts)) in series.into_iter().enumerate() {
-            let col = colour(i);
-            c.draw_series(LineSeries::new(pts, col.stroke_width(2)))
-                .map_err(|e| err(path, e))?
-                .label(name)
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], col.stroke_width(2)));
-        }
-        if let Some((name, v)) = hline {
-            c.draw_series(DashedLineSeries::new(
-                [(x0, v), (x1, v)],
-                6,
-                4,
-                BLACK.stroke_width(1),
-            ))
-            .map_err(|e| err(path, e))?
-            .label(name)
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], BLACK));
-        }
-        c.configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .label_font(("sans-serif", 14))
-            .draw()
-            .map_err(|e| err(path, e))
-    };
-    let pick = |names: &[&str]| -> Vec<(String, Vec<(f64, f64)>)> {
+    let x = range(
+        cols.values().flat_map(|v| v.iter().map(|p| p.0)),
+        0.02,
+        Some(0.0),
+    );
+    let pick = |names: &[&str]| -> Vec<Series> {
         names
             .iter()
             .filter_map(|n| cols.get(*n).map(|v| (n.to_string(), v.clone())))
             .collect()
     };
-    panel(&panels[0], "loss (nats)", pick(&["loss", "ce", "kl"]), None)?;
-    let fam: Vec<(String, Vec<(f64, f64)>)> = families
+    let fam: Vec<Series> = families
         .iter()
         .map(|(k, v)| (format!("expected sparsity: {k}"), v.clone()))
         .collect();
-    panel(
-        &panels[1],
-        "expected sparsity",
-        fam,
-        target.map(|t| (format!("target {t}"), t)),
-    )?;
-    panel(&panels[2], "mu_t / lr_z", pick(&["mu", "lr_z"]), None)?;
+    let rows = [
+        ("loss (nats)", pick(&["loss", "ce", "kl"]), None),
+        ("expected sparsity", fam, target),
+        ("mu_t / lr_z", pick(&["mu", "lr_z"]), None),
+    ];
+    for (area, (ylabel, series, hline)) in panels.iter().zip(rows) {
+        let ys = series
+            .iter()
+            .flat_map(|s| s.1.iter().map(|p| p.1))
+            .chain(hline);
+        let y = range(ys, 0.1, None);
+        let mut c = axes(area, path, "", x, y, "step", ylabel, 14)?;
+        for (i, (name, pts)) in series.iter().enumerate() {
+            line(&mut c, path, name, pts, colour(i), 2, false)?;
+        }
+        if let Some(t) = hline {
+            dashed(
+                &mut c,
+                path,
+                &format!("target {t}"),
+                &[(x.0, t), (x.1, t)],
+                BLACK,
+                1,
+            )?;
+        }
+        legend(&mut c, path, SeriesLabelPosition::UpperRight, 14)?;
+    }
     root.present().map_err(|e| err(path, e))
 }
 

@@ -11,30 +11,16 @@ use toml::Value;
 use super::common::{forward_model_json, model_path, read_json, write_json};
 use crate::backend::{run_autodiff_on, AutodiffTask, DeviceSpec};
 use crate::data::Blocks;
-use crate::engine::stage::{InputSpec, Metrics, ParamSpec, ParamType, StageContext, StageKind};
+use crate::engine::stage::{
+    float_param as f, int_param as i, InputSpec, Metrics, ParamSpec, ParamType, StageContext,
+    StageKind,
+};
 use crate::io::{self, ModelFiles};
 use crate::model::load::load_model;
 use crate::prune::teacher::TopK;
 use crate::prune::train::{self, GateState, Method, TrainConfig};
 
 pub struct AnnealTrain;
-
-fn f(name: &'static str, min: f64, max: f64, default: f64, doc: &'static str) -> ParamSpec {
-    ParamSpec {
-        name,
-        ty: ParamType::Float { min, max },
-        default: Some(Value::Float(default)),
-        doc,
-    }
-}
-fn i(name: &'static str, min: i64, default: i64, doc: &'static str) -> ParamSpec {
-    ParamSpec {
-        name,
-        ty: ParamType::Int { min, max: i64::MAX },
-        default: Some(Value::Integer(default)),
-        doc,
-    }
-}
 
 impl StageKind for AnnealTrain {
     fn name(&self) -> &'static str {

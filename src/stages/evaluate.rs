@@ -13,22 +13,13 @@ use super::common::{model_path, read_json, write_json};
 use crate::backend::{run_on, BackendTask, DeviceSpec};
 use crate::data::{self, Blocks};
 use crate::engine::stage::{
-    InputSpec, Metrics, ParamSpec, ParamType, Params, StageContext, StageKind,
+    int_param as int, InputSpec, Metrics, ParamSpec, ParamType, Params, StageContext, StageKind,
 };
 use crate::eval::{cloze, mc, suite::Results, suite::Suite};
 use crate::io::{self, tokenizer::Tokenizer, ModelFiles};
 use crate::model::{accounting, load::load_model};
 
 pub struct Evaluate;
-
-fn int(name: &'static str, min: i64, default: i64, doc: &'static str) -> ParamSpec {
-    ParamSpec {
-        name,
-        ty: ParamType::Int { min, max: i64::MAX },
-        default: Some(Value::Integer(default)),
-        doc,
-    }
-}
 
 /// `NAME=PATH` or `PATH` (the name is the file stem).
 pub fn task_spec(spec: &str) -> (String, PathBuf) {

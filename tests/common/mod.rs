@@ -100,3 +100,17 @@ pub fn argmax_rows(v: &[f32], width: usize) -> Vec<usize> {
         })
         .collect()
 }
+
+/// Runs the `ddp-run` binary with the test cache: (success, stdout, stderr).
+pub fn ddp_run(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ddp-run"))
+        .args(["--cache", cache().to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
