@@ -118,12 +118,11 @@ impl StageKind for AnnealTrain {
         let data_dir = &ctx.input("data")?.dir;
         let blocks: Blocks = read_json(&data_dir.join("blocks.json"))?;
         let teacher = match ctx.str("teacher") {
-            "cached" => Some(TopK::read(data_dir).with_context(|| {
-                format!(
-                    "stage {}: teacher = \"cached\" needs the calibrate stage to cache it (set teacher_topk, e.g. 64)",
-                    ctx.instance
-                )
-            })?),
+            "cached" if !data_dir.join("teacher.json").is_file() => anyhow::bail!(
+                "stage {}: teacher = \"cached\" needs the calibrate stage to cache the teacher (set its teacher_topk, e.g. 64)",
+                ctx.instance
+            ),
+            "cached" => Some(TopK::read(data_dir)?),
             _ => None,
         };
         let ckpt = ctx.out_dir.join("checkpoint.json");

