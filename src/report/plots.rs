@@ -78,6 +78,7 @@ fn axes<'a, 'b>(
     xdesc: &str,
     ydesc: &str,
     label_size: u32,
+    log_y: bool,
 ) -> Result<Xy<'a, 'b>> {
     let mut b = ChartBuilder::on(area);
     if !caption.is_empty() {
@@ -86,15 +87,26 @@ fn axes<'a, 'b>(
     let mut c = b
         .margin(10)
         .x_label_area_size(40)
-        .y_label_area_size(65)
+        .y_label_area_size(80)
         .build_cartesian_2d(x.0..x.1, y.0..y.1)
         .map_err(|e| err(path, e))?;
-    c.configure_mesh()
-        .x_desc(xdesc)
+    // A log axis is drawn as log10 values labelled with the values themselves.
+    let unlog = |v: &f64| {
+        let x = 10f64.powf(*v);
+        if x >= 100.0 {
+            format!("{x:.0}")
+        } else {
+            format!("{x:.3}")
+        }
+    };
+    let mut mesh = c.configure_mesh();
+    mesh.x_desc(xdesc)
         .y_desc(ydesc)
-        .label_style(("sans-serif", label_size))
-        .draw()
-        .map_err(|e| err(path, e))?;
+        .label_style(("sans-serif", label_size));
+    if log_y {
+        mesh.y_label_formatter(&unlog);
+    }
+    mesh.draw().map_err(|e| err(path, e))?;
     Ok(c)
 }
 
@@ -186,22 +198,44 @@ pub fn quality_vs_sparsity(
     font();
     let root = BitMapBackend::new(path, (W, H)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(path, e))?;
-    let all: Vec<(f64, f64)> = series
+    let raw: Vec<(f64, f64)> = series
         .iter()
         .flat_map(|s| s.1.iter().copied())
         .chain(dense.map(|d| (0.0, d)))
         .collect();
+    // Values spanning more than a factor of 20 go on a log axis (a collapsed model's
+    // perplexity would flatten every other line).
+    let (lo, hi) = raw
+        .iter()
+        .fold((f64::INFINITY, 0f64), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let log_y = lo > 0.0 && hi / lo > 20.0;
+    let t = |v: f64| if log_y { v.log10() } else { v };
+    let series: Vec<Series> = series
+        .iter()
+        .map(|(n, pts)| (n.clone(), pts.iter().map(|&(x, y)| (x, t(y))).collect()))
+        .collect();
+    let dense_y = dense.map(t);
+    let all: Vec<(f64, f64)> = raw.iter().map(|&(x, y)| (x, t(y))).collect();
+    let ydesc = if log_y {
+        format!("{ylabel} (log scale)")
+    } else {
+        ylabel.to_string()
+    };
     let x = range(all.iter().map(|p| p.0), 0.08, Some(0.0));
-    let y = range(all.iter().map(|p| p.1), 0.1, Some(0.0));
+    let y = range(
+        all.iter().map(|p| p.1),
+        0.1,
+        if log_y { None } else { Some(0.0) },
+    );
     let caption = format!("Quality vs sparsity ({ylabel}, lower is better)");
     let xdesc = "parameters removed (% of the dense model)";
-    let mut c = axes(&root, path, &caption, x, y, xdesc, ylabel, 15)?;
-    if let Some(d) = dense {
+    let mut c = axes(&root, path, &caption, x, y, xdesc, &ydesc, 15, log_y)?;
+    if let (Some(d), Some(dy)) = (dense, dense_y) {
         line(
             &mut c,
             path,
             &format!("dense ({d:.2})"),
-            &[(x.0, d), (x.1, d)],
+            &[(x.0, dy), (x.1, dy)],
             RGBColor(120, 120, 120),
             1,
             false,
@@ -260,6 +294,7 @@ pub fn speedup_vs_sparsity(path: &Path, panels: &[Panel]) -> Result<()> {
             "parameters removed (%)",
             "speed-up over dense (x)",
             14,
+            false,
         )?;
         line(
             &mut c,
@@ -323,7 +358,7 @@ pub fn training_curves(
             .flat_map(|s| s.1.iter().map(|p| p.1))
             .chain(hline);
         let y = range(ys, 0.1, None);
-        let mut c = axes(area, path, "", x, y, "step", ylabel, 14)?;
+        let mut c = axes(area, path, "", x, y, "step", ylabel, 14, false)?;
         for (i, (name, pts)) in series.iter().enumerate() {
             line(&mut c, path, name, pts, colour(i), 2, false)?;
         }
