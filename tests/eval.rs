@@ -227,3 +227,36 @@ fn eval_command_reproduces_the_reference_perplexities() {
     println!("ddp-run eval SmolLM2-135M: {p:.4} (transformers {want:.4})");
     assert!((p - want).abs() / want < 0.01, "{p} vs {want}");
 }
+
+#[test]
+fn eval_command_scores_task_files_and_names_bad_inputs() {
+    let model = fixtures().join("stories260k");
+    let task = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/mc_tiny.jsonl");
+    let (ok, out, err) = ddp_run(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--task",
+        &format!("tiny={}", task.display()),
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let t = &v["tasks"]["tiny"];
+    assert_eq!(t["acc"]["n"], 6, "{v}");
+    assert_eq!(t["layout"], "generic");
+    assert!(v["perplexity"].is_null(), "no text, no perplexity: {v}");
+    let (ok, _, err) = ddp_run(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--text",
+        "no/such/text.txt",
+    ]);
+    assert!(
+        !ok && err.contains("no/such/text.txt") && err.contains("no such file"),
+        "{err}"
+    );
+    let (ok, _, err) = ddp_run(&["eval", "--model", model.to_str().unwrap()]);
+    assert!(!ok && err.contains("nothing to evaluate"), "{err}");
+}
