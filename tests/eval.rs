@@ -5,7 +5,7 @@
 mod common;
 use common::*;
 
-use ddp::eval::{cloze, mc, perplexity, score::Scorer, suite::Suite};
+use ddp::eval::{cloze, mc, perplexity, score::Scorer};
 
 fn golden_ppl(model: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(fixtures().join("golden/perplexity.json")).unwrap();
@@ -190,7 +190,6 @@ fn multiple_choice_scorer_on_a_hand_written_task() {
         e.contains("bad.jsonl") && e.contains("line 2") && e.contains("gold"),
         "{e}"
     );
-    let _ = Suite::default();
 }
 
 fn cli_perplexity(model: &str, seq: usize, tokens: usize) -> f64 {

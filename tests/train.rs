@@ -323,3 +323,27 @@ fn cached_top_k_teacher_against_online() {
     }
     println!("{table}");
 }
+
+/// Calibration computes activation statistics inside the teacher pass when it needs both: the
+/// probes must see the same sums as a pass of their own.
+#[test]
+fn activation_stats_from_the_teacher_pass_equal_their_own_pass() {
+    use ddp::prune::{oneshot, teacher};
+    let (files, blocks, _) = setup(None, 64);
+    let mut m = model(&files);
+    let blocks = &blocks.train[..6];
+    let own = oneshot::activation_stats(&mut m, blocks, 4, |_| {}).unwrap();
+    let probes = oneshot::Probes::attach(&mut m).unwrap();
+    teacher::compute(&m, blocks, 8, || {});
+    let shared = probes.detach(&mut m);
+    assert_eq!(own.len(), shared.len());
+    for (a, b) in own.iter().zip(&shared) {
+        for (x, y) in [(&a.o, &b.o), (&a.down, &b.down)] {
+            assert_eq!(x.rows, y.rows);
+            for (p, q) in x.sum_sq.iter().zip(&y.sum_sq) {
+                assert!((p - q).abs() <= 1e-4 * p.abs().max(1.0), "{p} vs {q}");
+            }
+        }
+    }
+    assert!(own[0].down.rows == 6 * 64);
+}

@@ -99,22 +99,21 @@ pub fn throughput<B: Backend>(
     warmup: usize,
     repeats: usize,
 ) -> Throughput {
-    for _ in 0..warmup {
-        run_once(model, batch, prompt_len, decode_tokens.min(8));
-    }
-    let (mut p, mut d) = (vec![], vec![]);
-    for _ in 0..repeats.max(1) {
-        let (a, b) = run_once(model, batch, prompt_len, decode_tokens);
-        p.push(a);
-        d.push(b);
-    }
+    let p = Protocol {
+        prompt_lens: vec![prompt_len],
+        batches: vec![batch],
+        decode_tokens,
+        warmup,
+        repeats: repeats.max(1),
+    };
+    let m = side_by_side(&[("", model)], &p, || {}).remove(0);
     Throughput {
         batch,
         prompt_len,
         decode_tokens,
-        repeats: repeats.max(1),
-        prefill_tok_s: Stats::of(p),
-        decode_tok_s: Stats::of(d),
+        repeats: p.repeats,
+        prefill_tok_s: m.prefill[0].tok_s,
+        decode_tok_s: m.decode.first().map_or(Stats::of(vec![0.0]), |d| d.tok_s),
     }
 }
 
@@ -257,8 +256,9 @@ impl Comparison {
     /// Flat metrics: the candidate's throughputs, the baseline's, measured and ideal speed-ups.
     pub fn metrics(&self) -> std::collections::BTreeMap<String, f64> {
         let mut m = std::collections::BTreeMap::new();
-        let (base, cand) = (&self.models[0], self.models.last().unwrap());
-        let two = self.models.len() > 1;
+        let ci = self.models.len() - 1;
+        let (base, cand) = (&self.models[0], &self.models[ci]);
+        let two = ci > 0;
         for (i, (b, c)) in base.prefill.iter().zip(&cand.prefill).enumerate() {
             let k = format!("b{}.p{}", c.batch, c.prompt_len);
             m.insert(format!("prefill_tok_s.{k}"), c.tok_s.median);
@@ -271,7 +271,7 @@ impl Comparison {
                 let pi = i % self.protocol.prompt_lens.len();
                 m.insert(
                     format!("ideal.prefill.p{}", c.prompt_len),
-                    self.flops_prefill[0][pi] / self.flops_prefill[1][pi],
+                    self.flops_prefill[0][pi] / self.flops_prefill[ci][pi],
                 );
             }
         }
@@ -286,7 +286,7 @@ impl Comparison {
                 );
                 m.insert(
                     "ideal.decode".into(),
-                    self.flops_decode[0] / self.flops_decode[1],
+                    self.flops_decode[0] / self.flops_decode[ci],
                 );
             }
         }

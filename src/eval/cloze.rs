@@ -148,13 +148,8 @@ pub fn lambada<B: Backend>(
     }
     let mut reqs = vec![];
     for it in items {
-        let (mut ids, mut from) = encode_pair(tok, &it.context, &it.target)?;
-        if ids.len() > max_len {
-            let cut = (ids.len() - max_len).min(from - 1);
-            ids.drain(..cut);
-            from -= cut;
-        }
-        reqs.push(Request { ids, from });
+        let (ids, from) = encode_pair(tok, &it.context, &it.target)?;
+        reqs.push(Request::fitted(ids, from, max_len)?);
     }
     let scored = scorer.score(&reqs, on_batch);
     let correct = scored.iter().filter(|s| s.all_greedy()).count();

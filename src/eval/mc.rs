@@ -273,20 +273,8 @@ pub fn logliks<B: Backend>(
     for it in items {
         for c in 0..it.choices() {
             let (ctx, cont) = it.pair(c);
-            let (mut ids, mut from) = encode_pair(tok, ctx, cont)?;
-            if ids.len() > max_len {
-                // Keep the continuation whole; cut the context from the left.
-                let cut = ids.len() - max_len;
-                if cut >= from {
-                    return Err(Error::Invalid(format!(
-                        "a continuation of {} tokens does not fit the {max_len}-token limit",
-                        ids.len() - from
-                    )));
-                }
-                ids.drain(..cut);
-                from -= cut;
-            }
-            reqs.push(Request { ids, from });
+            let (ids, from) = encode_pair(tok, ctx, cont)?;
+            reqs.push(Request::fitted(ids, from, max_len)?);
         }
     }
     let scored = scorer.score(&reqs, on_batch);

@@ -4,6 +4,7 @@
 
 use burn::tensor::{activation::log_softmax, backend::Backend, Int, Tensor, TensorData};
 
+use crate::error::{Error, Result};
 use crate::model::{Gates, Logits, Model};
 
 /// One sequence to score: `ids`, and the positions `p` (>= 1) whose token is predicted from
@@ -13,6 +14,26 @@ pub struct Request {
     pub ids: Vec<u32>,
     /// Score tokens `ids[from..]` (from >= 1).
     pub from: usize,
+}
+
+impl Request {
+    /// A context + continuation cut to at most `max_len` tokens from the left (the continuation
+    /// stays whole, at least one context token stays); an error when the continuation alone does
+    /// not fit.
+    pub fn fitted(mut ids: Vec<u32>, mut from: usize, max_len: usize) -> Result<Self> {
+        if ids.len() > max_len {
+            let cut = ids.len() - max_len;
+            if cut >= from {
+                return Err(Error::Invalid(format!(
+                    "a continuation of {} tokens does not fit the {max_len}-token limit",
+                    ids.len() - from
+                )));
+            }
+            ids.drain(..cut);
+            from -= cut;
+        }
+        Ok(Self { ids, from })
+    }
 }
 
 /// Per request: the log-probability of each scored token, and whether each was the argmax.

@@ -24,6 +24,50 @@ pub struct LayerStats {
     pub down: InputStats,
 }
 
+/// Probes on every o_proj and dense down_proj input; they sum what passes until detached.
+pub struct Probes(Vec<(Probe, Probe)>);
+
+type Probe = Arc<Mutex<InputStats>>;
+
+impl Probes {
+    pub fn attach<B: Backend>(model: &mut Model<B>) -> Result<Self> {
+        let mut probes = vec![];
+        for l in &mut model.layers {
+            let o = Arc::new(Mutex::new(InputStats::default()));
+            let d = Arc::new(Mutex::new(InputStats::default()));
+            match &mut l.ffn {
+                Ffn::Dense(m) => m.down.probe = Some(d.clone()),
+                Ffn::Moe(_) => {
+                    return Err(Error::Invalid(
+                        "one-shot scores of MoE expert channels are not supported yet".into(),
+                    ))
+                }
+            }
+            l.attn.o.probe = Some(o.clone());
+            probes.push((o, d));
+        }
+        Ok(Self(probes))
+    }
+
+    /// Removes the probes and returns what they saw.
+    pub fn detach<B: Backend>(self, model: &mut Model<B>) -> Vec<LayerStats> {
+        for l in &mut model.layers {
+            l.attn.o.probe = None;
+            if let Ffn::Dense(m) = &mut l.ffn {
+                m.down.probe = None;
+            }
+        }
+        let take = |p: &Probe| p.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        self.0
+            .iter()
+            .map(|(o, d)| LayerStats {
+                o: take(o),
+                down: take(d),
+            })
+            .collect()
+    }
+}
+
 /// Runs `blocks` through the model (batches of `batch`) and collects the inputs of every
 /// o_proj and dense down_proj.
 pub fn activation_stats<B: Backend>(
@@ -32,21 +76,7 @@ pub fn activation_stats<B: Backend>(
     batch: usize,
     mut on_batch: impl FnMut(usize),
 ) -> Result<Vec<LayerStats>> {
-    let mut probes = vec![];
-    for l in &mut model.layers {
-        let o = Arc::new(Mutex::new(InputStats::default()));
-        let d = Arc::new(Mutex::new(InputStats::default()));
-        l.attn.o.probe = Some(o.clone());
-        match &mut l.ffn {
-            Ffn::Dense(m) => m.down.probe = Some(d.clone()),
-            Ffn::Moe(_) => {
-                return Err(Error::Invalid(
-                    "one-shot scores of MoE expert channels are not supported yet".into(),
-                ))
-            }
-        }
-        probes.push((o, d));
-    }
+    let probes = Probes::attach(model)?;
     for chunk in blocks.chunks(batch.max(1)) {
         let s = chunk[0].len();
         let ids: Vec<i64> = chunk.iter().flatten().map(|&t| t as i64).collect();
@@ -56,19 +86,7 @@ pub fn activation_stats<B: Backend>(
         let _ = model.forward(t, None, None, Logits::Last).into_data();
         on_batch(chunk.len());
     }
-    for l in &mut model.layers {
-        l.attn.o.probe = None;
-        if let Ffn::Dense(m) = &mut l.ffn {
-            m.down.probe = None;
-        }
-    }
-    Ok(probes
-        .into_iter()
-        .map(|(o, d)| LayerStats {
-            o: o.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-            down: d.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-        })
-        .collect())
+    Ok(probes.detach(model))
 }
 
 /// A weight `[out, in]` (HF layout) on the host.

@@ -81,6 +81,18 @@ pub fn compute<B: Backend>(
 }
 
 impl TopK {
+    /// Appends the rows of later blocks (computed with the same k).
+    pub fn append(&mut self, other: TopK) {
+        debug_assert_eq!(
+            (self.header.k, self.header.positions),
+            (other.header.k, other.header.positions)
+        );
+        self.header.blocks += other.header.blocks;
+        self.idx.extend(other.idx);
+        self.logp.extend(other.logp);
+        self.log_rest.extend(other.log_rest);
+    }
+
     pub fn write(&self, dir: &Path) -> Result<()> {
         let h = dir.join("teacher.json");
         std::fs::write(&h, serde_json::to_string_pretty(&self.header).unwrap())

@@ -132,20 +132,33 @@ impl BackendTask for DenseTask<'_> {
             &device,
             None,
         )?;
-        let work = self.n_stats + if self.topk > 0 { self.blocks.len() } else { 0 };
+        let (n, topk) = (self.n_stats, self.topk);
+        let work = if topk > 0 { self.blocks.len() } else { n };
         self.bar.set_length(work as u64);
-        let stats = if self.n_stats > 0 {
-            Some(oneshot::activation_stats(
-                &mut model,
-                &self.blocks[..self.n_stats],
-                4,
-                |n| self.bar.inc(n as u64),
-            )?)
-        } else {
-            None
+        let tick = || self.bar.inc(1);
+        // With both, the first n blocks of the teacher pass feed the probes too: one pass.
+        let (stats, teacher) = match (n > 0, topk > 0) {
+            (true, true) => {
+                let probes = oneshot::Probes::attach(&mut model)?;
+                let mut t = teacher::compute(&model, &self.blocks[..n], topk, tick);
+                let stats = probes.detach(&mut model);
+                if n < self.blocks.len() {
+                    t.append(teacher::compute(&model, &self.blocks[n..], topk, tick));
+                }
+                (Some(stats), Some(t))
+            }
+            (true, false) => {
+                let s = oneshot::activation_stats(&mut model, &self.blocks[..n], 4, |k| {
+                    self.bar.inc(k as u64)
+                })?;
+                (Some(s), None)
+            }
+            (false, true) => (
+                None,
+                Some(teacher::compute(&model, self.blocks, topk, tick)),
+            ),
+            (false, false) => (None, None),
         };
-        let teacher = (self.topk > 0)
-            .then(|| teacher::compute(&model, self.blocks, self.topk, || self.bar.inc(1)));
         Ok((stats, teacher))
     }
 }

@@ -266,11 +266,12 @@ impl StageKind for Evaluate {
             },
         )?;
         let dense = ctx.inputs.get("dense").map(|d| d.metrics.clone());
-        let mut m = results.metrics();
+        let measured = results.metrics();
+        let mut m = measured.clone();
         let params = accounting::count(&files.config);
         m.insert("params_total".into(), params.total as f64);
         if let Some(d) = &dense {
-            for (k, v) in results.metrics() {
+            for (k, v) in measured {
                 if let Some(dv) = d.get(&k).filter(|_| !k.ends_with("_stderr")) {
                     m.insert(format!("delta.{k}"), v - dv);
                 }
