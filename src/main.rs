@@ -366,7 +366,8 @@ fn inspect(files: &ModelFiles, spec: &str, json: bool) -> Result<()> {
         "tied_embeddings": c.tie_word_embeddings,
         "parameters": {
             "total": p.total, "embedding": p.embedding, "prunable": p.prunable(),
-            "attention": p.attention, "ffn": p.ffn, "other": p.other,
+            "attention": p.attention, "ffn": p.ffn, "routed_experts": p.experts,
+            "other": p.other,
         },
         "config": c,
     });
@@ -402,8 +403,12 @@ fn inspect(files: &ModelFiles, spec: &str, json: bool) -> Result<()> {
     println!("ffn           {}", c.intermediate_size);
     if let Some(m) = &c.moe {
         println!(
-            "experts       {} ({} per token, width {})",
-            m.num_experts, m.num_experts_per_tok, m.moe_intermediate_size
+            "experts       {} ({} per token, width {}){}",
+            m.num_experts,
+            m.num_experts_per_tok,
+            m.moe_intermediate_size,
+            m.shared_expert_intermediate_size
+                .map_or(String::new(), |s| format!(" + shared expert of width {s}"))
         );
     }
     println!(
@@ -418,10 +423,15 @@ fn inspect(files: &ModelFiles, spec: &str, json: bool) -> Result<()> {
     println!("parameters    {} total", n(p.total));
     println!("              {} embedding", n(p.embedding));
     println!(
-        "              {} prunable ({} attention, {} FFN)",
+        "              {} prunable ({} attention, {} FFN{})",
         n(p.prunable()),
         n(p.attention),
-        n(p.ffn)
+        n(p.ffn),
+        if p.experts > 0 {
+            format!(", of which {} in routed experts", n(p.experts))
+        } else {
+            String::new()
+        }
     );
     println!("              {} other (norms, routers)", n(p.other));
     Ok(())

@@ -118,20 +118,25 @@ fn all_ones_gates_give_exactly_the_ungated_logits() {
 
 #[test]
 fn fractional_gates_match_the_reference() {
-    for arch in [Arch::Llama, Arch::Mixtral] {
+    // Qwen2-MoE: channel gates act on its shared expert.
+    for arch in [Arch::Llama, Arch::Mixtral, Arch::Qwen2Moe] {
         let cfg = tiny::config(arch, 4, 2);
         let w = tiny::random_weights(&cfg, 5);
         let heads: Vec<f64> = vec![0.5, 1.7, 0.0, 1.0];
-        let chans: Vec<f64> = (0..24).map(|j| (j % 5) as f64 * 0.4).collect();
+        let moe = cfg.moe.is_some();
+        let width = match &cfg.moe {
+            None => 24,
+            Some(m) => m.shared_expert_intermediate_size.unwrap_or(0),
+        };
+        let chans: Vec<f64> = (0..width).map(|j| (j % 5) as f64 * 0.4).collect();
         let experts: Vec<Vec<f64>> = (0..4)
             .map(|e| (0..12).map(|j| ((e + j) % 3) as f64 * 0.6).collect())
             .collect();
-        let moe = cfg.moe.is_some();
         let gates = Gates {
             layers: (0..2)
                 .map(|_| LayerGates {
                     heads: Some(vec1(&heads)),
-                    channels: (!moe).then(|| vec1(&chans)),
+                    channels: (width > 0).then(|| vec1(&chans)),
                     experts: moe.then(|| {
                         let flat: Vec<f32> = experts.iter().flatten().map(|&x| x as f32).collect();
                         Tensor::from_data(TensorData::new(flat, [4, 12]), &NdArrayDevice::Cpu)
@@ -141,7 +146,7 @@ fn fractional_gates_match_the_reference() {
         };
         let r = RefGates {
             heads: vec![Some(heads.clone()); 2],
-            channels: vec![(!moe).then(|| chans.clone()); 2],
+            channels: vec![(width > 0).then(|| chans.clone()); 2],
             experts: vec![moe.then(|| experts.clone()); 2],
         };
         close_to_reference(

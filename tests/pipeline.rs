@@ -6,7 +6,11 @@ use common::*;
 
 use std::fs;
 
+use burn::backend::ndarray::NdArrayDevice;
+use burn::tensor::{Int, Tensor, TensorData};
 use ddp::engine::{self, cache::Cache, Options, Outcome};
+use ddp::model::{Gates, LayerGates, Logits};
+use ddp::prune::mask::FinalMask;
 
 fn recipe(rule: &str, uniform: bool) -> String {
     format!(
@@ -120,4 +124,153 @@ fn stories260k_pipeline_runs_end_to_end_and_the_result_loads() {
         1 + 30 * 2,
         "a header and one row per step and family"
     );
+}
+
+/// A tiny Qwen2-MoE (routed experts with a shared expert, one dense layer between MoE layers)
+/// with the stories260k tokenizer, written as a HF directory the pipeline loads.
+fn tiny_moe_dir(dir: &std::path::Path) -> ddp::model::ModelConfig {
+    let mut cfg = tiny::config(ddp::model::config::Arch::Qwen2Moe, 4, 2);
+    cfg.vocab_size = 512;
+    cfg.hidden_size = 32;
+    cfg.num_hidden_layers = 3;
+    cfg.moe.as_mut().unwrap().dense_layers = vec![1];
+    let w = tiny::random_weights(&cfg, 4);
+    let tok = fixture("stories260k").tokenizer;
+    ddp::io::export::write_hf_dir(dir, &cfg, &w.map, tok.as_ref()).unwrap();
+    cfg
+}
+
+#[test]
+fn moe_pipeline_trains_expert_gates_and_slices_exactly() {
+    let d = tempfile::tempdir().unwrap();
+    let model_dir = d.path().join("tiny-moe");
+    tiny_moe_dir(&model_dir);
+    let recipe = format!(
+        r#"
+name = "moe"
+[model]
+source = "{model}"
+[stages.load]
+kind = "load"
+model = "${{model.source}}"
+[stages.gate-insert]
+kind = "gate-insert"
+after = ["load"]
+sparsity = 0.4
+[stages.calibrate]
+kind = "calibrate"
+after = ["load"]
+data = "{data}"
+seq_len = 32
+max_tokens = 3000
+activation_stats = 4
+[stages.anneal-train]
+kind = "anneal-train"
+after = ["gate-insert", "calibrate"]
+steps = 25
+warmup = 3
+lr_lambda = 0.1
+mu_end = 0.5
+[stages.threshold]
+kind = "threshold"
+after = ["anneal-train"]
+rule = "topk"
+[stages.slice]
+kind = "slice"
+after = ["threshold"]
+[stages.oneshot]
+kind = "oneshot"
+after = ["gate-insert", "calibrate"]
+method = "wanda-sp"
+[stages.threshold-oneshot]
+kind = "threshold"
+after = ["oneshot"]
+rule = "uniform"
+multiple = 4
+[stages.slice-oneshot]
+kind = "slice"
+after = ["threshold-oneshot"]
+uniform = true
+multiple = 4
+"#,
+        model = model_dir.display(),
+        data = fixtures().join("corpora/sotu/*.txt").display(),
+    );
+    let path = d.path().join("moe.toml");
+    fs::write(&path, recipe).unwrap();
+    let reg = ddp::stages::registry();
+    let r = ddp::recipe::load(&path, &reg).unwrap_or_else(|e| panic!("{e}"));
+    let cache = Cache::open(&d.path().join("cache")).unwrap();
+    let opts = Options {
+        out_root: Some(d.path().join("out")),
+        ..Default::default()
+    };
+    let s = engine::run(&r, &reg, &cache, &opts).unwrap_or_else(|e| panic!("{e:#}"));
+    let m = |name: &str| &s.results.iter().find(|x| x.name == name).unwrap().metrics;
+    // Three families; training moved each expected sparsity from ~0 toward the 0.4 target.
+    for fam in ["heads", "channels", "experts"] {
+        let q = m("anneal-train")[&format!("expected_sparsity_{fam}")];
+        eprintln!("expected sparsity of {fam} after 25 steps: {q:.3}");
+        assert!(q > 0.02, "{fam}: {:?}", m("anneal-train"));
+    }
+    // topk removes exactly the budget of expert channels.
+    assert!(
+        (m("threshold")["sparsity_experts"] - 0.4).abs() < 0.01,
+        "{:?}",
+        m("threshold")
+    );
+    // The sliced model gives the gated model's logits under the final mask.
+    let out = d.path().join("out/moe");
+    let mask: FinalMask =
+        serde_json::from_str(&fs::read_to_string(out.join("threshold/mask.json")).unwrap())
+            .unwrap();
+    let dense = ddp::io::open_model(&model_dir).unwrap();
+    let sliced = ddp::io::open_model(&out.join("slice/model")).unwrap();
+    let ids: Vec<i64> = vec![1, 400, 73, 12, 9, 260, 33, 5, 118, 7];
+    let dev = NdArrayDevice::Cpu;
+    let gates = gates_of(&dense.config, &mask);
+    let t = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [1, ids.len()]), &dev);
+    let want: Vec<f32> = model(&dense)
+        .forward(t, None, Some(&gates), Logits::All)
+        .into_data()
+        .into_vec()
+        .unwrap();
+    let diff = max_abs_diff(&logits(&model(&sliced), &ids), &want);
+    assert!(diff <= 1e-4, "sliced vs gated: {diff}");
+    let c = sliced.config.moe.as_ref().unwrap();
+    assert_eq!(c.num_experts, 4);
+    // The one-shot branch: every expert keeps the same width, a standard config.
+    let uni = ddp::io::open_model(&out.join("slice-oneshot/model")).unwrap();
+    assert!(uni.config.layer_shapes.is_none());
+    let um = uni.config.moe.as_ref().unwrap();
+    assert_eq!(
+        um.moe_intermediate_size, 8,
+        "12 x 0.6 = 7.2, rounded up to 8"
+    );
+    assert!(m("slice-oneshot")["params_kept"] < 1.0);
+}
+
+fn gates_of(cfg: &ddp::model::ModelConfig, mask: &FinalMask) -> Gates<B> {
+    let dev = NdArrayDevice::Cpu;
+    let v = |x: &Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(x.clone(), [x.len()]), &dev);
+    Gates {
+        layers: mask
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let u = ddp::model::accounting::units(cfg, i);
+                LayerGates {
+                    heads: Some(v(&l.heads)),
+                    channels: (!l.channels.is_empty()).then(|| v(&l.channels)),
+                    experts: (!l.experts.is_empty()).then(|| {
+                        Tensor::from_data(
+                            TensorData::new(l.experts.clone(), [u.experts, u.expert_width]),
+                            &dev,
+                        )
+                    }),
+                }
+            })
+            .collect(),
+    }
 }

@@ -47,29 +47,47 @@ fn mask_for(files: &ModelFiles, per_group: bool, seed: u32, drop: f32, spread: f
                         }
                     })
                     .collect(),
+                experts: vec![],
             }
         })
         .collect();
     FinalMask { layers }
 }
 
-fn gated_logits(files: &ModelFiles, mask: &FinalMask, ids: &[i64]) -> Vec<f32> {
-    let m = model(files);
+/// The mask as gates of the unsliced model.
+fn gates_of(cfg: &ddp::model::ModelConfig, mask: &FinalMask) -> Gates<B> {
     let dev = NdArrayDevice::Cpu;
     let v = |x: &Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(x.clone(), [x.len()]), &dev);
-    let gates = Gates {
+    Gates {
         layers: mask
             .layers
             .iter()
-            .map(|l| LayerGates {
-                heads: Some(v(&l.heads)),
-                channels: Some(v(&l.channels)),
-                experts: None,
+            .enumerate()
+            .map(|(i, l)| {
+                let u = ddp::model::accounting::units(cfg, i);
+                LayerGates {
+                    heads: Some(v(&l.heads)),
+                    channels: (!l.channels.is_empty()).then(|| v(&l.channels)),
+                    experts: (!l.experts.is_empty()).then(|| {
+                        Tensor::from_data(
+                            TensorData::new(l.experts.clone(), [u.experts, u.expert_width]),
+                            &dev,
+                        )
+                    }),
+                }
             })
             .collect(),
-    };
+    }
+}
+
+fn gated_logits(files: &ModelFiles, mask: &FinalMask, ids: &[i64]) -> Vec<f32> {
+    let m = model(files);
+    let gates = gates_of(&files.config, mask);
     m.check_gates(&gates).unwrap();
-    let t = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.to_vec(), [1, ids.len()]), &dev);
+    let t = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(ids.to_vec(), [1, ids.len()]),
+        &NdArrayDevice::Cpu,
+    );
     m.forward(t, None, Some(&gates), Logits::All)
         .into_data()
         .into_vec()
@@ -164,8 +182,14 @@ fn threshold_rules() {
         vec![vec![0.9, 0.0, 0.3], vec![0.0, 2.0, 0.0]]
     );
     assert_eq!(
-        mask::uniform(&z, 1),
+        mask::uniform(&z, &[0, 0], |_| 1),
         vec![vec![0.9, 0.0, 0.0], vec![0.0, 2.0, 0.0]]
+    );
+    // Expert channels: the same count kept in every expert (groups of 2: two experts per layer).
+    let e = vec![vec![0.5, 0.7, 0.2, 0.1], vec![0.3, 0.0, 0.0, 0.9]];
+    assert_eq!(
+        mask::uniform(&e, &[2, 2], |n| n / 2),
+        vec![vec![0.0, 0.7, 0.2, 0.0], vec![0.3, 0.0, 0.0, 0.9]]
     );
     let (total, per) = mask::sparsity(&mask::topk(&z, 3));
     assert_eq!(total, 0.5);
@@ -174,4 +198,116 @@ fn threshold_rules() {
         mask::expand_groups(&[1.0, 0.0], 4),
         vec![1.0, 1.0, 0.0, 0.0]
     );
+}
+
+/// A MoE mask: KV groups, shared-expert channels and expert channels dropped with probability
+/// `drop`, the last third of every expert's channels and every channel of expert 1 in layer 0
+/// dropped (a dead expert stays: the router still picks it), survivors scaled by gates in
+/// [0.6, 1.4].
+fn moe_mask(cfg: &ddp::model::ModelConfig, drop: f32) -> FinalMask {
+    let mut x = 11u32;
+    let mut rnd = move || {
+        x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (x >> 8) as f32 / (1u32 << 24) as f32
+    };
+    let mut gate = |dead: bool| {
+        if dead || rnd() < drop {
+            0.0
+        } else {
+            0.6 + 0.8 * rnd()
+        }
+    };
+    FinalMask {
+        layers: (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let u = ddp::model::accounting::units(cfg, i);
+                let groups: Vec<f32> = (0..u.kv_heads).map(|_| gate(false)).collect();
+                LayerMask {
+                    heads: expand_groups(&groups, u.heads),
+                    channels: (0..u.channels).map(|_| gate(false)).collect(),
+                    experts: (0..u.experts * u.expert_width)
+                        .map(|j| {
+                            let w = u.expert_width.max(1);
+                            gate((i == 0 && j / w == 1) || j % w >= w * 2 / 3)
+                        })
+                        .collect(),
+                }
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn moe_sliced_equals_gated_and_reloads() {
+    let ids: Vec<i64> = vec![1, 7, 3, 22, 9, 14, 0, 31, 5, 5, 18, 2];
+    let dev = NdArrayDevice::Cpu;
+    for arch in [
+        ddp::model::config::Arch::Qwen2Moe,
+        ddp::model::config::Arch::Mixtral,
+        ddp::model::config::Arch::Qwen3Moe,
+    ] {
+        let mut cfg = tiny::config(arch, 4, 2);
+        if arch == ddp::model::config::Arch::Qwen2Moe {
+            // A dense layer between MoE layers (Qwen's `mlp_only_layers`).
+            cfg.num_hidden_layers = 3;
+            cfg.moe.as_mut().unwrap().dense_layers = vec![1];
+        }
+        let w = tiny::random_weights(&cfg, 21);
+        let dense = ddp::model::load::load_model::<B>(&cfg, &w, &dev, None).unwrap();
+        let mask = moe_mask(&cfg, 0.4);
+        let gates = gates_of(&cfg, &mask);
+        dense.check_gates(&gates).unwrap();
+        let t = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [1, ids.len()]), &dev);
+        let want: Vec<f32> = dense
+            .forward(t, None, Some(&gates), Logits::All)
+            .into_data()
+            .into_vec()
+            .unwrap();
+        for uniform in [false, true] {
+            let what = format!("{arch:?} uniform={uniform}");
+            let sliced = slice::slice(&cfg, &w, &mask, uniform, if uniform { 4 } else { 1 })
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            let c = &sliced.config;
+            let m = c.moe.as_ref().unwrap();
+            assert_eq!(m.num_experts, 4, "{what}: experts are kept");
+            if uniform {
+                assert!(c.layer_shapes.is_none(), "{what}: standard config");
+                assert_eq!(m.moe_intermediate_size % 4, 0, "{what}");
+                // The widest expert anywhere, rounded up to the multiple.
+                let widest = mask
+                    .layers
+                    .iter()
+                    .flat_map(|l| l.experts.chunks(12))
+                    .map(|e| e.iter().filter(|&&g| g != 0.0).count())
+                    .max()
+                    .unwrap();
+                assert_eq!(
+                    m.moe_intermediate_size,
+                    (widest.div_ceil(4) * 4).min(12),
+                    "{what}"
+                );
+                if arch == ddp::model::config::Arch::Mixtral {
+                    assert_eq!(c.intermediate_size, m.moe_intermediate_size, "{what}");
+                }
+            } else {
+                assert!(c.layer_shapes.is_some(), "{what}: per-layer widths");
+            }
+            let d = tempfile::tempdir().unwrap();
+            export::write_hf_dir(d.path(), c, &sliced.tensors, None).unwrap();
+            let reloaded = ddp::io::open_model(d.path()).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(&reloaded.config, c, "{what}");
+            let got = logits(&model(&reloaded), &ids);
+            let diff = max_abs_diff(&got, &want);
+            eprintln!("{what}: sliced vs gated max diff {diff}");
+            assert!(diff <= 1e-4, "{what}: sliced vs gated differ by {diff}");
+            let before = ddp::model::accounting::count(&cfg);
+            let after = ddp::model::accounting::count(c);
+            assert!(after.experts < before.experts, "{what}");
+            let stored: usize = sliced.tensors.values().map(|t| t.numel()).sum();
+            assert_eq!(
+                stored, after.total,
+                "{what}: accounting matches the tensors"
+            );
+        }
+    }
 }

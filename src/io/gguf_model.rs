@@ -197,6 +197,7 @@ fn config_from_metadata(f: &GgufFile) -> Result<ModelConfig> {
                     num_attention_heads: heads,
                     num_key_value_heads: kv,
                     intermediate_size: ff,
+                    ..Default::default()
                 })
                 .collect()
         });

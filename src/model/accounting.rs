@@ -11,8 +11,10 @@ pub struct ParamCounts {
     pub embedding: usize,
     /// q/k/v/o projections (and their biases): removable by head pruning.
     pub attention: usize,
-    /// FFN / expert projections: removable by channel pruning.
+    /// FFN, shared-expert and routed-expert projections: removable by channel pruning.
     pub ffn: usize,
+    /// The routed experts' share of `ffn`.
+    pub experts: usize,
     /// Norms, routers, shared-expert gates: kept whatever is pruned.
     pub other: usize,
 }
@@ -30,9 +32,42 @@ pub fn head_params(cfg: &ModelConfig) -> (usize, usize) {
     (2 * h * hd + bias * hd, 2 * (h * hd + bias * hd))
 }
 
-/// Parameters of one FFN channel (a row of gate and up, a column of down).
+/// Parameters of one FFN channel (a row of gate and up, a column of down): the same for a
+/// dense FFN, a shared expert and a routed expert.
 pub fn channel_params(cfg: &ModelConfig) -> usize {
     3 * cfg.hidden_size
+}
+
+/// The prunable units of one layer, per gate family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerUnits {
+    pub heads: usize,
+    pub kv_heads: usize,
+    /// Channels of the dense FFN, or of a MoE layer's shared expert (0 without one).
+    pub channels: usize,
+    /// Routed experts (0 in a dense layer), each `expert_width` channels wide.
+    pub experts: usize,
+    pub expert_width: usize,
+}
+
+pub fn units(cfg: &ModelConfig, i: usize) -> LayerUnits {
+    let l = cfg.layer(i);
+    match &cfg.moe {
+        Some(m) if cfg.is_moe_layer(i) => LayerUnits {
+            heads: l.num_attention_heads,
+            kv_heads: l.num_key_value_heads,
+            channels: l.shared_expert_intermediate_size,
+            experts: m.num_experts,
+            expert_width: l.moe_intermediate_size,
+        },
+        _ => LayerUnits {
+            heads: l.num_attention_heads,
+            kv_heads: l.num_key_value_heads,
+            channels: l.intermediate_size,
+            experts: 0,
+            expert_width: 0,
+        },
+    }
 }
 
 pub fn count(cfg: &ModelConfig) -> ParamCounts {
@@ -50,16 +85,14 @@ pub fn count(cfg: &ModelConfig) -> ParamCounts {
         if cfg.spec().qk_norm {
             c.other += 2 * hd;
         }
-        match &cfg.moe {
-            Some(m) if cfg.is_moe_layer(i) => {
-                c.ffn += m.num_experts * 3 * h * m.moe_intermediate_size;
-                c.other += m.num_experts * h;
-                if let Some(si) = m.shared_expert_intermediate_size {
-                    c.ffn += 3 * h * si;
-                    c.other += h;
-                }
+        let u = units(cfg, i);
+        c.ffn += (u.channels + u.experts * u.expert_width) * channel_params(cfg);
+        c.experts += u.experts * u.expert_width * channel_params(cfg);
+        if u.experts > 0 {
+            c.other += u.experts * h; // router
+            if u.channels > 0 {
+                c.other += h; // shared-expert gate
             }
-            _ => c.ffn += l.intermediate_size * channel_params(cfg),
         }
     }
     c.total = c.embedding + c.attention + c.ffn + c.other;
@@ -82,15 +115,11 @@ pub fn flops_per_token(cfg: &ModelConfig, context: usize) -> f64 {
         macs += h * hd * (2.0 * nh + 2.0 * nkv); // q, o; k, v
         let ctx = cfg.window(i).map_or(context, |w| context.min(w)) as f64;
         macs += 2.0 * nh * hd * ctx; // scores and weighted sum
-        match &cfg.moe {
-            Some(m) if cfg.is_moe_layer(i) => {
-                macs += h * m.num_experts as f64; // router
-                macs += m.num_experts_per_tok as f64 * 3.0 * h * m.moe_intermediate_size as f64;
-                if let Some(si) = m.shared_expert_intermediate_size {
-                    macs += 3.0 * h * si as f64;
-                }
-            }
-            _ => macs += 3.0 * h * l.intermediate_size as f64,
+        let u = units(cfg, i);
+        macs += 3.0 * h * u.channels as f64; // dense FFN or shared expert
+        if let Some(m) = cfg.moe.as_ref().filter(|_| u.experts > 0) {
+            macs += h * u.experts as f64; // router
+            macs += m.num_experts_per_tok as f64 * 3.0 * h * u.expert_width as f64;
         }
     }
     2.0 * macs

@@ -184,11 +184,22 @@ pub struct MoeConfig {
 
 /// The sizes of one decoder layer: uniform for a standard model, per layer after
 /// non-uniform pruning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct LayerShape {
     pub num_attention_heads: usize,
     pub num_key_value_heads: usize,
+    /// Width of the dense FFN (dense layers only).
     pub intermediate_size: usize,
+    /// Width of every routed expert (MoE layers; 0 elsewhere).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub moe_intermediate_size: usize,
+    /// Width of the shared expert (MoE layers that have one; 0 elsewhere).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub shared_expert_intermediate_size: usize,
+}
+
+fn is_zero(x: &usize) -> bool {
+    *x == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -225,14 +236,31 @@ impl ModelConfig {
     }
 
     pub fn layer(&self, i: usize) -> LayerShape {
-        match &self.layer_shapes {
+        let mut s = match &self.layer_shapes {
             Some(v) => v[i],
             None => LayerShape {
                 num_attention_heads: self.num_attention_heads,
                 num_key_value_heads: self.num_key_value_heads,
                 intermediate_size: self.intermediate_size,
+                moe_intermediate_size: 0,
+                shared_expert_intermediate_size: 0,
             },
+        };
+        // Expert widths not recorded per layer are the model-wide ones.
+        match &self.moe {
+            Some(m) if self.is_moe_layer(i) => {
+                if s.moe_intermediate_size == 0 {
+                    s.moe_intermediate_size = m.moe_intermediate_size;
+                    s.shared_expert_intermediate_size =
+                        m.shared_expert_intermediate_size.unwrap_or(0);
+                }
+            }
+            _ => {
+                s.moe_intermediate_size = 0;
+                s.shared_expert_intermediate_size = 0;
+            }
         }
+        s
     }
 
     /// The attention window of layer `i`, if it has one.

@@ -252,8 +252,22 @@ pub struct Moe<B: Backend> {
 }
 
 impl<B: Backend> Moe<B> {
-    /// `x: [batch, seq, hidden]`; `gates: [experts, channels]`.
-    pub fn forward(&self, x: Tensor<B, 3>, gates: Option<&Tensor<B, 2>>) -> Tensor<B, 3> {
+    /// Width of every routed expert.
+    pub fn expert_width(&self) -> usize {
+        self.experts.first().map_or(0, Mlp::width)
+    }
+    /// Width of the shared expert (0 without one).
+    pub fn shared_width(&self) -> usize {
+        self.shared.as_ref().map_or(0, |(m, _)| m.width())
+    }
+    /// `x: [batch, seq, hidden]`; `gates: [experts, channels]` of the routed experts;
+    /// `shared_gate`: one value per channel of the shared expert.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        gates: Option<&Tensor<B, 2>>,
+        shared_gate: Option<&Tensor<B, 1>>,
+    ) -> Tensor<B, 3> {
         let [b, s, h] = x.dims();
         let n = b * s;
         let e = self.experts.len();
@@ -307,7 +321,7 @@ impl<B: Backend> Moe<B> {
         }
         if let Some((mlp, gate)) = &self.shared {
             let sg = sigmoid(gate.forward(xf.clone()));
-            out = out + mlp.forward(xf, None) * sg;
+            out = out + mlp.forward(xf, shared_gate) * sg;
         }
         out.reshape([b, s, h])
     }

@@ -143,16 +143,16 @@ pub fn load_model<B: Backend>(
                         &format!("{b}.experts.{e}"),
                         [names.gate, names.up, names.down],
                         h,
-                        m.moe_intermediate_size,
+                        shape.moe_intermediate_size,
                     )?);
                 }
                 let shared = match m.shared_expert_intermediate_size {
-                    Some(si) => Some((
+                    Some(_) => Some((
                         l.mlp(
                             &format!("{b}.shared_expert"),
                             ["gate_proj", "up_proj", "down_proj"],
                             h,
-                            si,
+                            shape.shared_expert_intermediate_size,
                         )?,
                         l.linear(&format!("{b}.shared_expert_gate"), 1, h, false)?,
                     )),

@@ -41,7 +41,8 @@ pub struct Model<B: Backend> {
 
 /// Per-layer pruning gates. A gate multiplies a component's contribution: `heads` (one value
 /// per query head, or per KV group: expanded to its query heads), `channels` (FFN intermediate
-/// channels), `experts` (`[experts, channels]` of a MoE block).
+/// channels; in a MoE layer, those of its shared expert), `experts` (`[experts, channels]` of
+/// the routed experts of a MoE block).
 #[derive(Debug, Clone)]
 pub struct LayerGates<B: Backend> {
     pub heads: Option<Tensor<B, 1>>,
@@ -139,16 +140,27 @@ impl<B: Backend> Model<B> {
                     )));
                 }
             }
-            match (&l.ffn, &g.channels, &g.experts) {
-                (Ffn::Dense(m), Some(c), _) if c.dims()[0] != m.width() => {
-                    return Err(Error::Invalid(format!(
-                        "layer {i}: channel gate has {} values, the FFN has {} channels",
-                        c.dims()[0],
-                        m.width()
-                    )))
+            let channel_width = match &l.ffn {
+                Ffn::Dense(m) => m.width(),
+                Ffn::Moe(m) => m.shared_width(),
+            };
+            if let Some(c) = &g.channels {
+                if c.dims()[0] != channel_width {
+                    return Err(Error::Invalid(match &l.ffn {
+                        Ffn::Dense(_) => format!(
+                            "layer {i}: channel gate has {} values, the FFN has {channel_width} channels",
+                            c.dims()[0]
+                        ),
+                        Ffn::Moe(_) => format!(
+                            "layer {i}: channel gate has {} values, the shared expert of this MoE layer has {channel_width} channels",
+                            c.dims()[0]
+                        ),
+                    }));
                 }
-                (Ffn::Moe(m), _, Some(e)) => {
-                    let want = [m.experts.len(), m.experts.first().map_or(0, |x| x.width())];
+            }
+            match (&l.ffn, &g.experts) {
+                (Ffn::Moe(m), Some(e)) => {
+                    let want = [m.experts.len(), m.expert_width()];
                     if e.dims() != want {
                         return Err(Error::Invalid(format!(
                             "layer {i}: expert gate has shape {:?}, expected {want:?}",
@@ -156,12 +168,7 @@ impl<B: Backend> Model<B> {
                         )));
                     }
                 }
-                (Ffn::Moe(_), Some(_), _) => {
-                    return Err(Error::Invalid(format!(
-                        "layer {i}: channel gates given for a MoE layer (use expert gates)"
-                    )))
-                }
-                (Ffn::Dense(_), _, Some(_)) => {
+                (Ffn::Dense(_), Some(_)) => {
                     return Err(Error::Invalid(format!(
                         "layer {i}: expert gates given for a dense layer"
                     )))
@@ -210,7 +217,11 @@ impl<B: Backend> Model<B> {
             let h = rms_norm(x.clone(), &layer.ffn_norm, eps);
             let f = match &layer.ffn {
                 Ffn::Dense(m) => m.forward(h, g.and_then(|g| g.channels.as_ref())),
-                Ffn::Moe(m) => m.forward(h, g.and_then(|g| g.experts.as_ref())),
+                Ffn::Moe(m) => m.forward(
+                    h,
+                    g.and_then(|g| g.experts.as_ref()),
+                    g.and_then(|g| g.channels.as_ref()),
+                ),
             };
             x = x + f;
         }

@@ -5,11 +5,15 @@
 use serde::{Deserialize, Serialize};
 
 /// Gate values per layer after thresholding: 0 = removed, otherwise the factor folded into
-/// the weights. `heads` has one value per query head.
+/// the weights. `heads` has one value per query head; `channels` one per channel of the dense
+/// FFN (in a MoE layer: of its shared expert, empty without one); `experts` one per routed
+/// expert channel, expert after expert (`[experts * width]`, empty in a dense layer).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LayerMask {
     pub heads: Vec<f32>,
     pub channels: Vec<f32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub experts: Vec<f32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,15 +54,21 @@ pub fn topk(z: &[Vec<f32>], remove: usize) -> Vec<Vec<f32>> {
     out
 }
 
-/// Keeps the `keep` largest ReLU(z) in every layer (the same count everywhere).
-pub fn uniform(z: &[Vec<f32>], keep: usize) -> Vec<Vec<f32>> {
+/// Keeps the `keep(n)` largest ReLU(z) of every group of `group[l]` consecutive units of layer
+/// `l` (a layer's units, or one expert's channels; 0: the whole layer), `n` being the group's
+/// size: the same count wherever the groups are the same size.
+pub fn uniform(z: &[Vec<f32>], group: &[usize], keep: impl Fn(usize) -> usize) -> Vec<Vec<f32>> {
     z.iter()
-        .map(|v| {
-            let mut idx: Vec<usize> = (0..v.len()).collect();
-            idx.sort_by(|&a, &b| v[b].total_cmp(&v[a]).then(a.cmp(&b)));
-            let mut out = vec![0.0; v.len()];
-            for &i in idx.iter().take(keep) {
-                out[i] = v[i].max(0.0);
+        .zip(group)
+        .map(|(layer, &g)| {
+            let g = if g == 0 { layer.len().max(1) } else { g };
+            let mut out = vec![0.0; layer.len()];
+            for (k, v) in layer.chunks(g).enumerate() {
+                let mut idx: Vec<usize> = (0..v.len()).collect();
+                idx.sort_by(|&a, &b| v[b].total_cmp(&v[a]).then(a.cmp(&b)));
+                for &i in idx.iter().take(keep(v.len())) {
+                    out[k * g + i] = v[i].max(0.0);
+                }
             }
             out
         })

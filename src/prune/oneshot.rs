@@ -4,6 +4,8 @@
 //! `flap` (the fluctuation of the unit's input over the calibration tokens times the squared
 //! norm of its column(s), standardised per layer and family as FLAP does before ranking
 //! globally). Scores go into `GateState::z` (with `scored_by` set); threshold ranks them.
+//! Routed-expert channels are scored like FFN channels, from each expert's own weights and the
+//! inputs of its down_proj over the tokens routed to it.
 
 use std::sync::{Arc, Mutex};
 
@@ -13,38 +15,69 @@ use super::train::{GateState, HeadGates};
 use crate::error::{Error, Result};
 use crate::io::weights::WeightSource;
 use crate::model::layers::{Ffn, InputStats};
-use crate::model::{Logits, Model, ModelConfig};
+use crate::model::{accounting, Logits, Model, ModelConfig};
 
 pub const METHODS: &[&str] = &["magnitude", "wanda-sp", "flap"];
 
-/// Input statistics of each layer's o_proj and down_proj.
+/// Input statistics of each layer's o_proj and down_proj (in a MoE layer: the shared
+/// expert's down_proj), and of each routed expert's down_proj (over the tokens routed to it).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LayerStats {
     pub o: InputStats,
     pub down: InputStats,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub experts: Vec<InputStats>,
 }
 
-/// Probes on every o_proj and dense down_proj input; they sum what passes until detached.
-pub struct Probes(Vec<(Probe, Probe)>);
-
 type Probe = Arc<Mutex<InputStats>>;
+
+/// The probes of one layer.
+struct LayerProbes {
+    o: Probe,
+    down: Probe,
+    experts: Vec<Probe>,
+}
+
+/// Probes on every o_proj and down_proj input (dense, shared-expert and routed-expert); they
+/// sum what passes until detached.
+pub struct Probes(Vec<LayerProbes>);
+
+fn probe() -> Probe {
+    Arc::new(Mutex::new(InputStats::default()))
+}
 
 impl Probes {
     pub fn attach<B: Backend>(model: &mut Model<B>) -> Result<Self> {
         let mut probes = vec![];
         for l in &mut model.layers {
-            let o = Arc::new(Mutex::new(InputStats::default()));
-            let d = Arc::new(Mutex::new(InputStats::default()));
-            match &mut l.ffn {
-                Ffn::Dense(m) => m.down.probe = Some(d.clone()),
-                Ffn::Moe(_) => {
-                    return Err(Error::Invalid(
-                        "one-shot scores of MoE expert channels are not supported yet".into(),
-                    ))
+            let p = LayerProbes {
+                o: probe(),
+                down: probe(),
+                experts: vec![],
+            };
+            l.attn.o.probe = Some(p.o.clone());
+            let p = match &mut l.ffn {
+                Ffn::Dense(m) => {
+                    m.down.probe = Some(p.down.clone());
+                    p
                 }
-            }
-            l.attn.o.probe = Some(o.clone());
-            probes.push((o, d));
+                Ffn::Moe(m) => {
+                    if let Some((shared, _)) = &mut m.shared {
+                        shared.down.probe = Some(p.down.clone());
+                    }
+                    let experts = m
+                        .experts
+                        .iter_mut()
+                        .map(|e| {
+                            let q = probe();
+                            e.down.probe = Some(q.clone());
+                            q
+                        })
+                        .collect();
+                    LayerProbes { experts, ..p }
+                }
+            };
+            probes.push(p);
         }
         Ok(Self(probes))
     }
@@ -53,16 +86,23 @@ impl Probes {
     pub fn detach<B: Backend>(self, model: &mut Model<B>) -> Vec<LayerStats> {
         for l in &mut model.layers {
             l.attn.o.probe = None;
-            if let Ffn::Dense(m) = &mut l.ffn {
-                m.down.probe = None;
+            match &mut l.ffn {
+                Ffn::Dense(m) => m.down.probe = None,
+                Ffn::Moe(m) => {
+                    if let Some((shared, _)) = &mut m.shared {
+                        shared.down.probe = None;
+                    }
+                    m.experts.iter_mut().for_each(|e| e.down.probe = None);
+                }
             }
         }
         let take = |p: &Probe| p.lock().unwrap_or_else(|e| e.into_inner()).clone();
         self.0
             .iter()
-            .map(|(o, d)| LayerStats {
-                o: take(o),
-                down: take(d),
+            .map(|p| LayerStats {
+                o: take(&p.o),
+                down: take(&p.down),
+                experts: p.experts.iter().map(take).collect(),
             })
             .collect()
     }
@@ -146,6 +186,33 @@ fn column_scores(method: &str, w: &Mat, stats: Option<&InputStats>) -> Result<Ve
     })
 }
 
+/// Scores of the channels of one SwiGLU MLP (`names`: its gate, up and down weights, `width`
+/// channels): column scores of down, plus the gate/up row norms for `magnitude`. `unrouted_ok`:
+/// a routed expert that saw no calibration token scores 0 (it never fired) instead of failing.
+fn unit_scores(
+    method: &str,
+    w: &dyn WeightSource,
+    names: [String; 3],
+    h: usize,
+    width: usize,
+    stats: Option<&InputStats>,
+    unrouted_ok: bool,
+) -> Result<Vec<f64>> {
+    let down = Mat::load(w, &names[2], h, width)?;
+    if unrouted_ok && method != "magnitude" && stats.is_some_and(|s| s.rows == 0) {
+        return Ok(vec![0.0; width]);
+    }
+    let mut ch = column_scores(method, &down, stats)?;
+    if method == "magnitude" {
+        let gate = Mat::load(w, &names[0], width, h)?;
+        let up = Mat::load(w, &names[1], width, h)?;
+        for (j, s) in ch.iter_mut().enumerate() {
+            *s += gate.row_sq(j) + up.row_sq(j);
+        }
+    }
+    Ok(ch)
+}
+
 fn standardise(v: &mut [f64]) {
     let n = v.len().max(1) as f64;
     let mean = v.iter().sum::<f64>() / n;
@@ -167,12 +234,8 @@ pub fn score(
     let (h, hd) = (cfg.hidden_size, cfg.head_dim);
     let mut per_family: Vec<Vec<Vec<f64>>> = vec![vec![]; state.families.len()];
     for i in 0..cfg.num_hidden_layers {
-        let shape = cfg.layer(i);
-        let (nh, nkv, ffn) = (
-            shape.num_attention_heads,
-            shape.num_key_value_heads,
-            shape.intermediate_size,
-        );
+        let u = accounting::units(cfg, i);
+        let (nh, nkv) = (u.heads, u.kv_heads);
         let p = format!("model.layers.{i}");
         let st = stats.and_then(|s| s.get(i));
         for (fi, f) in state.families.iter().enumerate() {
@@ -204,17 +267,52 @@ pub fn score(
                 } else {
                     head
                 }
-            } else {
-                let down = Mat::load(w, &format!("{p}.mlp.down_proj.weight"), h, ffn)?;
-                let mut ch = column_scores(method, &down, st.map(|s| &s.down))?;
-                if method == "magnitude" {
-                    let gate = Mat::load(w, &format!("{p}.mlp.gate_proj.weight"), ffn, h)?;
-                    let up = Mat::load(w, &format!("{p}.mlp.up_proj.weight"), ffn, h)?;
-                    for (j, s) in ch.iter_mut().enumerate() {
-                        *s += gate.row_sq(j) + up.row_sq(j);
-                    }
+            } else if f.name == "experts" {
+                let Some(nm) = cfg.spec().moe.filter(|_| u.experts > 0) else {
+                    per_family[fi].push(vec![]);
+                    continue;
+                };
+                let mut all = Vec::with_capacity(u.experts * u.expert_width);
+                for e in 0..u.experts {
+                    let pre = format!("{p}.{}.experts.{e}", nm.block);
+                    let st = match st.map(|s| s.experts.get(e)) {
+                        // Statistics for this layer, none for its experts: stats from before
+                        // experts were probed.
+                        Some(None) => return Err(Error::Invalid(format!(
+                            "layer {i}: the activation statistics have no entry for expert {e}: compute them again (calibrate `activation_stats`)"
+                        ))),
+                        Some(Some(s)) => Some(s),
+                        None => None,
+                    };
+                    all.extend(unit_scores(
+                        method,
+                        w,
+                        [nm.gate, nm.up, nm.down].map(|n| format!("{pre}.{n}.weight")),
+                        h,
+                        u.expert_width,
+                        st,
+                        true,
+                    )?);
                 }
-                ch
+                all
+            } else {
+                let pre = match cfg.spec().moe.filter(|_| u.experts > 0) {
+                    Some(nm) => format!("{p}.{}.shared_expert", nm.block),
+                    None => format!("{p}.mlp"),
+                };
+                if u.channels == 0 {
+                    vec![]
+                } else {
+                    unit_scores(
+                        method,
+                        w,
+                        ["gate_proj", "up_proj", "down_proj"].map(|n| format!("{pre}.{n}.weight")),
+                        h,
+                        u.channels,
+                        st.map(|s| &s.down),
+                        false,
+                    )?
+                }
             };
             if scores.len() != f.z[i].len() {
                 return Err(Error::Invalid(format!(

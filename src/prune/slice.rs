@@ -1,25 +1,27 @@
 //! From a final mask to a smaller dense model: surviving gate values are folded into the
-//! weights (a head's gate into its o_proj columns, a channel's gate into its down_proj column)
-//! and removed heads, KV groups and channels are cut out.
+//! weights (a head's gate into its o_proj columns, a channel's gate into its down_proj column,
+//! an expert channel's gate into that expert's down_proj column) and removed heads, KV groups
+//! and channels are cut out.
 //!
 //! Exactness: a unit whose gate is 0 contributes nothing, so the sliced model gives the gated
 //! model's logits. Where shapes must stay regular (every KV group keeps the same number of
-//! query heads; with `uniform`, every layer the same sizes) some removed units are kept as
-//! zero-gated padding, which changes nothing numerically.
+//! query heads; all experts of a layer one width; with `uniform`, every layer the same sizes)
+//! some removed units are kept as zero-gated padding, which changes nothing numerically.
+//! Routed experts are never dropped, even with no channel left: the router would then pick
+//! other experts for some tokens, and the sliced model would no longer be the gated one.
 
 use std::collections::BTreeMap;
 
 use super::mask::FinalMask;
 use crate::error::{Error, Result};
 use crate::io::weights::{HostTensor, WeightSource};
-use crate::model::config::{LayerShape, ModelConfig};
+use crate::model::accounting;
+use crate::model::config::{Arch, LayerShape, ModelConfig};
 
 /// The sliced model: its config and every tensor (HF names and layout).
 pub struct Sliced {
     pub config: ModelConfig,
     pub tensors: BTreeMap<String, HostTensor>,
-    /// Per layer: (kept query heads, kept KV heads, kept channels) before any padding.
-    pub alive: Vec<(usize, usize, usize)>,
 }
 
 /// Rows `idx` (each a block of `block` rows) of a `[rows, cols]` or `[rows]` tensor.
@@ -65,8 +67,57 @@ fn pick(alive: &[usize], all: std::ops::Range<usize>, n: usize) -> Vec<usize> {
     v
 }
 
-/// Slices a dense model. `channel_multiple`: with `uniform`, channel counts are rounded up to a
-/// multiple of it (e.g. 64) so the result has a standard, kernel-friendly width.
+/// Indices of the non-zero values.
+fn alive(v: &[f32]) -> Vec<usize> {
+    (0..v.len()).filter(|&i| v[i] != 0.0).collect()
+}
+
+/// Alive units of one layer.
+struct Plan {
+    /// Alive query heads of each KV group.
+    groups: Vec<Vec<usize>>,
+    /// Dense FFN channels, or the shared expert's.
+    channels: Vec<usize>,
+    /// Alive channels of each routed expert (empty in a dense layer).
+    experts: Vec<Vec<usize>>,
+}
+
+impl Plan {
+    fn per_group(&self) -> usize {
+        self.groups.iter().map(Vec::len).max().unwrap_or(0)
+    }
+    fn live_groups(&self) -> usize {
+        self.groups.iter().filter(|g| !g.is_empty()).count()
+    }
+    /// The width every expert of the layer needs: its widest expert's (at least 1, so the
+    /// shape stays a MoE block).
+    fn expert_width(&self) -> usize {
+        self.experts.iter().map(Vec::len).max().unwrap_or(0).max(1)
+    }
+}
+
+/// Copies, cuts and scales the three projections of one SwiGLU MLP: rows `keep` of gate and
+/// up, the same columns of down scaled by `scale`.
+fn slice_mlp(
+    w: &dyn WeightSource,
+    prefix: &str,
+    names: [&str; 3],
+    keep: &[usize],
+    scale: &[f32],
+    out: &mut BTreeMap<String, HostTensor>,
+) -> Result<()> {
+    for n in &names[..2] {
+        let name = format!("{prefix}.{n}.weight");
+        out.insert(name.clone(), take_rows(&w.load(&name)?, 1, keep));
+    }
+    let name = format!("{prefix}.{}.weight", names[2]);
+    out.insert(name.clone(), take_cols(&w.load(&name)?, 1, keep, scale));
+    Ok(())
+}
+
+/// Slices a model. `channel_multiple`: with `uniform`, channel counts (FFN, shared-expert and
+/// expert widths) are rounded up to a multiple of it (e.g. 64) so the result has a standard,
+/// kernel-friendly width.
 pub fn slice(
     cfg: &ModelConfig,
     w: &dyn WeightSource,
@@ -74,11 +125,6 @@ pub fn slice(
     uniform: bool,
     channel_multiple: usize,
 ) -> Result<Sliced> {
-    if cfg.moe.is_some() {
-        return Err(Error::Invalid(
-            "slicing MoE models is not supported yet: expert-channel masks can be trained and applied as gates, but not cut out".into(),
-        ));
-    }
     if mask.layers.len() != cfg.num_hidden_layers {
         return Err(Error::Invalid(format!(
             "the mask covers {} layers, the model has {}",
@@ -87,38 +133,42 @@ pub fn slice(
         )));
     }
     let hd = cfg.head_dim;
-    // Alive units per layer.
-    struct Plan {
-        groups: Vec<Vec<usize>>, // alive query heads of each KV group
-        channels: Vec<usize>,
-    }
     let mut plans = vec![];
     for (i, lm) in mask.layers.iter().enumerate() {
-        let l = cfg.layer(i);
-        if lm.heads.len() != l.num_attention_heads || lm.channels.len() != l.intermediate_size {
+        let u = accounting::units(cfg, i);
+        if lm.heads.len() != u.heads
+            || lm.channels.len() != u.channels
+            || lm.experts.len() != u.experts * u.expert_width
+        {
             return Err(Error::Invalid(format!(
-                "layer {i}: mask has {} heads / {} channels, the model {} / {}",
+                "layer {i}: the mask has {} heads / {} channels / {} expert channels, the model {} / {} / {} ({} experts x {})",
                 lm.heads.len(),
                 lm.channels.len(),
-                l.num_attention_heads,
-                l.intermediate_size
+                lm.experts.len(),
+                u.heads,
+                u.channels,
+                u.experts * u.expert_width,
+                u.experts,
+                u.expert_width
             )));
         }
-        let g = l.num_attention_heads / l.num_key_value_heads.max(1);
-        let groups = (0..l.num_key_value_heads)
-            .map(|k| {
-                (k * g..(k + 1) * g)
-                    .filter(|&h| lm.heads[h] != 0.0)
-                    .collect()
-            })
-            .collect();
-        let channels = (0..l.intermediate_size)
-            .filter(|&c| lm.channels[c] != 0.0)
-            .collect();
-        plans.push(Plan { groups, channels });
+        let g = u.heads / u.kv_heads.max(1);
+        plans.push(Plan {
+            groups: (0..u.kv_heads)
+                .map(|k| {
+                    (k * g..(k + 1) * g)
+                        .filter(|&h| lm.heads[h] != 0.0)
+                        .collect()
+                })
+                .collect(),
+            channels: alive(&lm.channels),
+            experts: lm
+                .experts
+                .chunks(u.expert_width.max(1))
+                .map(alive)
+                .collect(),
+        });
     }
-    let per_group = |p: &Plan| p.groups.iter().map(Vec::len).max().unwrap_or(0);
-    let live_groups = |p: &Plan| p.groups.iter().filter(|g| !g.is_empty()).count();
     let round = |n: usize| {
         if channel_multiple > 1 {
             n.div_ceil(channel_multiple) * channel_multiple
@@ -126,43 +176,64 @@ pub fn slice(
             n
         }
     };
-    let (u_groups, u_per_group, u_channels) = (
-        plans.iter().map(live_groups).max().unwrap_or(0),
-        plans.iter().map(per_group).max().unwrap_or(0),
-        plans.iter().map(|p| p.channels.len()).max().unwrap_or(0),
+    let moe_layers: Vec<bool> = (0..cfg.num_hidden_layers)
+        .map(|i| cfg.is_moe_layer(i))
+        .collect();
+    // Uniform sizes: the largest any layer needs, dense FFNs and shared experts apart.
+    let widest = |moe: bool, f: &dyn Fn(&Plan) -> usize| {
+        plans
+            .iter()
+            .zip(&moe_layers)
+            .filter(|(_, &m)| m == moe)
+            .map(|(p, _)| f(p))
+            .max()
+            .unwrap_or(0)
+    };
+    let (u_groups, u_per_group) = (
+        plans.iter().map(Plan::live_groups).max().unwrap_or(0),
+        plans.iter().map(Plan::per_group).max().unwrap_or(0),
     );
+    let u_dense = widest(false, &|p| p.channels.len());
+    let u_shared = widest(true, &|p| p.channels.len().max(1));
+    let u_expert = widest(true, &Plan::expert_width);
+    let names = cfg.spec().moe;
     let mut tensors = BTreeMap::new();
     let mut shapes = vec![];
-    let mut alive = vec![];
     for (i, p) in plans.iter().enumerate() {
-        let l = cfg.layer(i);
+        let u = accounting::units(cfg, i);
         let lm = &mask.layers[i];
-        let g = l.num_attention_heads / l.num_key_value_heads.max(1);
-        let (n_groups, n_per_group, n_channels) = if uniform {
+        let g = u.heads / u.kv_heads.max(1);
+        let is_moe = moe_layers[i];
+        let (n_groups, n_per_group, n_channels, n_expert) = if uniform {
             (
                 u_groups,
                 u_per_group,
-                round(u_channels).min(l.intermediate_size),
+                round(if is_moe { u_shared } else { u_dense }).min(u.channels),
+                round(u_expert).min(u.expert_width),
             )
         } else {
-            (live_groups(p), per_group(p), p.channels.len())
+            (
+                p.live_groups(),
+                p.per_group(),
+                if is_moe {
+                    p.channels.len().max(1).min(u.channels)
+                } else {
+                    p.channels.len()
+                },
+                p.expert_width(),
+            )
         };
         let alive_groups: Vec<usize> = (0..p.groups.len())
             .filter(|&k| !p.groups[k].is_empty())
             .collect();
-        let kv_keep = pick(&alive_groups, 0..l.num_key_value_heads, n_groups);
+        let kv_keep = pick(&alive_groups, 0..u.kv_heads, n_groups);
         let mut heads = vec![];
         for &k in &kv_keep {
             heads.extend(pick(&p.groups[k], k * g..(k + 1) * g, n_per_group));
         }
         let head_scale: Vec<f32> = heads.iter().map(|&h| lm.heads[h]).collect();
-        let channels = pick(&p.channels, 0..l.intermediate_size, n_channels);
+        let channels = pick(&p.channels, 0..u.channels, n_channels);
         let chan_scale: Vec<f32> = channels.iter().map(|&c| lm.channels[c]).collect();
-        alive.push((
-            p.groups.iter().map(Vec::len).sum(),
-            alive_groups.len(),
-            p.channels.len(),
-        ));
         let pre = format!("model.layers.{i}");
         let load = |n: &str| w.load(&format!("{pre}.{n}"));
         for (proj, units, block) in [
@@ -185,16 +256,60 @@ pub fn slice(
             format!("{pre}.self_attn.o_proj.weight"),
             take_cols(&load("self_attn.o_proj.weight")?, hd, &heads, &head_scale),
         );
-        for n in ["gate_proj", "up_proj"] {
-            tensors.insert(
-                format!("{pre}.mlp.{n}.weight"),
-                take_rows(&load(&format!("mlp.{n}.weight"))?, 1, &channels),
-            );
+        let mlp_names = ["gate_proj", "up_proj", "down_proj"];
+        let mut shape = LayerShape {
+            num_attention_heads: heads.len(),
+            num_key_value_heads: kv_keep.len(),
+            intermediate_size: cfg.layer(i).intermediate_size,
+            ..Default::default()
+        };
+        match names.filter(|_| is_moe) {
+            Some(nm) => {
+                let b = format!("{pre}.{}", nm.block);
+                let router = format!("{b}.{}.weight", nm.router);
+                tensors.insert(router.clone(), w.load(&router)?);
+                for (e, alive_e) in p.experts.iter().enumerate() {
+                    let keep = pick(alive_e, 0..u.expert_width, n_expert);
+                    let scale: Vec<f32> = keep
+                        .iter()
+                        .map(|&c| lm.experts[e * u.expert_width + c])
+                        .collect();
+                    slice_mlp(
+                        w,
+                        &format!("{b}.experts.{e}"),
+                        [nm.gate, nm.up, nm.down],
+                        &keep,
+                        &scale,
+                        &mut tensors,
+                    )?;
+                }
+                if u.channels > 0 {
+                    slice_mlp(
+                        w,
+                        &format!("{b}.shared_expert"),
+                        mlp_names,
+                        &channels,
+                        &chan_scale,
+                        &mut tensors,
+                    )?;
+                    let gate = format!("{b}.shared_expert_gate.weight");
+                    tensors.insert(gate.clone(), w.load(&gate)?);
+                }
+                shape.moe_intermediate_size = n_expert;
+                shape.shared_expert_intermediate_size = channels.len();
+            }
+            None => {
+                slice_mlp(
+                    w,
+                    &format!("{pre}.mlp"),
+                    mlp_names,
+                    &channels,
+                    &chan_scale,
+                    &mut tensors,
+                )?;
+                shape.intermediate_size = channels.len();
+            }
         }
-        tensors.insert(
-            format!("{pre}.mlp.down_proj.weight"),
-            take_cols(&load("mlp.down_proj.weight")?, 1, &channels, &chan_scale),
-        );
         for n in [
             "input_layernorm.weight",
             "post_attention_layernorm.weight",
@@ -206,11 +321,7 @@ pub fn slice(
                 tensors.insert(name.clone(), w.load(&name)?);
             }
         }
-        shapes.push(LayerShape {
-            num_attention_heads: heads.len(),
-            num_key_value_heads: kv_keep.len(),
-            intermediate_size: channels.len(),
-        });
+        shapes.push(shape);
     }
     for n in [
         "model.embed_tokens.weight",
@@ -221,37 +332,64 @@ pub fn slice(
             tensors.insert(n.to_string(), w.load(n)?);
         }
     }
-    let mut config = cfg.clone();
-    let first = shapes[0];
-    if shapes.iter().all(|s| *s == first) {
-        config.num_attention_heads = first.num_attention_heads;
-        config.num_key_value_heads = first.num_key_value_heads;
-        config.intermediate_size = first.intermediate_size;
-        config.layer_shapes = None;
-    } else {
-        config.num_attention_heads = shapes
-            .iter()
-            .map(|s| s.num_attention_heads)
-            .max()
-            .unwrap_or(0);
-        config.num_key_value_heads = shapes
-            .iter()
-            .map(|s| s.num_key_value_heads)
-            .max()
-            .unwrap_or(0);
-        config.intermediate_size = shapes
-            .iter()
-            .map(|s| s.intermediate_size)
-            .max()
-            .unwrap_or(0);
-        config.layer_shapes = Some(shapes);
-    }
+    let config = sliced_config(cfg, &shapes, &moe_layers);
     config
         .validate()
         .map_err(|e| Error::Invalid(format!("the sliced model's config is invalid: {e}")))?;
-    Ok(Sliced {
-        config,
-        tensors,
-        alive,
-    })
+    Ok(Sliced { config, tensors })
+}
+
+/// The config of the sliced layers: the standard form when every layer has the same attention
+/// shape, every dense layer the same FFN width and every MoE layer the same expert and
+/// shared-expert widths; otherwise the per-layer shapes (`ddp_layer_shapes`).
+fn sliced_config(cfg: &ModelConfig, shapes: &[LayerShape], moe_layers: &[bool]) -> ModelConfig {
+    let mut config = cfg.clone();
+    let same = |f: &dyn Fn(&LayerShape) -> usize, moe: Option<bool>| -> Option<usize> {
+        let mut it = shapes
+            .iter()
+            .zip(moe_layers)
+            .filter(|(_, &m)| moe.is_none_or(|x| x == m))
+            .map(|(s, _)| f(s));
+        let first = it.next();
+        it.all(|x| Some(x) == first).then_some(first).flatten()
+    };
+    let standard = (
+        same(&|s| s.num_attention_heads, None),
+        same(&|s| s.num_key_value_heads, None),
+        same(&|s| s.intermediate_size, Some(false)),
+        same(&|s| s.moe_intermediate_size, Some(true)),
+        same(&|s| s.shared_expert_intermediate_size, Some(true)),
+    );
+    let max = |f: &dyn Fn(&LayerShape) -> usize| shapes.iter().map(f).max().unwrap_or(0);
+    let any_dense = moe_layers.iter().any(|m| !m);
+    let any_moe = moe_layers.iter().any(|&m| m);
+    match standard {
+        (Some(nh), Some(nkv), dense, experts, shared)
+            if (dense.is_some() || !any_dense)
+                && ((experts.is_some() && shared.is_some()) || !any_moe) =>
+        {
+            config.num_attention_heads = nh;
+            config.num_key_value_heads = nkv;
+            if let Some(d) = dense {
+                config.intermediate_size = d;
+            }
+            if let (Some(m), Some(e)) = (config.moe.as_mut(), experts) {
+                m.moe_intermediate_size = e;
+                m.shared_expert_intermediate_size = shared.filter(|&s| s > 0);
+                // Mixtral's config has no expert width of its own: its experts are
+                // `intermediate_size` wide.
+                if cfg.arch == Arch::Mixtral {
+                    config.intermediate_size = e;
+                }
+            }
+            config.layer_shapes = None;
+        }
+        _ => {
+            config.num_attention_heads = max(&|s| s.num_attention_heads);
+            config.num_key_value_heads = max(&|s| s.num_key_value_heads);
+            config.intermediate_size = max(&|s| s.intermediate_size);
+            config.layer_shapes = Some(shapes.to_vec());
+        }
+    }
+    config
 }

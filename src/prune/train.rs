@@ -1,5 +1,6 @@
 //! Mask-only training (METHOD.md §3-4): the model's weights are frozen, only the gate
-//! parameters `z` (per KV group or head, per FFN channel) and the Lagrange multipliers train.
+//! parameters `z` (per KV group or head, per FFN channel, per routed-expert channel) and the
+//! Lagrange multipliers train.
 //! Loss = CE + eta KL(teacher || student) + sum over families of
 //! `l1 (q - a) + l2 (q - a)^2 + l3 mean s(1 - s)`, with `q = 1 - mean s` the expected sparsity.
 //! `z` descends, the multipliers ascend; AdamW (no weight decay) with a cosine schedule after a
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::surrogate::{forward_mask, hard_concrete, hard_concrete_l0, mu_at, retention};
 use super::teacher::{kl_topk, TopK};
 use crate::error::{Error, Result};
+use crate::model::layers::Ffn;
 use crate::model::{Gates, LayerGates, Logits, Model};
 
 /// Gate granularity of attention.
@@ -340,15 +342,21 @@ pub fn train_with_teacher<B: AutodiffBackend>(
                 .collect();
             let tokens =
                 Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [cfg.batch, seq]), &dev);
-            // Leaves: z per family and layer, and the multipliers.
-            let zs: Vec<Vec<Tensor<B, 1>>> = state
+            // Leaves: z per family and layer (none where a layer has no unit of the family, e.g.
+            // expert channels in a dense layer), and the multipliers.
+            let zs: Vec<Vec<Option<Tensor<B, 1>>>> = state
                 .families
                 .iter()
                 .map(|f| {
                     f.z.iter()
                         .map(|l| {
-                            Tensor::<B, 1>::from_data(TensorData::new(l.clone(), [l.len()]), &dev)
+                            (!l.is_empty()).then(|| {
+                                Tensor::<B, 1>::from_data(
+                                    TensorData::new(l.clone(), [l.len()]),
+                                    &dev,
+                                )
                                 .require_grad()
+                            })
                         })
                         .collect()
                 })
@@ -371,6 +379,7 @@ pub fn train_with_teacher<B: AutodiffBackend>(
                 (0..n_layers).map(|_| LayerGates::default()).collect();
             for (fi, (f, zf)) in state.families.iter().zip(&zs).enumerate() {
                 for (i, z) in zf.iter().enumerate() {
+                    let Some(z) = z else { continue };
                     let m = match cfg.method {
                         Method::Ddp => forward_mask(z.clone()),
                         Method::DetHardConcrete => hard_concrete(z.clone(), None),
@@ -396,6 +405,23 @@ pub fn train_with_teacher<B: AutodiffBackend>(
                     };
                     match f.name.as_str() {
                         "heads" => layers[i].heads = Some(m),
+                        "experts" => {
+                            let Ffn::Moe(moe) = &model.layers[i].ffn else {
+                                return Err(Error::Invalid(format!(
+                                    "layer {i} is dense but has expert-channel gates"
+                                )));
+                            };
+                            let shape = [moe.experts.len(), moe.expert_width()];
+                            if shape[0] * shape[1] != z.dims()[0] {
+                                return Err(Error::Invalid(format!(
+                                    "layer {i}: {} expert-channel gates for {} experts of {} channels",
+                                    z.dims()[0],
+                                    shape[0],
+                                    shape[1]
+                                )));
+                            }
+                            layers[i].experts = Some(m.reshape(shape));
+                        }
                         _ => layers[i].channels = Some(m),
                     }
                 }
@@ -433,6 +459,7 @@ pub fn train_with_teacher<B: AutodiffBackend>(
                 // Per-unit retention: DDP's annealed score, or the hard-concrete expected L0.
                 let ss: Vec<Tensor<B, 1>> = zf
                     .iter()
+                    .flatten()
                     .map(|z| match cfg.method {
                         Method::Ddp => retention(z.clone(), mu),
                         _ => hard_concrete_l0(z.clone()),
@@ -492,6 +519,7 @@ pub fn train_with_teacher<B: AutodiffBackend>(
             let grads = loss.backward();
             for (fi, zf) in zs.iter().enumerate() {
                 for (i, z) in zf.iter().enumerate() {
+                    let Some(z) = z else { continue };
                     let g: Vec<f32> = z
                         .grad(&grads)
                         .map(|g| g.into_data().into_vec::<f32>().unwrap_or_default())

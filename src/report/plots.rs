@@ -378,12 +378,13 @@ pub fn training_curves(
 }
 
 /// Per-layer map of kept (dark) and removed (light) units: one panel for query heads, one for
-/// FFN channels; rows are layers.
+/// channels (named `channel_label`); rows are layers.
 pub fn kept_map(
     path: &Path,
     title: &str,
     heads: &[Vec<bool>],
     channels: &[Vec<bool>],
+    channel_label: &str,
 ) -> Result<()> {
     font();
     let root = BitMapBackend::new(path, (W, H)).into_drawing_area();
@@ -397,7 +398,7 @@ pub fn kept_map(
     let (left, right) = root.split_horizontally(W / 4);
     for (area, grid, what, col) in [
         (&left, heads, "query head", colour(0)),
-        (&right, channels, "FFN channel", colour(2)),
+        (&right, channels, channel_label, colour(2)),
     ] {
         let layers = grid.len();
         let width = grid.iter().map(Vec::len).max().unwrap_or(1).max(1);

@@ -187,13 +187,25 @@ pub fn write(rows: &[Row], out: &Path, title: &str) -> Result<Vec<String>> {
                     .iter()
                     .map(|l| l.heads.iter().map(|&v| v != 0.0).collect())
                     .collect();
+                // MoE layers: the shared expert's channels, then every routed expert's.
                 let chans: Vec<Vec<bool>> = m
                     .layers
                     .iter()
-                    .map(|l| l.channels.iter().map(|&v| v != 0.0).collect())
+                    .map(|l| {
+                        l.channels
+                            .iter()
+                            .chain(&l.experts)
+                            .map(|&v| v != 0.0)
+                            .collect()
+                    })
                     .collect();
+                let what = if m.layers.iter().any(|l| !l.experts.is_empty()) {
+                    "FFN / expert channel"
+                } else {
+                    "FFN channel"
+                };
                 let name = format!("plots/kept_{}.png", slug(&r.label));
-                plots::kept_map(&out.join(&name), &r.label, &heads, &chans)?;
+                plots::kept_map(&out.join(&name), &r.label, &heads, &chans, what)?;
                 mine.push(name);
             }
         }

@@ -1,5 +1,5 @@
-//! `gate-insert`: decides the gate families (heads per KV group or per head, FFN channels),
-//! their sparsity targets (as a fraction of units, or of prunable parameters) and the initial
+//! `gate-insert`: decides the gate families (heads per KV group or per head, FFN channels,
+//! routed-expert channels), their sparsity targets (as a fraction of units, or of prunable parameters) and the initial
 //! gate parameters `z ~ N(1, 0.01)`.
 
 use anyhow::{bail, Result};
@@ -28,7 +28,8 @@ impl StageKind for GateInsert {
             ParamSpec { name: "sparsity", ty: ParamType::Float { min: 0.0, max: 0.95 }, default: Some(Value::Float(0.5)), doc: "fraction to remove (of prunable parameters, or of units: see `budget`)" },
             ParamSpec { name: "budget", ty: ParamType::Choice(&["params", "units"]), default: Some(Value::String("params".into())), doc: "params: the fraction of prunable parameters (what users mean by 50 %); units: the same fraction of every family's units (the paper)" },
             ParamSpec { name: "heads", ty: ParamType::Choice(&["per-group", "per-head", "none"]), default: Some(Value::String("per-group".into())), doc: "attention gates: per KV group (whole groups go: loadable by standard runtimes), per query head, or none" },
-            ParamSpec { name: "channels", ty: ParamType::Bool, default: Some(Value::Boolean(true)), doc: "gate FFN intermediate channels" },
+            ParamSpec { name: "channels", ty: ParamType::Bool, default: Some(Value::Boolean(true)), doc: "gate FFN intermediate channels (and the shared expert's in MoE layers)" },
+            ParamSpec { name: "experts", ty: ParamType::Bool, default: Some(Value::Boolean(true)), doc: "gate the channels of every routed expert (MoE models)" },
             ParamSpec { name: "scope", ty: ParamType::Choice(&["global", "per-layer"]), default: Some(Value::String("global".into())), doc: "one budget over all layers (better quality) or the same in every layer" },
             ParamSpec { name: "seed", ty: ParamType::Int { min: 0, max: i64::MAX }, default: Some(Value::Integer(0)), doc: "seed of the gate initialisation" },
         ]
@@ -48,11 +49,6 @@ impl StageKind for GateInsert {
         let input = ctx.input("model")?;
         let files = io::open_model(&model_path(input, ctx.cache_root)?)?;
         let c = &files.config;
-        if c.moe.is_some() {
-            bail!(
-                "gate-insert: MoE expert-channel gates are not available yet (dense models only)"
-            );
-        }
         let heads = match ctx.str("heads") {
             "per-head" => HeadGates::PerHead,
             "none" => HeadGates::None,
@@ -60,47 +56,58 @@ impl StageKind for GateInsert {
         };
         let alpha = ctx.float("sparsity");
         let p = accounting::count(c);
-        let use_ch = ctx.bool("channels");
-        // Targets per family. With both families at the same unit fraction the removed share of
-        // prunable parameters equals that fraction; with one family, it must carry it alone.
-        let (mut t_heads, mut t_channels) = (alpha, alpha);
-        if ctx.str("budget") == "params" {
-            match (heads, use_ch) {
-                (HeadGates::None, true) => {
-                    t_channels = (alpha * p.prunable() as f64 / p.ffn as f64).min(0.95)
-                }
-                (_, false) if heads != HeadGates::None => {
-                    t_heads = (alpha * p.prunable() as f64 / p.attention as f64).min(0.95)
-                }
-                _ => {}
-            }
-        }
-        let mut fams = vec![];
+        let layers: Vec<_> = (0..c.num_hidden_layers)
+            .map(|i| accounting::units(c, i))
+            .collect();
+        // Families: (name, units per layer, the parameters they cover). `channels` are the dense
+        // FFNs' (and MoE shared experts') channels, `experts` the routed experts' channels.
+        let mut fams: Vec<(&str, Vec<usize>, usize)> = vec![];
         if heads != HeadGates::None {
-            let per: Vec<usize> = (0..c.num_hidden_layers)
-                .map(|i| {
-                    let l = c.layer(i);
+            let per = layers
+                .iter()
+                .map(|u| {
                     if heads == HeadGates::PerGroup {
-                        l.num_key_value_heads
+                        u.kv_heads
                     } else {
-                        l.num_attention_heads
+                        u.heads
                     }
                 })
                 .collect();
-            fams.push(("heads".to_string(), t_heads, per));
+            fams.push(("heads", per, p.attention));
         }
-        if use_ch {
+        if ctx.bool("channels") {
             fams.push((
-                "channels".to_string(),
-                t_channels,
-                (0..c.num_hidden_layers)
-                    .map(|i| c.layer(i).intermediate_size)
-                    .collect(),
+                "channels",
+                layers.iter().map(|u| u.channels).collect(),
+                p.ffn - p.experts,
             ));
         }
-        if fams.is_empty() {
-            bail!("gate-insert: nothing to prune (heads = \"none\" and channels = false)");
+        if ctx.bool("experts") {
+            fams.push((
+                "experts",
+                layers.iter().map(|u| u.experts * u.expert_width).collect(),
+                p.experts,
+            ));
         }
+        // A family with no units in this model (experts of a dense model, channels of a MoE
+        // model without shared experts) is left out.
+        fams.retain(|f| f.1.iter().sum::<usize>() > 0);
+        if fams.is_empty() {
+            bail!("gate-insert: nothing to prune (no heads, channels or expert channels are gated in this model)");
+        }
+        // Targets per family. With every family at the same unit fraction the removed share of
+        // prunable parameters equals that fraction; families left out leave their share to the
+        // gated ones.
+        let covered: usize = fams.iter().map(|f| f.2).sum();
+        let target = if ctx.str("budget") == "params" {
+            (alpha * p.prunable() as f64 / covered.max(1) as f64).min(0.95)
+        } else {
+            alpha
+        };
+        let fams: Vec<(String, f64, Vec<usize>)> = fams
+            .into_iter()
+            .map(|(n, per, _)| (n.to_string(), target, per))
+            .collect();
         let units: usize = fams.iter().map(|f| f.2.iter().sum::<usize>()).sum();
         let scope = if ctx.str("scope") == "per-layer" {
             Scope::PerLayer
@@ -108,22 +115,13 @@ impl StageKind for GateInsert {
             Scope::Global
         };
         let state = GateState::init(&fams, heads, scope, ctx.int("seed") as u64);
+        let state_targets = fams;
         write_json(&ctx.out_dir.join("gates.json"), &state)?;
         forward_model_json(input, ctx.out_dir)?;
-        Ok(Metrics::from([
-            ("units".into(), units as f64),
-            (
-                "target_heads".into(),
-                if heads == HeadGates::None {
-                    0.0
-                } else {
-                    t_heads
-                },
-            ),
-            (
-                "target_channels".into(),
-                if use_ch { t_channels } else { 0.0 },
-            ),
-        ]))
+        let mut metrics = Metrics::from([("units".into(), units as f64)]);
+        for (name, t, _) in &state_targets {
+            metrics.insert(format!("target_{name}"), *t);
+        }
+        Ok(metrics)
     }
 }

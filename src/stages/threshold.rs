@@ -6,7 +6,8 @@ use toml::Value;
 use super::common::{forward_model_json, model_path, read_json, write_json};
 use crate::engine::stage::{InputSpec, Metrics, ParamSpec, ParamType, StageContext, StageKind};
 use crate::io;
-use crate::model::{accounting, config::LayerShape};
+use crate::model::accounting::{self, LayerUnits};
+use crate::model::config::LayerShape;
 use crate::prune::mask::{self, expand_groups, FinalMask, LayerMask};
 use crate::prune::train::{deployed_values, GateState, HeadGates};
 
@@ -47,11 +48,14 @@ impl StageKind for Threshold {
         let rule = ctx.str("rule");
         let multiple = ctx.int("multiple") as usize;
         let mut metrics = Metrics::new();
-        let mut heads: Vec<Vec<f32>> = (0..c.num_hidden_layers)
-            .map(|i| vec![1.0; c.layer(i).num_attention_heads])
+        let units: Vec<LayerUnits> = (0..c.num_hidden_layers)
+            .map(|i| accounting::units(c, i))
             .collect();
-        let mut channels: Vec<Vec<f32>> = (0..c.num_hidden_layers)
-            .map(|i| vec![1.0; c.layer(i).intermediate_size])
+        let mut heads: Vec<Vec<f32>> = units.iter().map(|u| vec![1.0; u.heads]).collect();
+        let mut channels: Vec<Vec<f32>> = units.iter().map(|u| vec![1.0; u.channels]).collect();
+        let mut experts: Vec<Vec<f32>> = units
+            .iter()
+            .map(|u| vec![1.0; u.experts * u.expert_width])
             .collect();
         if state.scored_by.is_some() && rule == "relu" {
             anyhow::bail!(
@@ -67,12 +71,26 @@ impl StageKind for Threshold {
             let kept = match rule {
                 "topk" => mask::topk(&values, (f.target * total as f64).round() as usize),
                 "uniform" => {
-                    let per = f.z.first().map_or(0, Vec::len);
-                    let mut keep = ((1.0 - f.target) * per as f64).round() as usize;
-                    if f.name == "channels" && multiple > 1 {
-                        keep = (keep.div_ceil(multiple) * multiple).min(per);
-                    }
-                    mask::uniform(&values, keep.max(1))
+                    // Heads and channels: the same count in every layer; expert channels: the
+                    // same count in every expert.
+                    let groups: Vec<usize> = units
+                        .iter()
+                        .map(|u| {
+                            if f.name == "experts" {
+                                u.expert_width
+                            } else {
+                                0
+                            }
+                        })
+                        .collect();
+                    let channels = f.name != "heads";
+                    mask::uniform(&values, &groups, |n| {
+                        let mut keep = ((1.0 - f.target) * n as f64).round() as usize;
+                        if channels && multiple > 1 {
+                            keep = keep.div_ceil(multiple) * multiple;
+                        }
+                        keep.clamp(1, n)
+                    })
                 }
                 _ => mask::relu(&values),
             };
@@ -96,14 +114,13 @@ impl StageKind for Threshold {
                 metrics.insert(format!("sparsity_{}_layer{i:02}", f.name), *s);
             }
             for (i, k) in kept.into_iter().enumerate() {
-                if f.name == "heads" {
-                    heads[i] = if state.heads == HeadGates::PerGroup {
-                        expand_groups(&k, c.layer(i).num_attention_heads)
-                    } else {
-                        k
-                    };
-                } else {
-                    channels[i] = k;
+                match f.name.as_str() {
+                    "heads" if state.heads == HeadGates::PerGroup => {
+                        heads[i] = expand_groups(&k, units[i].heads)
+                    }
+                    "heads" => heads[i] = k,
+                    "experts" => experts[i] = k,
+                    _ => channels[i] = k,
                 }
             }
         }
@@ -111,9 +128,11 @@ impl StageKind for Threshold {
             layers: heads
                 .into_iter()
                 .zip(channels)
-                .map(|(h, c)| LayerMask {
-                    heads: h,
-                    channels: c,
+                .zip(experts)
+                .map(|((heads, channels), experts)| LayerMask {
+                    heads,
+                    channels,
+                    experts,
                 })
                 .collect(),
         };
@@ -130,15 +149,15 @@ impl StageKind for Threshold {
                 .chunks(g.max(1))
                 .filter(|grp| grp.iter().all(|&x| x == 0.0))
                 .count();
-            removed += dead_q * per_q
-                + dead_groups * per_kv
-                + l.channels.iter().filter(|&&x| x == 0.0).count() * per_ch;
+            let dead_ch = l.channels.iter().chain(&l.experts).filter(|&&x| x == 0.0);
+            removed += dead_q * per_q + dead_groups * per_kv + dead_ch.count() * per_ch;
         }
         metrics.insert(
             "params_removed".into(),
             removed as f64 / p.prunable() as f64,
         );
-        // FLOPs per token of the sliced model (no padding) against dense, at a 512-token context.
+        // FLOPs per token of the sliced model against dense, at a 512-token context: no padding,
+        // except that every expert of a layer is as wide as its widest (as slicing makes them).
         let mut pruned = c.clone();
         pruned.layer_shapes = Some(
             final_mask
@@ -146,16 +165,32 @@ impl StageKind for Threshold {
                 .iter()
                 .enumerate()
                 .map(|(i, l)| {
-                    let g = c.layer(i).num_attention_heads / c.layer(i).num_key_value_heads.max(1);
-                    LayerShape {
-                        num_attention_heads: l.heads.iter().filter(|&&x| x != 0.0).count(),
+                    let u = units[i];
+                    let g = u.heads / u.kv_heads.max(1);
+                    let live = |v: &[f32]| v.iter().filter(|&&x| x != 0.0).count();
+                    let mut shape = LayerShape {
+                        num_attention_heads: live(&l.heads),
                         num_key_value_heads: l
                             .heads
                             .chunks(g.max(1))
                             .filter(|grp| grp.iter().any(|&x| x != 0.0))
                             .count(),
-                        intermediate_size: l.channels.iter().filter(|&&x| x != 0.0).count(),
+                        intermediate_size: c.layer(i).intermediate_size,
+                        ..Default::default()
+                    };
+                    if u.experts > 0 {
+                        shape.moe_intermediate_size = l
+                            .experts
+                            .chunks(u.expert_width.max(1))
+                            .map(live)
+                            .max()
+                            .unwrap_or(0)
+                            .max(1);
+                        shape.shared_expert_intermediate_size = live(&l.channels);
+                    } else {
+                        shape.intermediate_size = live(&l.channels);
                     }
+                    shape
                 })
                 .collect(),
         );

@@ -144,7 +144,7 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64) -> MemWeights {
                     0.0,
                 );
                 for e in 0..m.num_experts {
-                    let w = m.moe_intermediate_size;
+                    let w = l.moe_intermediate_size;
                     put(
                         format!("{b}.experts.{e}.{}.weight", names.gate),
                         vec![w, h],
@@ -164,7 +164,8 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64) -> MemWeights {
                         0.0,
                     );
                 }
-                if let Some(si) = m.shared_expert_intermediate_size {
+                if m.shared_expert_intermediate_size.is_some() {
+                    let si = l.shared_expert_intermediate_size;
                     put(
                         format!("{b}.shared_expert.gate_proj.weight"),
                         vec![si, h],
@@ -205,7 +206,8 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64) -> MemWeights {
     }
 }
 
-/// Gates for the reference: per layer, heads (per query head), channels, experts [e][c].
+/// Gates for the reference: per layer, heads (per query head), channels (of the dense FFN, or
+/// of a MoE layer's shared expert), experts [e][c].
 #[derive(Clone, Default)]
 pub struct RefGates {
     pub heads: Vec<Option<Vec<f64>>>,
@@ -419,7 +421,7 @@ pub fn reference(
                             &format!("{b}.shared_expert"),
                             ["gate_proj", "up_proj", "down_proj"],
                             &xn,
-                            None,
+                            gates.and_then(|g| g.channels[li].as_ref()),
                         );
                         let sg =
                             matvec(w.get(&format!("{b}.shared_expert_gate.weight")), None, &xn)[0];
@@ -527,6 +529,7 @@ pub fn remove(cfg: &ModelConfig, w: &MemWeights, r: &Removal) -> (ModelConfig, M
             num_attention_heads: l.num_attention_heads - r.heads[i].len(),
             num_key_value_heads: l.num_key_value_heads - r.kv_heads[i].len(),
             intermediate_size: l.intermediate_size - r.channels[i].len(),
+            ..Default::default()
         });
     }
     let mut c = cfg.clone();
