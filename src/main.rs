@@ -14,6 +14,12 @@ use ddp::io::{self, source, ModelFiles};
 use ddp::model::{accounting, generate, load};
 use ddp::stages;
 
+// Tensors of a few hundred KB are allocated and freed for every layer of every decoded token;
+// glibc's malloc maps and unmaps them each time (a page fault per 4 KB). mimalloc keeps freed
+// pages for reuse: SmolLM2 decode after a 512-token prompt went from 5.6 to 8.4 tokens/s.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "ddp-run",

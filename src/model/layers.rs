@@ -79,7 +79,10 @@ impl<B: Backend> Linear<B> {
             }
             st.rows += rows;
         }
-        let mut y = x.matmul(self.w.clone());
+        let mut y = match crate::backend::cpu_matmul::matmul(&x, &self.w) {
+            Some(y) => y,
+            None => x.matmul(self.w.clone()),
+        };
         if let Some(b) = &self.b {
             y = y + b.clone().unsqueeze::<2>();
         }

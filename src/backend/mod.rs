@@ -1,5 +1,8 @@
 //! The only backend-specific code: choosing a device at run time and running generic code on
-//! the matching burn backend. Everything else is generic over `B: Backend`.
+//! the matching burn backend, and the CPU backend's matmul (`cpu_matmul`). Everything else is
+//! generic over `B: Backend`.
+
+pub mod cpu_matmul;
 
 use std::fmt;
 use std::str::FromStr;
