@@ -9,7 +9,7 @@ use std::fs;
 use burn::backend::ndarray::NdArrayDevice;
 use burn::tensor::{Int, Tensor, TensorData};
 use ddp::engine::{self, cache::Cache, Options, Outcome};
-use ddp::model::{Gates, LayerGates, Logits};
+use ddp::model::Logits;
 use ddp::prune::mask::FinalMask;
 
 fn recipe(rule: &str, uniform: bool) -> String {
@@ -248,29 +248,4 @@ multiple = 4
         "12 x 0.6 = 7.2, rounded up to 8"
     );
     assert!(m("slice-oneshot")["params_kept"] < 1.0);
-}
-
-fn gates_of(cfg: &ddp::model::ModelConfig, mask: &FinalMask) -> Gates<B> {
-    let dev = NdArrayDevice::Cpu;
-    let v = |x: &Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(x.clone(), [x.len()]), &dev);
-    Gates {
-        layers: mask
-            .layers
-            .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                let u = ddp::model::accounting::units(cfg, i);
-                LayerGates {
-                    heads: Some(v(&l.heads)),
-                    channels: (!l.channels.is_empty()).then(|| v(&l.channels)),
-                    experts: (!l.experts.is_empty()).then(|| {
-                        Tensor::from_data(
-                            TensorData::new(l.experts.clone(), [u.experts, u.expert_width]),
-                            &dev,
-                        )
-                    }),
-                }
-            })
-            .collect(),
-    }
 }

@@ -7,7 +7,7 @@ use common::*;
 use burn::backend::ndarray::NdArrayDevice;
 use burn::tensor::{Int, Tensor, TensorData};
 use ddp::io::{export, ModelFiles};
-use ddp::model::{Gates, LayerGates, Logits};
+use ddp::model::Logits;
 use ddp::prune::mask::{expand_groups, FinalMask, LayerMask};
 use ddp::prune::slice;
 
@@ -52,32 +52,6 @@ fn mask_for(files: &ModelFiles, per_group: bool, seed: u32, drop: f32, spread: f
         })
         .collect();
     FinalMask { layers }
-}
-
-/// The mask as gates of the unsliced model.
-fn gates_of(cfg: &ddp::model::ModelConfig, mask: &FinalMask) -> Gates<B> {
-    let dev = NdArrayDevice::Cpu;
-    let v = |x: &Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(x.clone(), [x.len()]), &dev);
-    Gates {
-        layers: mask
-            .layers
-            .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                let u = ddp::model::accounting::units(cfg, i);
-                LayerGates {
-                    heads: Some(v(&l.heads)),
-                    channels: (!l.channels.is_empty()).then(|| v(&l.channels)),
-                    experts: (!l.experts.is_empty()).then(|| {
-                        Tensor::from_data(
-                            TensorData::new(l.experts.clone(), [u.experts, u.expert_width]),
-                            &dev,
-                        )
-                    }),
-                }
-            })
-            .collect(),
-    }
 }
 
 fn gated_logits(files: &ModelFiles, mask: &FinalMask, ids: &[i64]) -> Vec<f32> {

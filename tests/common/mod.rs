@@ -7,7 +7,7 @@ use burn::backend::ndarray::NdArrayDevice;
 use burn::backend::NdArray;
 use burn::tensor::{Int, Tensor, TensorData};
 use ddp::io::{self, source, ModelFiles};
-use ddp::model::{load, Logits, Model};
+use ddp::model::{load, Gates, LayerGates, Logits, Model};
 
 pub mod tiny;
 
@@ -113,4 +113,31 @@ pub fn ddp_run(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A final mask as gates of the unsliced model (heads; channels and expert channels where the
+/// layer has them).
+pub fn gates_of(cfg: &ddp::model::ModelConfig, mask: &ddp::prune::mask::FinalMask) -> Gates<B> {
+    let dev = NdArrayDevice::Cpu;
+    let v = |x: &Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(x.clone(), [x.len()]), &dev);
+    Gates {
+        layers: mask
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let u = ddp::model::accounting::units(cfg, i);
+                LayerGates {
+                    heads: Some(v(&l.heads)),
+                    channels: (!l.channels.is_empty()).then(|| v(&l.channels)),
+                    experts: (!l.experts.is_empty()).then(|| {
+                        Tensor::from_data(
+                            TensorData::new(l.experts.clone(), [u.experts, u.expert_width]),
+                            &dev,
+                        )
+                    }),
+                }
+            })
+            .collect(),
+    }
 }
