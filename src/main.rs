@@ -481,6 +481,12 @@ fn with_default_command(mut args: Vec<String>) -> Vec<String> {
 }
 
 fn main() -> ExitCode {
+    // The CPU matmul splits GEMMs into row blocks on rayon's threads; matrixmultiply's own pool
+    // would compete with them for the same cores (2 cores, SmolLM2 prefill of 128 tokens: 186
+    // tok/s with both pools, 213 with this). Set before any thread starts; a user's value wins.
+    if std::env::var_os("MATMUL_NUM_THREADS").is_none() {
+        std::env::set_var("MATMUL_NUM_THREADS", "1");
+    }
     let cli = Cli::parse_from(with_default_command(std::env::args().collect()));
     match real_main(cli) {
         Ok(code) => code,

@@ -57,8 +57,19 @@ fn product(x: ArrayView2<f32>, w: ArrayView2<f32>) -> Option<ndarray::Array2<f32
         return None;
     }
     if m > STREAM_ROWS {
+        // Row blocks in parallel on rayon's pool, one GEMM each (the binary runs matrixmultiply
+        // single-threaded, so the two pools do not fight over the cores).
         let mut out = ndarray::Array2::<f32>::zeros((m, n));
-        ndarray::linalg::general_mat_mul(1.0, &x, &w, 0.0, &mut out);
+        let per = m
+            .div_ceil(rayon::current_num_threads().max(1))
+            .max(STREAM_ROWS);
+        out.axis_chunks_iter_mut(ndarray::Axis(0), per)
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(i, mut o)| {
+                let rows = x.slice(ndarray::s![i * per..i * per + o.nrows(), ..]);
+                ndarray::linalg::general_mat_mul(1.0, &rows, &w, 0.0, &mut o);
+            });
         return Some(out);
     }
     let (xs, ws) = (x.as_standard_layout(), w.as_standard_layout());
