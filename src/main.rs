@@ -15,8 +15,8 @@ use ddp::model::{accounting, generate, load};
 use ddp::stages;
 
 // Tensors of a few hundred KB are allocated and freed for every layer of every decoded token;
-// glibc's malloc maps and unmaps them each time (a page fault per 4 KB). mimalloc keeps freed
-// pages for reuse: SmolLM2 decode after a 512-token prompt went from 5.6 to 8.4 tokens/s.
+// glibc's malloc maps and unmaps them each time (a page fault per 4 KB, a third of decode time
+// at a 512-token context). mimalloc keeps freed pages for reuse.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -482,8 +482,8 @@ fn with_default_command(mut args: Vec<String>) -> Vec<String> {
 
 fn main() -> ExitCode {
     // The CPU matmul splits GEMMs into row blocks on rayon's threads; matrixmultiply's own pool
-    // would compete with them for the same cores (2 cores, SmolLM2 prefill of 128 tokens: 186
-    // tok/s with both pools, 213 with this). Set before any thread starts; a user's value wins.
+    // would compete with them for the same cores (compare `MATMUL_NUM_THREADS=2 ddp-run bench`).
+    // Set before any thread starts; a user's value wins.
     if std::env::var_os("MATMUL_NUM_THREADS").is_none() {
         std::env::set_var("MATMUL_NUM_THREADS", "1");
     }

@@ -52,21 +52,17 @@ pub struct LayerUnits {
 
 pub fn units(cfg: &ModelConfig, i: usize) -> LayerUnits {
     let l = cfg.layer(i);
-    match &cfg.moe {
-        Some(m) if cfg.is_moe_layer(i) => LayerUnits {
-            heads: l.num_attention_heads,
-            kv_heads: l.num_key_value_heads,
-            channels: l.shared_expert_intermediate_size,
-            experts: m.num_experts,
-            expert_width: l.moe_intermediate_size,
-        },
-        _ => LayerUnits {
-            heads: l.num_attention_heads,
-            kv_heads: l.num_key_value_heads,
-            channels: l.intermediate_size,
-            experts: 0,
-            expert_width: 0,
-        },
+    let (channels, experts) = match &cfg.moe {
+        Some(m) if cfg.is_moe_layer(i) => (l.shared_expert_intermediate_size, m.num_experts),
+        _ => (l.intermediate_size, 0),
+    };
+    LayerUnits {
+        heads: l.num_attention_heads,
+        kv_heads: l.num_key_value_heads,
+        channels,
+        experts,
+        // `cfg.layer` reports 0 outside MoE layers.
+        expert_width: l.moe_intermediate_size,
     }
 }
 

@@ -140,23 +140,15 @@ impl<B: Backend> Model<B> {
                     )));
                 }
             }
-            let channel_width = match &l.ffn {
-                Ffn::Dense(m) => m.width(),
-                Ffn::Moe(m) => m.shared_width(),
+            let (width, what) = match &l.ffn {
+                Ffn::Dense(m) => (m.width(), "the FFN"),
+                Ffn::Moe(m) => (m.shared_width(), "the shared expert of this MoE layer"),
             };
-            if let Some(c) = &g.channels {
-                if c.dims()[0] != channel_width {
-                    return Err(Error::Invalid(match &l.ffn {
-                        Ffn::Dense(_) => format!(
-                            "layer {i}: channel gate has {} values, the FFN has {channel_width} channels",
-                            c.dims()[0]
-                        ),
-                        Ffn::Moe(_) => format!(
-                            "layer {i}: channel gate has {} values, the shared expert of this MoE layer has {channel_width} channels",
-                            c.dims()[0]
-                        ),
-                    }));
-                }
+            if let Some(c) = g.channels.as_ref().filter(|c| c.dims()[0] != width) {
+                return Err(Error::Invalid(format!(
+                    "layer {i}: channel gate has {} values, {what} has {width} channels",
+                    c.dims()[0]
+                )));
             }
             match (&l.ffn, &g.experts) {
                 (Ffn::Moe(m), Some(e)) => {

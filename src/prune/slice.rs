@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use super::mask::FinalMask;
 use crate::error::{Error, Result};
 use crate::io::weights::{HostTensor, WeightSource};
-use crate::model::accounting;
+use crate::model::accounting::{self, LayerUnits};
 use crate::model::config::{Arch, LayerShape, ModelConfig};
 
 /// The sliced model: its config and every tensor (HF names and layout).
@@ -72,8 +72,9 @@ fn alive(v: &[f32]) -> Vec<usize> {
     (0..v.len()).filter(|&i| v[i] != 0.0).collect()
 }
 
-/// Alive units of one layer.
+/// Alive units of one layer, and what it has.
 struct Plan {
+    units: LayerUnits,
     /// Alive query heads of each KV group.
     groups: Vec<Vec<usize>>,
     /// Dense FFN channels, or the shared expert's.
@@ -154,6 +155,7 @@ pub fn slice(
         }
         let g = u.heads / u.kv_heads.max(1);
         plans.push(Plan {
+            units: u,
             groups: (0..u.kv_heads)
                 .map(|k| {
                     (k * g..(k + 1) * g)
@@ -176,9 +178,7 @@ pub fn slice(
             n
         }
     };
-    let moe_layers: Vec<bool> = (0..cfg.num_hidden_layers)
-        .map(|i| cfg.is_moe_layer(i))
-        .collect();
+    let moe_layers: Vec<bool> = plans.iter().map(|p| p.units.experts > 0).collect();
     // Uniform sizes: the largest any layer needs, dense FFNs and shared experts apart.
     let widest = |moe: bool, f: &dyn Fn(&Plan) -> usize| {
         plans
@@ -200,7 +200,7 @@ pub fn slice(
     let mut tensors = BTreeMap::new();
     let mut shapes = vec![];
     for (i, p) in plans.iter().enumerate() {
-        let u = accounting::units(cfg, i);
+        let u = p.units;
         let lm = &mask.layers[i];
         let g = u.heads / u.kv_heads.max(1);
         let is_moe = moe_layers[i];

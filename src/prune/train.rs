@@ -320,6 +320,33 @@ pub fn train_with_teacher<B: AutodiffBackend>(
             state.method, cfg.method
         )));
     }
+    if let Some(f) = state.families.iter().find(|f| f.z.len() != n_layers) {
+        return Err(Error::Invalid(format!(
+            "the {} gates cover {} layers, the model has {n_layers}",
+            f.name,
+            f.z.len()
+        )));
+    }
+    // Expert-channel gates are `[experts, width]` of each MoE layer, flattened: checked once.
+    let expert_shapes: Vec<Option<[usize; 2]>> = model
+        .layers
+        .iter()
+        .map(|l| match &l.ffn {
+            Ffn::Moe(m) => Some([m.experts.len(), m.expert_width()]),
+            Ffn::Dense(_) => None,
+        })
+        .collect();
+    if let Some(f) = state.family("experts") {
+        for (i, (z, shape)) in f.z.iter().zip(&expert_shapes).enumerate() {
+            let want = shape.map_or(0, |[e, w]| e * w);
+            if z.len() != want {
+                return Err(Error::Invalid(format!(
+                    "layer {i}: {} expert-channel gates, the model has {want} expert channels",
+                    z.len()
+                )));
+            }
+        }
+    }
     while state.step < cfg.steps {
         let t = state.step;
         let mu = mu_at(t, cfg.steps, cfg.mu0, cfg.mu_end);
@@ -405,23 +432,8 @@ pub fn train_with_teacher<B: AutodiffBackend>(
                     };
                     match f.name.as_str() {
                         "heads" => layers[i].heads = Some(m),
-                        "experts" => {
-                            let Ffn::Moe(moe) = &model.layers[i].ffn else {
-                                return Err(Error::Invalid(format!(
-                                    "layer {i} is dense but has expert-channel gates"
-                                )));
-                            };
-                            let shape = [moe.experts.len(), moe.expert_width()];
-                            if shape[0] * shape[1] != z.dims()[0] {
-                                return Err(Error::Invalid(format!(
-                                    "layer {i}: {} expert-channel gates for {} experts of {} channels",
-                                    z.dims()[0],
-                                    shape[0],
-                                    shape[1]
-                                )));
-                            }
-                            layers[i].experts = Some(m.reshape(shape));
-                        }
+                        // Non-empty only where checked to match `expert_shapes`.
+                        "experts" => layers[i].experts = expert_shapes[i].map(|sh| m.reshape(sh)),
                         _ => layers[i].channels = Some(m),
                     }
                 }

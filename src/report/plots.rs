@@ -110,7 +110,16 @@ fn axes<'a, 'b>(
     Ok(c)
 }
 
-/// A named line in `style`; with `marks`, its points as filled circles.
+/// How a named line is drawn.
+#[derive(Clone, Copy, PartialEq)]
+enum Stroke {
+    Solid,
+    /// Solid, with its points as filled circles.
+    Marked,
+    Dashed,
+}
+
+/// A named line (listed in the legend).
 fn line(
     c: &mut Xy,
     path: &Path,
@@ -118,34 +127,22 @@ fn line(
     pts: &[(f64, f64)],
     col: RGBColor,
     width: u32,
-    marks: bool,
+    stroke: Stroke,
 ) -> Result<()> {
     let style = col.stroke_width(width);
-    c.draw_series(LineSeries::new(pts.to_vec(), style))
+    let drawn = if stroke == Stroke::Dashed {
+        c.draw_series(DashedLineSeries::new(pts.to_vec(), 6, 4, style))
+    } else {
+        c.draw_series(LineSeries::new(pts.to_vec(), style))
+    };
+    drawn
         .map_err(|e| err(path, e))?
         .label(name)
         .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
-    if marks {
+    if stroke == Stroke::Marked {
         c.draw_series(pts.iter().map(|&p| Circle::new(p, 5, col.filled())))
             .map_err(|e| err(path, e))?;
     }
-    Ok(())
-}
-
-/// A named dashed line.
-fn dashed(
-    c: &mut Xy,
-    path: &Path,
-    name: &str,
-    pts: &[(f64, f64)],
-    col: RGBColor,
-    width: u32,
-) -> Result<()> {
-    let style = col.stroke_width(width);
-    c.draw_series(DashedLineSeries::new(pts.to_vec(), 6, 4, style))
-        .map_err(|e| err(path, e))?
-        .label(name)
-        .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
     Ok(())
 }
 
@@ -238,17 +235,25 @@ pub fn quality_vs_sparsity(
             &[(x.0, dy), (x.1, dy)],
             RGBColor(120, 120, 120),
             1,
-            false,
+            Stroke::Solid,
         )?;
     }
     for (i, (name, pts)) in series.iter().enumerate() {
-        line(&mut c, path, name, pts, colour(i), 2, true)?;
+        line(&mut c, path, name, pts, colour(i), 2, Stroke::Marked)?;
     }
     // Kept fraction and quality are both better lower: the front over (100 - removed, y).
     let front = pareto(&all.iter().map(|&(x, y)| (100.0 - x, y)).collect::<Vec<_>>());
     let front: Vec<(f64, f64)> = front.iter().map(|&(k, y)| (100.0 - k, y)).collect();
     if front.len() > 1 {
-        dashed(&mut c, path, "Pareto front", &front, BLACK, 1)?;
+        line(
+            &mut c,
+            path,
+            "Pareto front",
+            &front,
+            BLACK,
+            1,
+            Stroke::Dashed,
+        )?;
     }
     c.draw_series(
         front
@@ -303,13 +308,21 @@ pub fn speedup_vs_sparsity(path: &Path, panels: &[Panel]) -> Result<()> {
             &[(x.0, 1.0), (x.1, 1.0)],
             RGBColor(120, 120, 120),
             1,
-            false,
+            Stroke::Solid,
         )?;
         if !ideal.is_empty() {
-            dashed(&mut c, path, "ideal (FLOPs)", ideal, BLACK, 2)?;
+            line(
+                &mut c,
+                path,
+                "ideal (FLOPs)",
+                ideal,
+                BLACK,
+                2,
+                Stroke::Dashed,
+            )?;
         }
         for (i, (name, pts)) in measured.iter().enumerate() {
-            line(&mut c, path, name, pts, colour(i), 2, true)?;
+            line(&mut c, path, name, pts, colour(i), 2, Stroke::Marked)?;
         }
         legend(&mut c, path, SeriesLabelPosition::UpperLeft, 14)?;
     }
@@ -360,16 +373,17 @@ pub fn training_curves(
         let y = range(ys, 0.1, None);
         let mut c = axes(area, path, "", x, y, "step", ylabel, 14, false)?;
         for (i, (name, pts)) in series.iter().enumerate() {
-            line(&mut c, path, name, pts, colour(i), 2, false)?;
+            line(&mut c, path, name, pts, colour(i), 2, Stroke::Solid)?;
         }
         if let Some(t) = hline {
-            dashed(
+            line(
                 &mut c,
                 path,
                 &format!("target {t}"),
                 &[(x.0, t), (x.1, t)],
                 BLACK,
                 1,
+                Stroke::Dashed,
             )?;
         }
         legend(&mut c, path, SeriesLabelPosition::UpperRight, 14)?;

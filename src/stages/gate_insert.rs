@@ -1,6 +1,6 @@
 //! `gate-insert`: decides the gate families (heads per KV group or per head, FFN channels,
-//! routed-expert channels), their sparsity targets (as a fraction of units, or of prunable parameters) and the initial
-//! gate parameters `z ~ N(1, 0.01)`.
+//! routed-expert channels), their sparsity targets (as a fraction of units, or of prunable
+//! parameters) and the initial gate parameters `z ~ N(1, 0.01)`.
 
 use anyhow::{bail, Result};
 use toml::Value;
@@ -115,11 +115,10 @@ impl StageKind for GateInsert {
             Scope::Global
         };
         let state = GateState::init(&fams, heads, scope, ctx.int("seed") as u64);
-        let state_targets = fams;
         write_json(&ctx.out_dir.join("gates.json"), &state)?;
         forward_model_json(input, ctx.out_dir)?;
         let mut metrics = Metrics::from([("units".into(), units as f64)]);
-        for (name, t, _) in &state_targets {
+        for (name, t, _) in &fams {
             metrics.insert(format!("target_{name}"), *t);
         }
         Ok(metrics)

@@ -136,64 +136,52 @@ impl StageKind for Threshold {
                 })
                 .collect(),
         };
-        // Parameters removed: what slicing with these masks (no padding) takes away.
+        // Per layer, what survives: parameters removed (what slicing takes away without padding)
+        // and the sliced shapes for FLOPs per token, with no padding either except that every
+        // expert of a layer is as wide as its widest (as slicing makes them).
         let p = accounting::count(c);
         let (per_q, per_kv) = accounting::head_params(c);
         let per_ch = accounting::channel_params(c);
+        let live = |v: &[f32]| v.iter().filter(|&&x| x != 0.0).count();
         let mut removed = 0usize;
-        for (i, l) in final_mask.layers.iter().enumerate() {
-            let g = c.layer(i).num_attention_heads / c.layer(i).num_key_value_heads.max(1);
-            let dead_q = l.heads.iter().filter(|&&x| x == 0.0).count();
-            let dead_groups = l
+        let mut shapes = vec![];
+        for (i, (l, u)) in final_mask.layers.iter().zip(&units).enumerate() {
+            let g = u.heads / u.kv_heads.max(1);
+            let live_groups = l
                 .heads
                 .chunks(g.max(1))
-                .filter(|grp| grp.iter().all(|&x| x == 0.0))
+                .filter(|grp| grp.iter().any(|&x| x != 0.0))
                 .count();
-            let dead_ch = l.channels.iter().chain(&l.experts).filter(|&&x| x == 0.0);
-            removed += dead_q * per_q + dead_groups * per_kv + dead_ch.count() * per_ch;
+            let live_q = live(&l.heads);
+            let (live_ch, live_ex) = (live(&l.channels), live(&l.experts));
+            removed += (u.heads - live_q) * per_q
+                + (u.kv_heads - live_groups) * per_kv
+                + (l.channels.len() + l.experts.len() - live_ch - live_ex) * per_ch;
+            let mut shape = LayerShape {
+                num_attention_heads: live_q,
+                num_key_value_heads: live_groups,
+                intermediate_size: live_ch,
+                ..Default::default()
+            };
+            if u.experts > 0 {
+                shape.intermediate_size = c.layer(i).intermediate_size;
+                shape.moe_intermediate_size = l
+                    .experts
+                    .chunks(u.expert_width.max(1))
+                    .map(live)
+                    .max()
+                    .unwrap_or(0)
+                    .max(1);
+                shape.shared_expert_intermediate_size = live_ch;
+            }
+            shapes.push(shape);
         }
         metrics.insert(
             "params_removed".into(),
             removed as f64 / p.prunable() as f64,
         );
-        // FLOPs per token of the sliced model against dense, at a 512-token context: no padding,
-        // except that every expert of a layer is as wide as its widest (as slicing makes them).
         let mut pruned = c.clone();
-        pruned.layer_shapes = Some(
-            final_mask
-                .layers
-                .iter()
-                .enumerate()
-                .map(|(i, l)| {
-                    let u = units[i];
-                    let g = u.heads / u.kv_heads.max(1);
-                    let live = |v: &[f32]| v.iter().filter(|&&x| x != 0.0).count();
-                    let mut shape = LayerShape {
-                        num_attention_heads: live(&l.heads),
-                        num_key_value_heads: l
-                            .heads
-                            .chunks(g.max(1))
-                            .filter(|grp| grp.iter().any(|&x| x != 0.0))
-                            .count(),
-                        intermediate_size: c.layer(i).intermediate_size,
-                        ..Default::default()
-                    };
-                    if u.experts > 0 {
-                        shape.moe_intermediate_size = l
-                            .experts
-                            .chunks(u.expert_width.max(1))
-                            .map(live)
-                            .max()
-                            .unwrap_or(0)
-                            .max(1);
-                        shape.shared_expert_intermediate_size = live(&l.channels);
-                    } else {
-                        shape.intermediate_size = live(&l.channels);
-                    }
-                    shape
-                })
-                .collect(),
-        );
+        pruned.layer_shapes = Some(shapes);
         metrics.insert(
             "flops_kept".into(),
             accounting::flops_per_token(&pruned, 512) / accounting::flops_per_token(c, 512),
