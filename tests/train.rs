@@ -294,8 +294,10 @@ fn cached_top_k_teacher_against_online() {
     assert_eq!(TopK::read(d.path()).unwrap(), full);
     let (exact, kl_ex) = train_n(Some(&full), 20);
     for (a, b) in kl_on.iter().zip(&kl_ex) {
+        // The cached log-probabilities are stored in f32 (~4e-7 per entry at |log p| ~ 6), and
+        // the online KL is now summed in f64 from the logits: an absolute floor of 1e-6.
         assert!(
-            (a - b).abs() < 1e-4 * a.abs().max(1e-3),
+            (a - b).abs() < 1e-4 * a.abs().max(1e-2),
             "KL online {a} vs cached full {b}"
         );
     }
@@ -346,4 +348,67 @@ fn activation_stats_from_the_teacher_pass_equal_their_own_pass() {
         }
     }
     assert!(own[0].down.rows == 6 * 64);
+}
+
+/// Turns burn's reference ops on for as long as it lives (also when an assertion fails).
+struct ReferenceOps;
+impl ReferenceOps {
+    fn on() -> Self {
+        ddp::backend::set_reference_ops(true);
+        Self
+    }
+}
+impl Drop for ReferenceOps {
+    fn drop(&mut self) {
+        ddp::backend::set_reference_ops(false);
+    }
+}
+
+/// The CPU fast paths of a training step (frozen-weight GEMM op, fused SwiGLU, the teacher on
+/// the inner backend, the host distillation loss with its closed-form gradient) against burn's
+/// own tensor ops: 30 steps end at the same gates and multipliers, online and with a cached
+/// top-k teacher.
+#[test]
+fn fast_paths_train_as_burns_ops_do() {
+    use ddp::prune::teacher;
+    let (files, blocks, init) = setup(None, 64);
+    let cached = teacher::compute(&model(&files), &blocks.train, 16, || {});
+    let mut report = String::from("fast paths vs burn's ops, stories260k, 30 steps:");
+    for (name, t) in [("online", None), ("cached top-16", Some(&cached))] {
+        let train_30 = || {
+            let mut st = init.clone();
+            let mut last = None;
+            train::train_with_teacher(
+                &model_of(&files),
+                &blocks.train,
+                t,
+                &cfg(30),
+                &mut st,
+                |l, _| {
+                    last = Some(l.clone());
+                    Ok(())
+                },
+            )
+            .unwrap();
+            (st, last.unwrap())
+        };
+        let (fast, lf) = train_30();
+        let (slow, ls) = {
+            let _reference = ReferenceOps::on();
+            train_30()
+        };
+        let d = distance(&fast, &slow);
+        report += &format!(
+            " {name}: max |dz|, |dlambda| {d:.2e}, loss {:.6} vs {:.6};",
+            lf.loss, ls.loss
+        );
+        // Measured 1.0-1.2e-4 online (z ~ 1, lambdas ~ 6): the host loss sums the vocabulary in
+        // f64 where burn's ops sum in f32, and 30 Adam steps carry the rounding forward.
+        assert!(d <= 2e-4, "{report}");
+        assert!(
+            (lf.loss - ls.loss).abs() <= 1e-4 * ls.loss.abs(),
+            "{report}"
+        );
+    }
+    println!("{report}");
 }

@@ -3,6 +3,8 @@
 //! generic over `B: Backend`.
 
 pub mod cpu_matmul;
+pub mod frozen_linear;
+pub mod swiglu;
 
 use std::fmt;
 use std::str::FromStr;
@@ -175,4 +177,48 @@ pub fn build_info() -> String {
         f.join(", "),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     )
+}
+
+/// Whether tensors of `B` live in host memory (the ndarray backend), so that a host loop over
+/// their data costs a copy, not a device transfer.
+pub fn on_host<B: Backend>() -> bool {
+    fast_paths()
+        && std::any::TypeId::of::<B::FloatTensorPrimitive>()
+            == std::any::TypeId::of::<burn_ndarray::NdArrayTensor>()
+}
+
+/// The values of a float tensor in row-major order. On the ndarray backend an in-memory copy
+/// of the array (burn's `into_data` walks a strided array element by element: ~0.3 s for the
+/// `[127, 49152]` logits of one training block); elsewhere `into_data`.
+pub fn host_f32<B: Backend, const D: usize>(t: burn::tensor::Tensor<B, D>) -> Vec<f32> {
+    use burn::tensor::TensorPrimitive;
+    if let TensorPrimitive::Float(p) = t.clone().into_primitive() {
+        if let Some(burn_ndarray::NdArrayTensor::F32(a)) = cpu_matmul::cast(p) {
+            let v = a.view();
+            return match v.as_slice() {
+                Some(s) => s.to_vec(),
+                None => v.iter().copied().collect(),
+            };
+        }
+    }
+    t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("f32 data")
+}
+
+static REFERENCE_OPS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turns the CPU fast paths off (`true`) or on again: every op then takes burn's own tensor
+/// ops, as before the fast paths existed. For equivalence tests and A/B timings; also set at
+/// start-up by `DDP_REFERENCE_OPS=1`.
+pub fn set_reference_ops(on: bool) {
+    REFERENCE_OPS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the CPU fast paths may run (see [`set_reference_ops`]).
+pub fn fast_paths() -> bool {
+    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let env = *ENV.get_or_init(|| std::env::var_os("DDP_REFERENCE_OPS").is_some_and(|v| v != "0"));
+    !env && !REFERENCE_OPS.load(std::sync::atomic::Ordering::Relaxed)
 }

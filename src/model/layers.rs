@@ -3,7 +3,7 @@
 //! can scale or silence a head, a channel or an expert channel without a second model.
 
 use burn::tensor::{
-    activation::{sigmoid, silu, softmax},
+    activation::{sigmoid, softmax},
     backend::Backend,
     IndexingUpdateOp, Int, Tensor, TensorData,
 };
@@ -79,10 +79,10 @@ impl<B: Backend> Linear<B> {
             }
             st.rows += rows;
         }
-        let mut y = match crate::backend::cpu_matmul::matmul(&x, &self.w) {
-            Some(y) => y,
-            None => x.matmul(self.w.clone()),
-        };
+        // The CPU fast paths (inference, and training with frozen weights), else burn's matmul.
+        let mut y = crate::backend::cpu_matmul::matmul(&x, &self.w)
+            .or_else(|| crate::backend::frozen_linear::matmul(&x, &self.w))
+            .unwrap_or_else(|| x.matmul(self.w.clone()));
         if let Some(b) = &self.b {
             y = y + b.clone().unsqueeze::<2>();
         }
@@ -235,7 +235,8 @@ impl<B: Backend> Mlp<B> {
         x: Tensor<B, D>,
         gate: Option<&Tensor<B, 1>>,
     ) -> Tensor<B, D> {
-        let mut h = silu(self.gate.forward(x.clone())) * self.up.forward(x);
+        let mut h =
+            crate::backend::swiglu::swiglu(self.gate.forward(x.clone()), self.up.forward(x));
         if let Some(g) = gate {
             h = h * g.clone().unsqueeze::<D>();
         }

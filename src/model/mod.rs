@@ -4,6 +4,7 @@
 pub mod accounting;
 pub mod config;
 pub mod generate;
+pub mod inner;
 pub mod layers;
 pub mod load;
 pub mod rope;

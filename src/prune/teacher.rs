@@ -61,7 +61,7 @@ pub fn compute<B: Backend>(
         let ids: Vec<i64> = b.iter().map(|&x| x as i64).collect();
         let t = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, seq]), &model.device);
         let lp = log_softmax(model.forward(t, None, None, Logits::All), 2);
-        let lp: Vec<f32> = lp.into_data().convert::<f32>().to_vec().unwrap();
+        let lp = crate::backend::host_f32(lp);
         for p in 0..positions {
             let row = &lp[p * v..(p + 1) * v];
             let mut order: Vec<u32> = (0..v as u32).collect();
@@ -149,25 +149,30 @@ impl TopK {
         blocks: &[usize],
         dev: &B::Device,
     ) -> (Tensor<B, 2, Int>, Tensor<B, 2>, Tensor<B, 2>) {
+        let (k, rows) = (self.header.k, blocks.len() * self.header.positions);
+        let (idx, lp, rest) = self.host_rows(blocks);
+        let idx: Vec<i64> = idx.into_iter().map(i64::from).collect();
+        (
+            Tensor::from_data(TensorData::new(idx, [rows, k]), dev),
+            Tensor::from_data(TensorData::new(lp, [rows, k]), dev),
+            Tensor::from_data(TensorData::new(rest, [rows, 1]), dev),
+        )
+    }
+
+    /// The rows of `blocks` on the host: indices and log-probabilities `[rows * k]`, log tail
+    /// masses `[rows]`.
+    pub fn host_rows(&self, blocks: &[usize]) -> (Vec<u32>, Vec<f32>, Vec<f32>) {
         let (k, p) = (self.header.k, self.header.positions);
         let rows = blocks.len() * p;
         let mut idx = Vec::with_capacity(rows * k);
         let mut lp = Vec::with_capacity(rows * k);
         let mut rest = Vec::with_capacity(rows);
         for &b in blocks {
-            idx.extend(
-                self.idx[b * p * k..(b + 1) * p * k]
-                    .iter()
-                    .map(|&x| x as i64),
-            );
+            idx.extend_from_slice(&self.idx[b * p * k..(b + 1) * p * k]);
             lp.extend_from_slice(&self.logp[b * p * k..(b + 1) * p * k]);
             rest.extend_from_slice(&self.log_rest[b * p..(b + 1) * p]);
         }
-        (
-            Tensor::from_data(TensorData::new(idx, [rows, k]), dev),
-            Tensor::from_data(TensorData::new(lp, [rows, k]), dev),
-            Tensor::from_data(TensorData::new(rest, [rows, 1]), dev),
-        )
+        (idx, lp, rest)
     }
 }
 

@@ -8,9 +8,12 @@
 //! [`GateState`] on the host, so it checkpoints and resumes exactly.
 
 use burn::tensor::{activation::log_softmax, backend::AutodiffBackend, Int, Tensor, TensorData};
+use std::time::Instant;
+
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use super::distill::{distill, TeacherRows};
 use super::surrogate::{forward_mask, hard_concrete, hard_concrete_l0, mu_at, retention};
 use super::teacher::{kl_topk, TopK};
 use crate::error::{Error, Result};
@@ -151,6 +154,29 @@ pub struct StepLog {
     pub lr_z: f64,
     /// Per family: (name, expected sparsity q, lambda1, lambda2, lambda3, mean s(1-s)).
     pub families: Vec<(String, f64, f64, f64, f64, f64)>,
+    /// Tokens this step trained on (batch x block length x micro-batches).
+    pub tokens: usize,
+    /// Wall seconds of this step, by phase.
+    pub time: StepTime,
+}
+
+/// Wall seconds of one step, by phase (micro-batches summed).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct StepTime {
+    /// The online teacher's forward (0 with a cached teacher).
+    pub teacher: f64,
+    /// The gated student's forward and the loss terms.
+    pub student: f64,
+    /// Backpropagation to the gates and reading their gradients.
+    pub backward: f64,
+    /// Optimiser updates of z and the multipliers.
+    pub update: f64,
+}
+
+impl StepTime {
+    pub fn total(&self) -> f64 {
+        self.teacher + self.student + self.backward + self.update
+    }
 }
 
 impl GateState {
@@ -245,20 +271,88 @@ fn scalar<B: AutodiffBackend>(t: Tensor<B, 1>) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// CE of `logits [n, s, V]` for next tokens, and KL(teacher || student), both token means.
-fn distill_losses<B: AutodiffBackend>(
+/// What the distillation loss of a micro-batch reads besides the student's logits.
+struct Rows<'a, B: AutodiffBackend> {
+    tokens: &'a Tensor<B, 2, Int>,
+    picked: &'a [usize],
+    blocks: &'a [Vec<u32>],
+    /// The online teacher's logits `[n, s, V]`, or `None` with a cached teacher.
+    teacher_logits: Option<Tensor<B::InnerBackend, 3>>,
+    cached: Option<&'a TopK>,
+}
+
+/// `[n, s, V]` -> the rows that predict a next token, `[n (s - 1), V]`.
+fn predicting<B: burn::tensor::backend::Backend>(logits: Tensor<B, 3>) -> Tensor<B, 2> {
+    let [n, s, v] = logits.dims();
+    logits
+        .slice([0..n, 0..s - 1, 0..v])
+        .reshape([n * (s - 1), v])
+}
+
+/// CE + eta KL in one host pass per row ([`super::distill`]), entering the graph as a term
+/// whose value is the loss and whose gradient with respect to the logits is the closed form:
+/// `sum(logits * G) - sum(logits * G).detach() + loss`. Returns (ce, kl, that term).
+fn distill_on_host<B: AutodiffBackend>(
     student: Tensor<B, 3>,
-    teacher: Tensor<B, 3>,
-    tokens: &Tensor<B, 2, Int>,
-) -> (Tensor<B, 1>, Tensor<B, 1>) {
-    let [n, s, v] = student.dims();
-    let rows = n * (s - 1);
-    let ls = log_softmax(student.slice([0..n, 0..s - 1, 0..v]).reshape([rows, v]), 1);
-    let lt = log_softmax(teacher.slice([0..n, 0..s - 1, 0..v]).reshape([rows, v]), 1).detach();
-    let targets = tokens.clone().slice([0..n, 1..s]).reshape([rows, 1]);
+    rows: Rows<B>,
+    eta: f64,
+) -> (f64, f64, Tensor<B, 1>) {
+    let ls = predicting(student);
+    let [r, v] = ls.dims();
+    let s_host = crate::backend::host_f32(ls.clone().inner());
+    let targets: Vec<u32> = rows
+        .picked
+        .iter()
+        .flat_map(|&b| rows.blocks[b][1..].iter().copied())
+        .collect();
+    let t_host = rows
+        .teacher_logits
+        .map(|t| crate::backend::host_f32(predicting(t)));
+    let cached = rows.cached.map(|c| (c.header.k, c.host_rows(rows.picked)));
+    let teacher = match (&t_host, &cached) {
+        (Some(t), _) => TeacherRows::Logits(t),
+        (None, Some((k, (idx, logp, log_rest)))) => TeacherRows::TopK {
+            k: *k,
+            idx,
+            logp,
+            log_rest,
+        },
+        (None, None) => unreachable!("online logits or a cached teacher"),
+    };
+    let d = distill(&s_host, &targets, teacher, eta);
+    let g = Tensor::<B, 2>::from_data(TensorData::new(d.grad, [r, v]), &ls.device());
+    let lin = (ls * g).sum();
+    let term = lin.clone() - lin.detach() + (d.ce + eta * d.kl);
+    (d.ce, d.kl, term)
+}
+
+/// The same loss as burn tensor ops (backends whose tensors do not live on the host).
+fn distill_tensors<B: AutodiffBackend>(
+    student: Tensor<B, 3>,
+    rows: Rows<B>,
+    eta: f64,
+) -> (f64, f64, Tensor<B, 1>) {
+    let ls = log_softmax(predicting(student), 1);
+    let [n, s] = rows.tokens.dims();
+    let targets = rows
+        .tokens
+        .clone()
+        .slice([0..n, 1..s])
+        .reshape([n * (s - 1), 1]);
     let ce = ls.clone().gather(1, targets).neg().mean();
-    let kl = (lt.clone().exp() * (lt - ls)).sum_dim(1).mean();
-    (ce, kl)
+    let kl = match (rows.teacher_logits, rows.cached) {
+        (Some(t), _) => {
+            let lt = Tensor::<B, 2>::from_inner(log_softmax(predicting(t), 1));
+            (lt.clone().exp() * (lt - ls)).sum_dim(1).mean()
+        }
+        (None, Some(c)) => {
+            let (idx, lt, rest) = c.rows::<B>(rows.picked, &ls.device());
+            kl_topk(ls, idx, lt, rest)
+        }
+        (None, None) => unreachable!("online logits or a cached teacher"),
+    };
+    let term = ce.clone() + kl.clone() * eta;
+    (scalar(ce), scalar(kl), term)
 }
 
 /// Runs training from `state.step` to `cfg.steps`, calling `on_step` after every step (for
@@ -300,6 +394,7 @@ pub fn train_with_teacher<B: AutodiffBackend>(
     }
     let dev = model.device.clone();
     let n_layers = model.layers.len();
+    let inner = model.inner();
     // A fixed shuffled order of blocks, walked by step, so a resumed run sees the same batches.
     let mut order: Vec<usize> = (0..blocks.len()).collect();
     order.shuffle(&mut StdRng::seed_from_u64(cfg.seed ^ 0x5eed));
@@ -359,6 +454,7 @@ pub fn train_with_teacher<B: AutodiffBackend>(
         let mut l_grads: Vec<[f64; 3]> = vec![[0.0; 3]; state.families.len()];
         let (mut loss_sum, mut ce_sum, mut kl_sum) = (0.0, 0.0, 0.0);
         let mut fam_log = vec![];
+        let mut time = StepTime::default();
         for micro in 0..cfg.grad_accum.max(1) {
             let picked: Vec<usize> = (0..cfg.batch)
                 .map(|i| order[((t * cfg.grad_accum.max(1) + micro) * cfg.batch + i) % order.len()])
@@ -439,33 +535,28 @@ pub fn train_with_teacher<B: AutodiffBackend>(
                 }
             }
             let gates = Gates { layers };
+            let t_teacher = Instant::now();
+            // The dense teacher on the inner backend: no graph, the inference fast paths.
+            let teacher_logits = teacher
+                .is_none()
+                .then(|| inner.forward(tokens.clone().inner(), None, None, Logits::All));
+            time.teacher += t_teacher.elapsed().as_secs_f64();
+            let t_student = Instant::now();
             let student = model.forward(tokens.clone(), None, Some(&gates), Logits::All);
-            let (ce, kl) = match teacher {
-                None => {
-                    let t = model
-                        .forward(tokens.clone(), None, None, Logits::All)
-                        .detach();
-                    distill_losses(student, t, &tokens)
-                }
-                Some(cached) => {
-                    let [n, s, v] = student.dims();
-                    let ls = log_softmax(
-                        student
-                            .slice([0..n, 0..s - 1, 0..v])
-                            .reshape([n * (s - 1), v]),
-                        1,
-                    );
-                    let targets = tokens.clone().slice([0..n, 1..s]).reshape([n * (s - 1), 1]);
-                    let ce = ls.clone().gather(1, targets).neg().mean();
-                    let (idx, lt, rest) = cached.rows::<B>(&picked, &dev);
-                    (ce, kl_topk(ls, idx, lt, rest))
-                }
+            let rows = Rows {
+                tokens: &tokens,
+                picked: &picked,
+                blocks,
+                teacher_logits,
+                cached: teacher,
             };
-            let mut loss = ce.clone() + kl.clone() * cfg.eta;
-            let mut terms: Vec<(String, Tensor<B, 1>)> = vec![
-                ("cross-entropy".into(), ce.clone()),
-                ("KL".into(), kl.clone()),
-            ];
+            let (ce, kl, mut loss) = if crate::backend::on_host::<B::InnerBackend>() {
+                distill_on_host(student, rows, cfg.eta)
+            } else {
+                distill_tensors(student, rows, cfg.eta)
+            };
+            let mut terms: Vec<(String, f64)> =
+                vec![("cross-entropy".into(), ce), ("KL".into(), kl)];
             fam_log.clear();
             for ((f, zf), lam) in state.families.iter().zip(&zs).zip(&lams) {
                 // Per-unit retention: DDP's annealed score, or the hard-concrete expected L0.
@@ -512,22 +603,27 @@ pub fn train_with_teacher<B: AutodiffBackend>(
                     f.lambdas[2],
                     scalar(bin.clone()),
                 ));
-                terms.push((format!("{} sparsity", f.name), sparsity_term.clone()));
+                terms.push((
+                    format!("{} sparsity", f.name),
+                    scalar(sparsity_term.clone()),
+                ));
                 loss = loss + sparsity_term;
             }
             let lv = scalar(loss.clone());
             if !lv.is_finite() {
                 let bad = terms
                     .iter()
-                    .find(|(_, t)| !scalar(t.clone()).is_finite())
+                    .find(|(_, t)| !t.is_finite())
                     .map_or("loss".to_string(), |x| x.0.clone());
                 return Err(Error::Invalid(format!(
                     "step {t}: the {bad} term is not finite; stopping at the last good step ({t})"
                 )));
             }
             loss_sum += lv;
-            ce_sum += scalar(ce);
-            kl_sum += scalar(kl);
+            ce_sum += ce;
+            kl_sum += kl;
+            time.student += t_student.elapsed().as_secs_f64();
+            let t_backward = Instant::now();
             let grads = loss.backward();
             for (fi, zf) in zs.iter().enumerate() {
                 for (i, z) in zf.iter().enumerate() {
@@ -548,7 +644,9 @@ pub fn train_with_teacher<B: AutodiffBackend>(
                     *acc += x as f64;
                 }
             }
+            time.backward += t_backward.elapsed().as_secs_f64();
         }
+        let t_update = Instant::now();
         let k = cfg.grad_accum.max(1) as f64;
         let step_no = t + 1;
         for (fi, f) in state.families.iter_mut().enumerate() {
@@ -583,6 +681,7 @@ pub fn train_with_teacher<B: AutodiffBackend>(
             }
         }
         state.step = step_no;
+        time.update = t_update.elapsed().as_secs_f64();
         let log = StepLog {
             step: step_no,
             loss: loss_sum / k,
@@ -591,6 +690,8 @@ pub fn train_with_teacher<B: AutodiffBackend>(
             mu,
             lr_z: cfg.lr_z * f_lr,
             families: fam_log.clone(),
+            tokens: cfg.batch * seq * cfg.grad_accum.max(1),
+            time,
         };
         on_step(&log, state)?;
     }
