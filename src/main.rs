@@ -218,7 +218,35 @@ enum Cmd {
         /// With --vs: more batch sizes, e.g. 1,8.
         #[arg(long, value_delimiter = ',')]
         batches: Vec<usize>,
+        /// Time the anneal-train step instead (per phase; with --torch beside PyTorch's, the
+        /// engines alternating in --repeats rounds of --steps steps).
+        #[arg(long)]
+        train: bool,
+        /// With --train: online (the dense model every step) or cached (top-k rows).
+        #[arg(long, default_value = "online", value_parser = ["online", "cached"])]
+        teacher: String,
+        /// With --train: tokens per block.
+        #[arg(long, default_value_t = 128)]
+        seq_len: usize,
+        /// With --train: steps per round and engine.
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
     },
+}
+
+/// A bar of benchmark runs or rounds on a terminal, hidden otherwise.
+fn rounds_bar(what: &str) -> ProgressBar {
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(&format!("{what} {{pos}}/{{len}} [{{bar:30}}] eta {{eta}}"))
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    bar
 }
 
 fn open(spec: &str, cache: &std::path::Path) -> Result<ModelFiles> {
@@ -327,20 +355,7 @@ fn torch_side(
     files: &ModelFiles,
     r: &ddp::bench::Throughput,
 ) -> Result<std::result::Result<(ddp::bench::Throughput, String), String>> {
-    let tmp;
-    let dir = if files.format == "safetensors" {
-        files.path.clone()
-    } else {
-        tmp = tempfile::tempdir()?;
-        let tensors = io::export::read_all(files.weights.as_ref())?;
-        io::export::write_hf_dir(
-            tmp.path(),
-            &files.config,
-            &tensors,
-            files.tokenizer.as_ref(),
-        )?;
-        tmp.path().to_path_buf()
-    };
+    let (_tmp, dir) = ddp::bench::torch::hf_dir(files)?;
     Ok(ddp::bench::torch::throughput(
         &dir,
         r.batch,
@@ -963,8 +978,36 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             vs,
             prompt_lens,
             batches,
+            train,
+            teacher,
+            seq_len,
+            steps,
         } => {
             let files = open(&model, &cli.cache)?;
+            if train {
+                let p = ddp::bench::train::TrainProtocol {
+                    seq_len,
+                    batch,
+                    steps,
+                    rounds: repeats.max(1),
+                    warmup,
+                    teacher,
+                    topk: 64,
+                };
+                let bar = rounds_bar("rounds");
+                let r = ddp::bench::train::run(device, &files, &p, torch, &bar)?;
+                bar.finish_and_clear();
+                println!("model    {model}");
+                print!("{}", ddp::bench::train::markdown(&p, &r.build, &r.engines));
+                if let Some(why) = &r.torch_skipped {
+                    println!("\nPyTorch comparison skipped: {why}");
+                }
+                if let Some(path) = json {
+                    std::fs::write(&path, serde_json::to_string_pretty(&r)?)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             if let Some(other) = vs {
                 let other_files = open(&other, &cli.cache)?;
                 let protocol = ddp::bench::Protocol {
@@ -982,16 +1025,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     warmup,
                     repeats,
                 };
-                let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-                    ProgressBar::new(0)
-                } else {
-                    ProgressBar::hidden()
-                };
-                bar.set_style(
-                    ProgressStyle::with_template("runs {pos}/{len} [{bar:30}] eta {eta}")
-                        .unwrap()
-                        .progress_chars("=> "),
-                );
+                let bar = rounds_bar("runs");
                 let dev = device.to_string();
                 let c = run_on(
                     device,
@@ -1059,6 +1093,14 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                         r.prefill_tok_s.median / t.prefill_tok_s.median,
                         r.decode_tok_s.median / t.decode_tok_s.median
                     );
+                    for (a, b) in [
+                        (&r.prefill_tok_s, &t.prefill_tok_s),
+                        (&r.decode_tok_s, &t.decode_tok_s),
+                    ] {
+                        if let Some(w) = ddp::bench::spread_warning(a, b) {
+                            println!("{w}");
+                        }
+                    }
                 }
                 Some(Err(why)) => println!("\nPyTorch comparison skipped: {why}"),
                 None => {}

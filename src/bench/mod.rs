@@ -2,6 +2,7 @@
 //! with the KV cache). Warm-up first, then repeated runs reported as median, min and max.
 
 pub mod torch;
+pub mod train;
 
 use std::time::Instant;
 
@@ -33,6 +34,34 @@ impl Stats {
             max: v[n - 1],
         }
     }
+}
+
+impl Stats {
+    /// Half the range of the repeats relative to their median: a rough ± on the median.
+    pub fn rel_half_range(&self) -> f64 {
+        if self.median.abs() < f64::MIN_POSITIVE {
+            return 0.0;
+        }
+        (self.max - self.min) / (2.0 * self.median.abs())
+    }
+}
+
+/// Above this rough relative uncertainty of a ratio of medians, benchmarks say not to trust it.
+pub const SPREAD_LIMIT: f64 = 0.05;
+
+/// A warning when the repeats of `a` and `b` spread so widely that `a / b` (their medians) is
+/// uncertain by more than [`SPREAD_LIMIT`]; `None` when the ratio can be read as printed.
+pub fn spread_warning(a: &Stats, b: &Stats) -> Option<String> {
+    let (ha, hb) = (a.rel_half_range(), b.rel_half_range());
+    let u = ha + hb;
+    (u > SPREAD_LIMIT).then(|| {
+        format!(
+            "warning: the repeats spread by ±{:.0} % and ±{:.0} %, so this ratio is uncertain by about ±{:.0} %; rerun on a quiet machine or with more repeats before reading it",
+            100.0 * ha,
+            100.0 * hb,
+            100.0 * u
+        )
+    })
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -268,6 +297,10 @@ impl Comparison {
                     format!("speedup.prefill.{k}"),
                     c.tok_s.median / b.tok_s.median,
                 );
+                m.insert(
+                    format!("uncertainty.prefill.{k}"),
+                    c.tok_s.rel_half_range() + b.tok_s.rel_half_range(),
+                );
                 let pi = i % self.protocol.prompt_lens.len();
                 m.insert(
                     format!("ideal.prefill.p{}", c.prompt_len),
@@ -283,6 +316,10 @@ impl Comparison {
                 m.insert(
                     format!("speedup.decode.{k}"),
                     c.tok_s.median / b.tok_s.median,
+                );
+                m.insert(
+                    format!("uncertainty.decode.{k}"),
+                    c.tok_s.rel_half_range() + b.tok_s.rel_half_range(),
                 );
                 m.insert(
                     "ideal.decode".into(),
@@ -345,6 +382,9 @@ impl Comparison {
                 );
             }
         }
+        for w in self.warnings() {
+            s += &format!("\n{w}\n");
+        }
         s += &format!(
             "\nmemory: weights (f32) {} MB; process peak resident {:.0} MB (both models together)\n",
             self.models
@@ -356,6 +396,39 @@ impl Comparison {
             self.peak_rss_mb
         );
         s
+    }
+}
+
+impl Comparison {
+    /// One line per measured speed-up whose repeats spread too widely to read it.
+    pub fn warnings(&self) -> Vec<String> {
+        let base = &self.models[0];
+        let mut out = vec![];
+        for m in &self.models[1..] {
+            let pairs = m
+                .prefill
+                .iter()
+                .zip(&base.prefill)
+                .map(|(c, b)| ("prefill", c, b))
+                .chain(
+                    m.decode
+                        .iter()
+                        .zip(&base.decode)
+                        .map(|(c, b)| ("decode", c, b)),
+                );
+            for (phase, c, b) in pairs {
+                if let Some(w) = spread_warning(&c.tok_s, &b.tok_s) {
+                    out.push(format!(
+                        "{}: {phase} batch {} prompt {}: speed-up {:.2}x — {w}",
+                        m.label,
+                        c.batch,
+                        c.prompt_len,
+                        c.tok_s.median / b.tok_s.median
+                    ));
+                }
+            }
+        }
+        out
     }
 }
 

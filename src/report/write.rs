@@ -239,6 +239,7 @@ pub fn write(rows: &[Row], out: &Path, title: &str) -> Result<Vec<String>> {
     header.extend(acc_keys.iter().cloned());
     header.extend(speed_keys.iter().cloned());
     let mut table = vec![];
+    let mut unsure = false;
     for r in rows {
         let g = |k: &str| r.eval.get(k).copied();
         let mut cells = vec![
@@ -263,12 +264,18 @@ pub fn write(rows: &[Row], out: &Path, title: &str) -> Result<Vec<String>> {
             });
         }
         for k in &speed_keys {
-            cells.push(
-                r.bench
-                    .as_ref()
-                    .and_then(|b| b.get(k))
-                    .map_or("—".into(), |v| format!("{v:.2}x")),
-            );
+            let b = r.bench.as_ref();
+            let spread = k
+                .strip_prefix("speedup.")
+                .and_then(|rest| b?.get(&format!("uncertainty.{rest}")));
+            cells.push(match (b.and_then(|b| b.get(k)), spread) {
+                (Some(v), Some(&u)) if u > crate::bench::SPREAD_LIMIT => {
+                    unsure = true;
+                    format!("{v:.2}x ±{:.0} % (!)", 100.0 * u)
+                }
+                (Some(v), _) => format!("{v:.2}x"),
+                (None, _) => "—".into(),
+            });
         }
         table.push(cells);
     }
@@ -281,6 +288,9 @@ pub fn write(rows: &[Row], out: &Path, title: &str) -> Result<Vec<String>> {
     );
     for c in &table {
         md += &format!("| {} |\n", c.join(" | "));
+    }
+    if unsure {
+        md += "\n(!) The benchmark's repeats spread so widely that this speed-up is uncertain by the ± shown: rerun the benchmark stage (`--force benchmark`) on a quiet machine, or with more repeats, before reading it.\n";
     }
     md += "\n## Plots\n\n";
     for p in pngs
