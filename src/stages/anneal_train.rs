@@ -27,7 +27,8 @@ impl StageKind for AnnealTrain {
         "anneal-train"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: train_log.csv gains seconds and tokens per step, metrics tokens_per_s.
+        2
     }
     fn about(&self) -> &'static str {
         "Train the gates mask-only (weights frozen) with the DDP annealed l0 surrogate, learned Lagrange multipliers and distillation from the dense model."
@@ -164,7 +165,8 @@ impl StageKind for AnnealTrain {
             ("steps".into(), state.step as f64),
             ("resumed_at".into(), resumed_at as f64),
         ]);
-        if let Some(l) = last {
+        if let Some((l, tokens_per_s)) = last {
+            m.insert("tokens_per_s".into(), tokens_per_s);
             m.insert("loss".into(), l.loss);
             m.insert("ce".into(), l.ce);
             m.insert("kl".into(), l.kl);
@@ -191,7 +193,8 @@ struct Task<'a> {
 }
 
 impl AutodiffTask for Task<'_> {
-    type Output = Option<train::StepLog>;
+    /// The last step's log and the training throughput (tokens per second of this run's steps).
+    type Output = Option<(train::StepLog, f64)>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> crate::Result<Self::Output> {
         let model = load_model::<B>(
             &self.files.config,
@@ -228,10 +231,11 @@ impl AutodiffTask for Task<'_> {
         if new_log {
             let _ = writeln!(
                 log,
-                "step,loss,ce,kl,mu,lr_z,family,expected_sparsity,lambda1,lambda2,lambda3,binarity"
+                "step,loss,ce,kl,mu,lr_z,family,expected_sparsity,lambda1,lambda2,lambda3,binarity,seconds,tokens"
             );
         }
         let mut last = None;
+        let (mut seconds, mut tokens) = (0.0, 0usize);
         let ckpt = self.ctx.out_dir.join("checkpoint.json");
         let every = self.every.max(1);
         let blocks = &self.blocks.train;
@@ -245,10 +249,19 @@ impl AutodiffTask for Task<'_> {
                 for (name, q, l1, l2, l3, bin) in &l.families {
                     let _ = writeln!(
                         log,
-                        "{},{},{},{},{},{},{name},{q},{l1},{l2},{l3},{bin}",
-                        l.step, l.loss, l.ce, l.kl, l.mu, l.lr_z
+                        "{},{},{},{},{},{},{name},{q},{l1},{l2},{l3},{bin},{:.4},{}",
+                        l.step,
+                        l.loss,
+                        l.ce,
+                        l.kl,
+                        l.mu,
+                        l.lr_z,
+                        l.time.total(),
+                        l.tokens
                     );
                 }
+                seconds += l.time.total();
+                tokens += l.tokens;
                 bar.set_position(l.step as u64);
                 bar.set_message(format!("loss {:.3}", l.loss));
                 if l.step % every == 0 {
@@ -263,6 +276,6 @@ impl AutodiffTask for Task<'_> {
                 Ok(())
             },
         )?;
-        Ok(last)
+        Ok(last.map(|l| (l, tokens as f64 / seconds.max(1e-9))))
     }
 }
