@@ -11,19 +11,15 @@
 use std::any::TypeId;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::autodiff::ops::{unary, Backward, Ops};
+use burn::backend::NdArray;
 use burn::tensor::{backend::Backend, Tensor, TensorPrimitive};
 use burn_ndarray::NdArrayTensor;
 use ndarray::Ix2;
 
+use super::autodiff_op::{Ad, AdTensor};
 use super::cpu_matmul::{cast, product};
-
-/// The one autodiff backend this op serves (f32 ndarray, no checkpointing).
-type Ad = Autodiff<NdArray>;
-type AdTensor = <Ad as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive;
 
 #[derive(Debug)]
 struct FrozenMatmul;
@@ -76,15 +72,7 @@ pub fn matmul<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B
         return None;
     }
     let y = NdArrayTensor::from(product(xv, wv).into_shared().into_dyn());
-    let out = match FrozenMatmul
-        .prepare::<NoCheckpointing>([xp.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish(wp.primitive.clone(), y),
-        OpsKind::UnTracked(prep) => prep.finish(y),
-    };
-    Some(Tensor::from_primitive(TensorPrimitive::Float(cast(out)?)))
+    super::autodiff_op::record(FrozenMatmul, [&xp], || wp.primitive.clone(), y)
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! the matching burn backend, and the CPU backend's matmul (`cpu_matmul`). Everything else is
 //! generic over `B: Backend`.
 
+mod autodiff_op;
 pub mod cpu_matmul;
 pub mod frozen_linear;
 pub mod swiglu;

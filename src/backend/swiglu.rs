@@ -10,19 +10,16 @@
 use std::any::TypeId;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{binary, Backward, Ops, OpsKind};
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::autodiff::ops::{binary, Backward, Ops};
+use burn::backend::NdArray;
 use burn::tensor::{activation::silu, backend::Backend, Tensor, TensorPrimitive};
 use burn_ndarray::NdArrayTensor;
 use ndarray::{ArrayD, ArrayViewD};
 use rayon::prelude::*;
 
+use super::autodiff_op::{Ad, AdTensor};
 use super::cpu_matmul::cast;
-
-type Ad = Autodiff<NdArray>;
-type AdTensor = <Ad as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive;
 
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
@@ -137,15 +134,8 @@ fn fast<B: Backend, const D: usize>(g: &Tensor<B, D>, u: &Tensor<B, D>) -> Optio
     }
     let (a, b): (AdTensor, AdTensor) = (cast(gp)?, cast(up)?);
     let y = fwd(&a.primitive, &b.primitive)?;
-    let t = match SwiGlu
-        .prepare::<NoCheckpointing>([a.node.clone(), b.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish((a.primitive.clone(), b.primitive.clone()), y),
-        OpsKind::UnTracked(prep) => prep.finish(y),
-    };
-    Some(Tensor::from_primitive(TensorPrimitive::Float(cast(t)?)))
+    let state = || (a.primitive.clone(), b.primitive.clone());
+    super::autodiff_op::record(SwiGlu, [&a, &b], state, y)
 }
 
 #[cfg(test)]
