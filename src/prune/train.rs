@@ -289,6 +289,14 @@ fn predicting<B: burn::tensor::backend::Backend>(logits: Tensor<B, 3>) -> Tensor
         .reshape([n * (s - 1), v])
 }
 
+/// The rows of `[n, s, v]` host logits that predict a next token (all but each block's last).
+fn predicting_rows(x: &[f32], n: usize, s: usize, v: usize) -> Vec<f32> {
+    (0..n)
+        .flat_map(|b| &x[b * s * v..(b * s + s - 1) * v])
+        .copied()
+        .collect()
+}
+
 /// CE + eta KL in one host pass per row ([`super::distill`]), entering the graph as a term
 /// whose value is the loss and whose gradient with respect to the logits is the closed form:
 /// `sum(logits * G) - sum(logits * G).detach() + loss`. Returns (ce, kl, that term).
@@ -297,9 +305,11 @@ fn distill_on_host<B: AutodiffBackend>(
     rows: Rows<B>,
     eta: f64,
 ) -> (f64, f64, Tensor<B, 1>) {
-    let ls = predicting(student);
-    let [r, v] = ls.dims();
-    let s_host = crate::backend::host_f32(ls.clone().inner());
+    // Whole blocks go to the host (contiguous: a plain copy); the rows that predict a token
+    // are picked there, and the last position of each block gets a zero gradient, so the
+    // tracked `[n, s, V]` logits are never sliced (a strided copy, and its backward).
+    let [n, s, v] = student.dims();
+    let s_host = predicting_rows(&crate::backend::host_f32(student.clone().inner()), n, s, v);
     let targets: Vec<u32> = rows
         .picked
         .iter()
@@ -307,7 +317,7 @@ fn distill_on_host<B: AutodiffBackend>(
         .collect();
     let t_host = rows
         .teacher_logits
-        .map(|t| crate::backend::host_f32(predicting(t)));
+        .map(|t| predicting_rows(&crate::backend::host_f32(t), n, s, v));
     let cached = rows.cached.map(|c| (c.header.k, c.host_rows(rows.picked)));
     let teacher = match (&t_host, &cached) {
         (Some(t), _) => TeacherRows::Logits(t),
@@ -320,8 +330,12 @@ fn distill_on_host<B: AutodiffBackend>(
         (None, None) => unreachable!("online logits or a cached teacher"),
     };
     let d = distill(&s_host, &targets, teacher, eta);
-    let g = Tensor::<B, 2>::from_data(TensorData::new(d.grad, [r, v]), &ls.device());
-    let lin = (ls * g).sum();
+    let mut grad = vec![0f32; n * s * v];
+    for (b, rows) in d.grad.chunks(((s - 1) * v).max(1)).enumerate() {
+        grad[b * s * v..b * s * v + rows.len()].copy_from_slice(rows);
+    }
+    let g = Tensor::<B, 3>::from_data(TensorData::new(grad, [n, s, v]), &student.device());
+    let lin = (student * g).sum();
     let term = lin.clone() - lin.detach() + (d.ce + eta * d.kl);
     (d.ce, d.kl, term)
 }
