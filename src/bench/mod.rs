@@ -472,3 +472,21 @@ pub fn compare<B: Backend>(
         models: measured,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tight repeats give no warning; wide ones name both spreads and the ratio's uncertainty.
+    #[test]
+    fn spread_warning_speaks_only_when_the_ratio_is_unsure() {
+        let tight = Stats::of(vec![99.0, 100.0, 101.0]);
+        assert_eq!(spread_warning(&tight, &tight), None);
+        let wide = Stats::of(vec![80.0, 100.0, 120.0]);
+        let w = spread_warning(&wide, &tight).expect("±20 % is too wide");
+        assert!(
+            w.contains("±20 %") && w.contains("±1 %") && w.contains("±21 %"),
+            "{w}"
+        );
+    }
+}

@@ -569,8 +569,8 @@ pub fn train_with_teacher<B: AutodiffBackend>(
             } else {
                 distill_tensors(student, rows, cfg.eta)
             };
-            let mut terms: Vec<(String, f64)> =
-                vec![("cross-entropy".into(), ce), ("KL".into(), kl)];
+            // Read back only when the loss is not finite, to name the term.
+            let mut terms: Vec<(String, Tensor<B, 1>)> = vec![];
             fam_log.clear();
             for ((f, zf), lam) in state.families.iter().zip(&zs).zip(&lams) {
                 // Per-unit retention: DDP's annealed score, or the hard-concrete expected L0.
@@ -617,18 +617,22 @@ pub fn train_with_teacher<B: AutodiffBackend>(
                     f.lambdas[2],
                     scalar(bin.clone()),
                 ));
-                terms.push((
-                    format!("{} sparsity", f.name),
-                    scalar(sparsity_term.clone()),
-                ));
+                terms.push((format!("{} sparsity", f.name), sparsity_term.clone()));
                 loss = loss + sparsity_term;
             }
             let lv = scalar(loss.clone());
             if !lv.is_finite() {
-                let bad = terms
-                    .iter()
-                    .find(|(_, t)| !t.is_finite())
-                    .map_or("loss".to_string(), |x| x.0.clone());
+                let bad = [("cross-entropy", ce), ("KL", kl)]
+                    .into_iter()
+                    .find(|(_, v)| !v.is_finite())
+                    .map(|(n, _)| n.to_string())
+                    .or_else(|| {
+                        terms
+                            .iter()
+                            .find(|(_, t)| !scalar(t.clone()).is_finite())
+                            .map(|x| x.0.clone())
+                    })
+                    .unwrap_or_else(|| "loss".to_string());
                 return Err(Error::Invalid(format!(
                     "step {t}: the {bad} term is not finite; stopping at the last good step ({t})"
                 )));
