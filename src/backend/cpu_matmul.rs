@@ -3,9 +3,10 @@
 //! burn-ndarray 0.21 copies both operands of every matmul (its reshape always makes an owned
 //! copy), so decoding one token copied every weight matrix and then packed it again for the
 //! GEMM kernel: ~3 tokens/s on a 135M model. Here a product with few rows streams each weight
-//! row once (a matrix-vector product, output columns split across threads), and a larger one
-//! calls ndarray's GEMM on views of the stored arrays. Other backends, and the autodiff
-//! backend used in training, take burn's own matmul.
+//! row once (a matrix-vector product: narrow matrices split by slabs of rows, wide ones by
+//! blocks of columns, across threads), and a larger one calls the `gemm` crate on views of the
+//! stored arrays. The autodiff backend reaches this through `frozen_linear`; other backends
+//! take burn's own matmul.
 
 use std::any::{Any, TypeId};
 
@@ -68,36 +69,127 @@ pub(crate) fn product(x: ArrayView2<f32>, w: ArrayView2<f32>) -> ndarray::Array2
         xs.as_slice().expect("standard layout"),
         w.as_slice().expect("standard layout"),
     );
-    let mut out = vec![0f32; m * n];
-    // Blocks of output columns in parallel; within a block, every row of W once, for all rows
-    // of x. Each task writes its own columns of every output row.
-    let blocks: Vec<(usize, Vec<f32>)> = (0..n)
-        .step_by(COL_BLOCK)
-        .collect::<Vec<_>>()
-        .into_par_iter()
-        .map(|c0| {
-            let c1 = (c0 + COL_BLOCK).min(n);
-            let bw = c1 - c0;
-            let mut acc = vec![0f32; m * bw];
-            for kk in 0..k {
-                let wrow = &ws[kk * n + c0..kk * n + c1];
-                for r in 0..m {
-                    let a = xs[r * k + kk];
-                    for (y, &wv) in acc[r * bw..(r + 1) * bw].iter_mut().zip(wrow) {
-                        *y += a * wv;
-                    }
-                }
+    let threads = rayon::current_num_threads().max(1);
+    let out = if m * n <= SPLIT_K_MAX_OUT && k >= 2 * MIN_K_SLAB {
+        // Slabs of whole rows of W in parallel (each thread reads contiguous memory), the
+        // partial products summed after. Splitting 192 or 576 columns into column blocks left
+        // one thread streaming most of the matrix.
+        let slab = k.div_ceil(2 * threads).max(MIN_K_SLAB);
+        let parts: Vec<Vec<f32>> = (0..k)
+            .step_by(slab)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|k0| stream_block(xs, ws, m, k, n, k0..(k0 + slab).min(k), 0..n))
+            .collect();
+        let mut parts = parts.into_iter();
+        let mut out = parts.next().unwrap_or_else(|| vec![0f32; m * n]);
+        for p in parts {
+            out.iter_mut().zip(&p).for_each(|(o, v)| *o += v);
+        }
+        out
+    } else {
+        // Outputs too large to keep one per thread in cache: blocks of output columns in
+        // parallel, each task writing its own columns of every output row.
+        let mut out = vec![0f32; m * n];
+        let blocks: Vec<(usize, Vec<f32>)> = (0..n)
+            .step_by(COL_BLOCK)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|c0| {
+                (
+                    c0,
+                    stream_block(xs, ws, m, k, n, 0..k, c0..(c0 + COL_BLOCK).min(n)),
+                )
+            })
+            .collect();
+        for (c0, acc) in blocks {
+            let bw = acc.len() / m;
+            for r in 0..m {
+                out[r * n + c0..r * n + c0 + bw].copy_from_slice(&acc[r * bw..(r + 1) * bw]);
             }
-            (c0, acc)
-        })
-        .collect();
-    for (c0, acc) in blocks {
-        let bw = acc.len() / m;
+        }
+        out
+    };
+    ndarray::Array2::from_shape_vec((m, n), out).expect("m x n values")
+}
+
+/// Up to this many outputs (`m x n`, 256 KiB: a core's L2) the streaming product splits the
+/// rows of W among threads, each summing into a whole output of its own.
+const SPLIT_K_MAX_OUT: usize = 65536;
+/// The fewest rows of W per thread's slab.
+const MIN_K_SLAB: usize = 32;
+
+/// `x[:, ks] · w[ks, cs]` for `m` rows of `x` (`[m, k]`) and `w` (`[k, n]`), both row-major:
+/// `[m, |cs|]` row-major. With AVX2 and FMA (checked at run time) the loop compiles to 256-bit
+/// vectors; the build itself targets baseline x86-64.
+fn stream_block(
+    xs: &[f32],
+    ws: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    ks: std::ops::Range<usize>,
+    cs: std::ops::Range<usize>,
+) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features `stream_block_avx2` is compiled for.
+        return unsafe { stream_block_avx2(xs, ws, m, k, n, ks, cs) };
+    }
+    stream_block_any(xs, ws, m, k, n, ks, cs)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn stream_block_avx2(
+    xs: &[f32],
+    ws: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    ks: std::ops::Range<usize>,
+    cs: std::ops::Range<usize>,
+) -> Vec<f32> {
+    stream_block_any(xs, ws, m, k, n, ks, cs)
+}
+
+/// Four rows of W per pass over the accumulators, so they are loaded and stored a quarter as
+/// often as the weights stream by.
+#[inline(always)]
+fn stream_block_any(
+    xs: &[f32],
+    ws: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    ks: std::ops::Range<usize>,
+    cs: std::ops::Range<usize>,
+) -> Vec<f32> {
+    let bw = cs.len();
+    let mut acc = vec![0f32; m * bw];
+    let row = |kk: usize| &ws[kk * n + cs.start..kk * n + cs.end];
+    let mut kk = ks.start;
+    while kk + 4 <= ks.end {
+        let (w0, w1, w2, w3) = (row(kk), row(kk + 1), row(kk + 2), row(kk + 3));
         for r in 0..m {
-            out[r * n + c0..r * n + c0 + bw].copy_from_slice(&acc[r * bw..(r + 1) * bw]);
+            let a = &xs[r * k + kk..r * k + kk + 4];
+            let y = acc[r * bw..(r + 1) * bw].iter_mut();
+            for ((((y, p), q), s), t) in y.zip(w0).zip(w1).zip(w2).zip(w3) {
+                *y += a[0] * p + a[1] * q + a[2] * s + a[3] * t;
+            }
+        }
+        kk += 4;
+    }
+    for kk in kk..ks.end {
+        let w0 = row(kk);
+        for r in 0..m {
+            let a = xs[r * k + kk];
+            for (y, &v) in acc[r * bw..(r + 1) * bw].iter_mut().zip(w0) {
+                *y += a * v;
+            }
         }
     }
-    ndarray::Array2::from_shape_vec((m, n), out).expect("m x n values")
+    acc
 }
 
 /// `x w` by the `gemm` crate (runtime-dispatched AVX2/AVX-512/NEON kernels, threads on rayon's
@@ -105,6 +197,15 @@ pub(crate) fn product(x: ArrayView2<f32>, w: ArrayView2<f32>) -> ndarray::Array2
 /// machine it runs at ~97 % of the FMA peak where matrixmultiply reached 70-95 %
 /// (`ddp-run bench --train` shows the step; see docs/ARCHITECTURE.md).
 fn gemm(x: ArrayView2<f32>, w: ArrayView2<f32>) -> ndarray::Array2<f32> {
+    gemm_on(x, w, gemm::Parallelism::Rayon(rayon::current_num_threads()))
+}
+
+/// [`gemm`] with the caller's choice of threads (`Parallelism::None` inside a parallel loop).
+pub(crate) fn gemm_on(
+    x: ArrayView2<f32>,
+    w: ArrayView2<f32>,
+    threads: gemm::Parallelism,
+) -> ndarray::Array2<f32> {
     let ((m, k), (_, n)) = (x.dim(), w.dim());
     let mut out = ndarray::Array2::<f32>::zeros((m, n));
     if m == 0 || n == 0 || k == 0 {
@@ -133,7 +234,7 @@ fn gemm(x: ArrayView2<f32>, w: ArrayView2<f32>) -> ndarray::Array2<f32> {
             false,
             false,
             false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            threads,
         );
     }
     out
@@ -152,11 +253,19 @@ mod tests {
         Tensor::from_data(TensorData::new(v, shape), &NdArrayDevice::Cpu)
     }
 
-    /// Both paths (streaming and GEMM), with widths that are not multiples of the column block,
-    /// against an f64 triple loop.
+    /// Both paths (streaming by row slabs or column blocks, and GEMM), with widths that are not
+    /// multiples of the column block and depths not multiples of 4, against an f64 triple loop.
     #[test]
     fn matches_a_plain_product() {
-        for (m, k, n) in [(1, 7, 5), (3, 64, 1100), (16, 33, 513), (17, 40, 70)] {
+        for (m, k, n) in [
+            (1, 7, 5),
+            (3, 64, 1100),
+            (16, 33, 513),
+            (17, 40, 70),
+            (2, 130, 96),
+            (1, 9, 5000),
+            (2, 70, 40000),
+        ] {
             let xv: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
                 .collect();
