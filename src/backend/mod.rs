@@ -1,7 +1,8 @@
 //! The only backend-specific code: choosing a device at run time and running generic code on
-//! the matching burn backend, and the CPU backend's matmul (`cpu_matmul`). Everything else is
-//! generic over `B: Backend`.
+//! the matching burn backend, and the CPU backend's fast paths (`cpu_matmul`, `attention`,
+//! `frozen_linear`, `swiglu`). Everything else is generic over `B: Backend`.
 
+pub mod attention;
 mod autodiff_op;
 pub mod cpu_matmul;
 pub mod frozen_linear;

@@ -198,6 +198,14 @@ impl<B: Backend> Attention<B> {
                 v: v.clone(),
             });
         }
+        if let Some(out) = crate::backend::attention::attend(&q, &k, &v, offset, self.window) {
+            let out = match gate {
+                Some(gate) => (out.reshape([b, s, nh, hd]) * gate.clone().reshape([1, 1, nh, 1]))
+                    .reshape([b, s, nh * hd]),
+                None => out,
+            };
+            return self.o.forward(out);
+        }
         let t = offset + s;
         let g = nh / nkv;
         // Queries of one KV group share its keys: stack them instead of copying K/V g times.
