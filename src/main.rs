@@ -208,6 +208,11 @@ enum Cmd {
         /// with the reason, when torch is not installed.
         #[arg(long)]
         torch: bool,
+        /// Also measure llama.cpp's llama-bench on the same weights in F32 (a GGUF model; DIR
+        /// is a llama.cpp build with llama-bench and llama-quantize), one repeat after each of
+        /// ddp's.
+        #[arg(long, value_name = "DIR")]
+        llama_cpp: Option<PathBuf>,
         /// Measure this model against the other one (e.g. dense vs pruned), alternating in one
         /// run, with the ideal speed-up from FLOPs per token.
         #[arg(long)]
@@ -326,6 +331,8 @@ struct BenchTask<'a> {
     batch: usize,
     repeats: usize,
     warmup: usize,
+    /// Sampled after each of ddp's timed runs.
+    llama: Option<&'a mut ddp::bench::llama_cpp::LlamaBench>,
 }
 
 impl BackendTask for BenchTask<'_> {
@@ -339,14 +346,23 @@ impl BackendTask for BenchTask<'_> {
             Some(&bar),
         )?;
         bar.finish_and_clear();
-        Ok(ddp::bench::throughput(
+        let (mut runs, mut failed) = (0, None);
+        let mut llama = self.llama;
+        let t = ddp::bench::throughput(
             &model,
             self.batch,
             self.prompt_len,
             self.decode_tokens,
             self.warmup,
             self.repeats,
-        ))
+            || {
+                runs += 1;
+                if let (Some(l), true, None) = (llama.as_mut(), runs > self.warmup, &failed) {
+                    failed = l.sample().err();
+                }
+            },
+        );
+        failed.map_or(Ok(t), Err)
     }
 }
 
@@ -975,6 +991,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             warmup,
             json,
             torch,
+            llama_cpp,
             vs,
             prompt_lens,
             batches,
@@ -1043,6 +1060,17 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
+            let mut llama = llama_cpp
+                .map(|dir| {
+                    ddp::bench::llama_cpp::LlamaBench::new(
+                        &dir,
+                        &files,
+                        batch,
+                        prompt_len,
+                        decode_tokens,
+                    )
+                })
+                .transpose()?;
             let r = run_on(
                 device,
                 BenchTask {
@@ -1052,6 +1080,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     batch,
                     repeats,
                     warmup,
+                    llama: llama.as_mut(),
                 },
             )?;
             let reference = if torch {
@@ -1084,31 +1113,33 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 &format!("ddp {device} ({})", ddp::backend::build_info()),
                 &r,
             );
-            match &reference {
-                Some(Ok((t, what))) => {
-                    row(what, t);
-                    println!();
-                    println!(
-                        "ddp / torch: prefill {:.2}x, decode {:.2}x (ratio of medians)",
-                        r.prefill_tok_s.median / t.prefill_tok_s.median,
-                        r.decode_tok_s.median / t.decode_tok_s.median
-                    );
-                    for (a, b) in [
-                        (&r.prefill_tok_s, &t.prefill_tok_s),
-                        (&r.decode_tok_s, &t.decode_tok_s),
-                    ] {
-                        if let Some(w) = ddp::bench::spread_warning(a, b) {
-                            println!("{w}");
-                        }
-                    }
+            let llama = llama
+                .as_ref()
+                .and_then(|l| Some((l.throughput()?, l.label.clone())));
+            let mut peers = Vec::new();
+            if let Some(Ok((t, what))) = &reference {
+                peers.push(("torch", what.as_str(), t));
+            }
+            if let Some((t, what)) = &llama {
+                peers.push(("llama.cpp", what.as_str(), t));
+            }
+            for (_, what, t) in &peers {
+                row(what, t);
+            }
+            for (name, _, t) in &peers {
+                println!();
+                for line in ddp::bench::ratio_lines(&r, name, t) {
+                    println!("{line}");
                 }
-                Some(Err(why)) => println!("\nPyTorch comparison skipped: {why}"),
-                None => {}
+            }
+            if let Some(Err(why)) = &reference {
+                println!("\nPyTorch comparison skipped: {why}");
             }
             if let Some(path) = json {
                 let v = serde_json::json!({
                     "ddp": r,
                     "torch": reference.as_ref().and_then(|x| x.as_ref().ok()).map(|x| &x.0),
+                    "llama_cpp": llama.as_ref().map(|x| &x.0),
                 });
                 std::fs::write(&path, serde_json::to_string_pretty(&v)?)
                     .with_context(|| format!("writing {}", path.display()))?;

@@ -1,6 +1,7 @@
 //! Forward-pass throughput: prefill (tokens/s over a prompt) and decode (tokens/s generating
 //! with the KV cache). Warm-up first, then repeated runs reported as median, min and max.
 
+pub mod llama_cpp;
 pub mod torch;
 pub mod train;
 
@@ -64,6 +65,22 @@ pub fn spread_warning(a: &Stats, b: &Stats) -> Option<String> {
     })
 }
 
+/// "ddp / NAME: prefill R x, decode R x" and the spread warnings that go with it.
+pub fn ratio_lines(ours: &Throughput, name: &str, theirs: &Throughput) -> Vec<String> {
+    let mut lines = vec![format!(
+        "ddp / {name}: prefill {:.2}x, decode {:.2}x (ratio of medians)",
+        ours.prefill_tok_s.median / theirs.prefill_tok_s.median,
+        ours.decode_tok_s.median / theirs.decode_tok_s.median
+    )];
+    for (a, b) in [
+        (&ours.prefill_tok_s, &theirs.prefill_tok_s),
+        (&ours.decode_tok_s, &theirs.decode_tok_s),
+    ] {
+        lines.extend(spread_warning(a, b));
+    }
+    lines
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Throughput {
     pub batch: usize,
@@ -120,6 +137,8 @@ fn run_once<B: Backend>(
     )
 }
 
+/// One model's prefill and decode figures; `on_run` is called after every run, warm-up
+/// included (another engine's run can go there, so the two alternate).
 pub fn throughput<B: Backend>(
     model: &Model<B>,
     batch: usize,
@@ -127,6 +146,7 @@ pub fn throughput<B: Backend>(
     decode_tokens: usize,
     warmup: usize,
     repeats: usize,
+    on_run: impl FnMut(),
 ) -> Throughput {
     let p = Protocol {
         prompt_lens: vec![prompt_len],
@@ -135,7 +155,7 @@ pub fn throughput<B: Backend>(
         warmup,
         repeats: repeats.max(1),
     };
-    let m = side_by_side(&[("", model)], &p, || {}).remove(0);
+    let m = side_by_side(&[("", model)], &p, on_run).remove(0);
     Throughput {
         batch,
         prompt_len,
