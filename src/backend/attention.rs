@@ -11,19 +11,17 @@
 //! is `dV = P^T dO`, `dZ = P (dO V^T - rowsum) * scale`, `dQ = dZ K`, `dK = dZ^T Q` (grouped
 //! heads' `dK`, `dV` summed into their KV head). Other backends keep burn's ops.
 
-use std::any::TypeId;
-
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::NdArray;
-use burn::tensor::{backend::Backend, Tensor, TensorPrimitive};
+use burn::tensor::{backend::Backend, Tensor};
 use burn_ndarray::NdArrayTensor;
 use ndarray::{s, Array2, Array3, Array4, ArrayView2, ArrayView4, Axis, Ix3, Ix4};
 use rayon::prelude::*;
 
-use super::autodiff_op::{Ad, AdTensor};
-use super::cpu_matmul::{cast, gemm_on};
+use super::autodiff_op::{cpu_inputs, record, wrap, AdTensor, CpuInputs};
+use super::cpu_matmul::gemm_on;
 
 const SEQ: gemm::Parallelism = gemm::Parallelism::None;
 
@@ -212,34 +210,25 @@ pub fn attend<B: Backend>(
     offset: usize,
     window: Option<usize>,
 ) -> Option<Tensor<B, 3>> {
-    if !super::fast_paths() {
-        return None;
+    let nd = |a: Array3<f32>| NdArrayTensor::from(a.into_dyn().into_shared());
+    match cpu_inputs([q, k, v])? {
+        CpuInputs::Plain([qn, kn, vn]) => {
+            let (qv, kv, vv) = checked(&qn, &kn, &vn, offset)?;
+            wrap(nd(attend_views(qv, kv, vv, offset, window, false).0))
+        }
+        // Training runs whole blocks; a KV-cache offset there would be a caller's mistake that
+        // burn's ops handle as well.
+        CpuInputs::Tracked(_) if offset != 0 => None,
+        CpuInputs::Tracked([qa, ka, va]) => {
+            let (qv, kv, vv) = checked(&qa.primitive, &ka.primitive, &va.primitive, 0)?;
+            let (out, probs) = attend_views(qv, kv, vv, 0, window, true);
+            let state = || {
+                let p = |t: &AdTensor| t.primitive.clone();
+                (p(&qa), p(&ka), p(&va), probs)
+            };
+            record(Attend, [&qa, &ka, &va], state, nd(out))
+        }
     }
-    let prim = |t: &Tensor<B, 4>| match t.clone().into_primitive() {
-        TensorPrimitive::Float(p) => Some(p),
-        _ => None,
-    };
-    let (qp, kp, vp) = (prim(q)?, prim(k)?, prim(v)?);
-    if TypeId::of::<B::FloatTensorPrimitive>() == TypeId::of::<NdArrayTensor>() {
-        let (qn, kn, vn): (NdArrayTensor, NdArrayTensor, NdArrayTensor) =
-            (cast(qp)?, cast(kp)?, cast(vp)?);
-        let (qv, kv, vv) = checked(&qn, &kn, &vn, offset)?;
-        let (out, _) = attend_views(qv, kv, vv, offset, window, false);
-        let out = NdArrayTensor::from(out.into_dyn().into_shared());
-        return Some(Tensor::from_primitive(TensorPrimitive::Float(cast(out)?)));
-    }
-    if TypeId::of::<B>() != TypeId::of::<Ad>() || offset != 0 {
-        return None;
-    }
-    let (qa, ka, va): (AdTensor, AdTensor, AdTensor) = (cast(qp)?, cast(kp)?, cast(vp)?);
-    let (qv, kv, vv) = checked(&qa.primitive, &ka.primitive, &va.primitive, 0)?;
-    let (out, probs) = attend_views(qv, kv, vv, 0, window, true);
-    let y = NdArrayTensor::from(out.into_dyn().into_shared());
-    let state = || {
-        let p = |t: &AdTensor| t.primitive.clone();
-        (p(&qa), p(&ka), p(&va), probs)
-    };
-    super::autodiff_op::record(Attend, [&qa, &ka, &va], state, y)
 }
 
 /// The three as 4-D f32 views when their shapes fit one attention call.
@@ -263,6 +252,7 @@ fn checked<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::autodiff_op::Ad;
 
     /// Against a plain f64 evaluation of the definition, with grouped heads, a KV-cache offset
     /// and a sliding window.

@@ -1,9 +1,12 @@
-//! Recording a CPU op's output in `Autodiff<NdArray>`'s graph: the one place the fast paths
-//! (`frozen_linear`, `swiglu`) meet burn-autodiff's op preparation.
+//! Where the CPU fast paths meet burn's backends: which of the two CPU backends some tensors
+//! live on ([`cpu_inputs`]), and recording an op's output in `Autodiff<NdArray>`'s graph
+//! ([`record`]) — written once for `cpu_matmul`, `frozen_linear`, `swiglu` and `attention`.
 
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::ops::{Backward, OpsKind};
 use burn::backend::{Autodiff, NdArray};
+use std::any::TypeId;
+
 use burn::tensor::{backend::Backend, Tensor, TensorPrimitive};
 use burn_ndarray::NdArrayTensor;
 
@@ -12,6 +15,48 @@ use super::cpu_matmul::cast;
 /// The one autodiff backend the CPU fast paths serve (f32 ndarray, no checkpointing).
 pub(crate) type Ad = Autodiff<NdArray>;
 pub(crate) type AdTensor = <Ad as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive;
+
+/// The float primitives of some tensors, on the CPU backend they share.
+pub(crate) enum CpuInputs<const N: usize> {
+    /// The ndarray backend: compute on them, return with [`wrap`].
+    Plain([NdArrayTensor; N]),
+    /// `Autodiff<NdArray>`: compute on their `.primitive`, return with [`record`].
+    Tracked([AdTensor; N]),
+}
+
+/// `ts`' primitives when they live on ndarray or `Autodiff<NdArray>` and the fast paths are on;
+/// `None` elsewhere (the caller takes burn's ops).
+pub(crate) fn cpu_inputs<B: Backend, const N: usize, const D: usize>(
+    ts: [&Tensor<B, D>; N],
+) -> Option<CpuInputs<N>> {
+    fn all<P: 'static, T: 'static, const N: usize>(ps: Vec<P>) -> Option<[T; N]> {
+        let v: Option<Vec<T>> = ps.into_iter().map(cast).collect();
+        v?.try_into().ok()
+    }
+    if !super::fast_paths() {
+        return None;
+    }
+    let ps = ts
+        .iter()
+        .map(|t| match (*t).clone().into_primitive() {
+            TensorPrimitive::Float(p) => Some(p),
+            TensorPrimitive::QFloat(_) => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    if TypeId::of::<B::FloatTensorPrimitive>() == TypeId::of::<NdArrayTensor>() {
+        return all(ps).map(CpuInputs::Plain);
+    }
+    if TypeId::of::<B>() == TypeId::of::<Ad>() {
+        return all(ps).map(CpuInputs::Tracked);
+    }
+    None
+}
+
+/// A result's primitive (`NdArrayTensor`, or the autodiff one) as a tensor of `B`, whose float
+/// primitive it is.
+pub(crate) fn wrap<B: Backend, P: 'static, const D: usize>(y: P) -> Option<Tensor<B, D>> {
+    Some(Tensor::from_primitive(TensorPrimitive::Float(cast(y)?)))
+}
 
 /// `y`, computed from `parents` by `op`, as a tensor of `B` (= [`Ad`]) whose backward is `op`'s;
 /// `state` is built only when some parent is tracked.
@@ -29,5 +74,5 @@ pub(crate) fn record<B: Backend, O: Backward<NdArray, N>, const N: usize, const 
         OpsKind::Tracked(prep) => prep.finish(state(), y),
         OpsKind::UnTracked(prep) => prep.finish(y),
     };
-    Some(Tensor::from_primitive(TensorPrimitive::Float(cast(out)?)))
+    wrap(out)
 }

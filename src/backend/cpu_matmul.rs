@@ -8,12 +8,14 @@
 //! stored arrays. The autodiff backend reaches this through `frozen_linear`; other backends
 //! take burn's own matmul.
 
-use std::any::{Any, TypeId};
+use std::any::Any;
 
-use burn::tensor::{backend::Backend, Tensor, TensorPrimitive};
+use burn::tensor::{backend::Backend, Tensor};
 use burn_ndarray::NdArrayTensor;
 use ndarray::{ArrayView2, Ix2};
 use rayon::prelude::*;
+
+use super::autodiff_op::{cpu_inputs, wrap, CpuInputs};
 
 /// Up to this many rows, the streaming matrix-vector path (each row of W read once for all of
 /// them); above, GEMM.
@@ -24,30 +26,20 @@ const COL_BLOCK: usize = 512;
 /// `x [m, k] · w [k, n]` when both live on the ndarray backend as f32; `None` otherwise (the
 /// caller falls back to burn's matmul).
 pub fn matmul<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
-    if !super::fast_paths() {
-        return None;
-    }
-    if TypeId::of::<B::FloatTensorPrimitive>() != TypeId::of::<NdArrayTensor>() {
-        return None;
-    }
-    let (TensorPrimitive::Float(xp), TensorPrimitive::Float(wp)) =
-        (x.clone().into_primitive(), w.clone().into_primitive())
-    else {
+    let CpuInputs::Plain([xp, wp]) = cpu_inputs([x, w])? else {
         return None;
     };
-    let xp = cast::<_, NdArrayTensor>(xp)?;
-    let wp = cast::<_, NdArrayTensor>(wp)?;
     let (NdArrayTensor::F32(xs), NdArrayTensor::F32(ws)) = (&xp, &wp) else {
         return None;
     };
-    let (xv, wv) = (xs.view(), ws.view());
-    let xv = xv.into_dimensionality::<Ix2>().ok()?;
-    let wv = wv.into_dimensionality::<Ix2>().ok()?;
+    let xv = xs.view().into_dimensionality::<Ix2>().ok()?;
+    let wv = ws.view().into_dimensionality::<Ix2>().ok()?;
     if xv.dim().1 != wv.dim().0 {
         return None;
     }
-    let out = NdArrayTensor::from(product(xv, wv).into_shared().into_dyn());
-    Some(Tensor::from_primitive(TensorPrimitive::Float(cast(out)?)))
+    wrap(NdArrayTensor::from(
+        product(xv, wv).into_shared().into_dyn(),
+    ))
 }
 
 pub(crate) fn cast<T: Any, U: Any>(v: T) -> Option<U> {
@@ -69,6 +61,7 @@ pub(crate) fn product(x: ArrayView2<f32>, w: ArrayView2<f32>) -> ndarray::Array2
         xs.as_slice().expect("standard layout"),
         w.as_slice().expect("standard layout"),
     );
+    let st = Stream { xs, ws, m, k, n };
     let threads = rayon::current_num_threads().max(1);
     let out = if m * n <= SPLIT_K_MAX_OUT && k >= 2 * MIN_K_SLAB {
         // Slabs of whole rows of W in parallel (each thread reads contiguous memory), the
@@ -79,7 +72,7 @@ pub(crate) fn product(x: ArrayView2<f32>, w: ArrayView2<f32>) -> ndarray::Array2
             .step_by(slab)
             .collect::<Vec<_>>()
             .into_par_iter()
-            .map(|k0| stream_block(xs, ws, m, k, n, k0..(k0 + slab).min(k), 0..n))
+            .map(|k0| st.block(k0..(k0 + slab).min(k), 0..n))
             .collect();
         let mut parts = parts.into_iter();
         let mut out = parts.next().unwrap_or_else(|| vec![0f32; m * n]);
@@ -95,12 +88,7 @@ pub(crate) fn product(x: ArrayView2<f32>, w: ArrayView2<f32>) -> ndarray::Array2
             .step_by(COL_BLOCK)
             .collect::<Vec<_>>()
             .into_par_iter()
-            .map(|c0| {
-                (
-                    c0,
-                    stream_block(xs, ws, m, k, n, 0..k, c0..(c0 + COL_BLOCK).min(n)),
-                )
-            })
+            .map(|c0| (c0, st.block(0..k, c0..(c0 + COL_BLOCK).min(n))))
             .collect();
         for (c0, acc) in blocks {
             let bw = acc.len() / m;
@@ -119,77 +107,68 @@ const SPLIT_K_MAX_OUT: usize = 65536;
 /// The fewest rows of W per thread's slab.
 const MIN_K_SLAB: usize = 32;
 
-/// `x[:, ks] · w[ks, cs]` for `m` rows of `x` (`[m, k]`) and `w` (`[k, n]`), both row-major:
-/// `[m, |cs|]` row-major. With AVX2 and FMA (checked at run time) the loop compiles to 256-bit
-/// vectors; the build itself targets baseline x86-64.
-fn stream_block(
-    xs: &[f32],
-    ws: &[f32],
+/// The operands of a streaming product: `x [m, k]` and `w [k, n]`, both row-major.
+#[derive(Clone, Copy)]
+struct Stream<'a> {
+    xs: &'a [f32],
+    ws: &'a [f32],
     m: usize,
     k: usize,
     n: usize,
-    ks: std::ops::Range<usize>,
-    cs: std::ops::Range<usize>,
-) -> Vec<f32> {
+}
+
+type Span = std::ops::Range<usize>;
+
+impl Stream<'_> {
+    /// `x[:, ks] · w[ks, cs]` as `[m, |cs|]` row-major. With AVX2 and FMA (checked at run time)
+    /// the loop compiles to 256-bit vectors; the build itself targets baseline x86-64.
+    fn block(self, ks: Span, cs: Span) -> Vec<f32> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has the features `block_avx2` is compiled for.
+            return unsafe { self.block_avx2(ks, cs) };
+        }
+        self.block_any(ks, cs)
+    }
+
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features `stream_block_avx2` is compiled for.
-        return unsafe { stream_block_avx2(xs, ws, m, k, n, ks, cs) };
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn block_avx2(self, ks: Span, cs: Span) -> Vec<f32> {
+        self.block_any(ks, cs)
     }
-    stream_block_any(xs, ws, m, k, n, ks, cs)
-}
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn stream_block_avx2(
-    xs: &[f32],
-    ws: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
-    ks: std::ops::Range<usize>,
-    cs: std::ops::Range<usize>,
-) -> Vec<f32> {
-    stream_block_any(xs, ws, m, k, n, ks, cs)
-}
-
-/// Four rows of W per pass over the accumulators, so they are loaded and stored a quarter as
-/// often as the weights stream by.
-#[inline(always)]
-fn stream_block_any(
-    xs: &[f32],
-    ws: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
-    ks: std::ops::Range<usize>,
-    cs: std::ops::Range<usize>,
-) -> Vec<f32> {
-    let bw = cs.len();
-    let mut acc = vec![0f32; m * bw];
-    let row = |kk: usize| &ws[kk * n + cs.start..kk * n + cs.end];
-    let mut kk = ks.start;
-    while kk + 4 <= ks.end {
-        let (w0, w1, w2, w3) = (row(kk), row(kk + 1), row(kk + 2), row(kk + 3));
-        for r in 0..m {
-            let a = &xs[r * k + kk..r * k + kk + 4];
-            let y = acc[r * bw..(r + 1) * bw].iter_mut();
-            for ((((y, p), q), s), t) in y.zip(w0).zip(w1).zip(w2).zip(w3) {
-                *y += a[0] * p + a[1] * q + a[2] * s + a[3] * t;
+    /// Four rows of W per pass over the accumulators, so they are loaded and stored a quarter
+    /// as often as the weights stream by.
+    #[inline(always)]
+    fn block_any(self, ks: Span, cs: Span) -> Vec<f32> {
+        let Self { xs, ws, m, k, n } = self;
+        let bw = cs.len();
+        let mut acc = vec![0f32; m * bw];
+        let row = |kk: usize| &ws[kk * n + cs.start..kk * n + cs.end];
+        let mut kk = ks.start;
+        while kk + 4 <= ks.end {
+            let (w0, w1, w2, w3) = (row(kk), row(kk + 1), row(kk + 2), row(kk + 3));
+            for r in 0..m {
+                let a = &xs[r * k + kk..r * k + kk + 4];
+                let y = acc[r * bw..(r + 1) * bw].iter_mut();
+                for ((((y, p), q), s), t) in y.zip(w0).zip(w1).zip(w2).zip(w3) {
+                    *y += a[0] * p + a[1] * q + a[2] * s + a[3] * t;
+                }
+            }
+            kk += 4;
+        }
+        for kk in kk..ks.end {
+            let w0 = row(kk);
+            for r in 0..m {
+                let a = xs[r * k + kk];
+                for (y, &v) in acc[r * bw..(r + 1) * bw].iter_mut().zip(w0) {
+                    *y += a * v;
+                }
             }
         }
-        kk += 4;
+        acc
     }
-    for kk in kk..ks.end {
-        let w0 = row(kk);
-        for r in 0..m {
-            let a = xs[r * k + kk];
-            for (y, &v) in acc[r * bw..(r + 1) * bw].iter_mut().zip(w0) {
-                *y += a * v;
-            }
-        }
-    }
-    acc
 }
 
 /// `x w` by the `gemm` crate (runtime-dispatched AVX2/AVX-512/NEON kernels, threads on rayon's

@@ -8,18 +8,16 @@
 //! ways (`W^T` is a strided view). Other backends, and weights that require a gradient, take
 //! burn's own path.
 
-use std::any::TypeId;
-
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{unary, Backward, Ops};
 use burn::backend::NdArray;
-use burn::tensor::{backend::Backend, Tensor, TensorPrimitive};
+use burn::tensor::{backend::Backend, Tensor};
 use burn_ndarray::NdArrayTensor;
 use ndarray::Ix2;
 
-use super::autodiff_op::{Ad, AdTensor};
-use super::cpu_matmul::{cast, product};
+use super::autodiff_op::{cpu_inputs, CpuInputs};
+use super::cpu_matmul::product;
 
 #[derive(Debug)]
 struct FrozenMatmul;
@@ -46,19 +44,9 @@ impl Backward<NdArray, 1> for FrozenMatmul {
 /// `x [m, k] · w [k, n]` as a frozen-weight op when both are `Autodiff<NdArray>` f32 tensors and
 /// `w` takes no gradient; `None` otherwise (the caller takes burn's matmul).
 pub fn matmul<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
-    if !super::fast_paths() {
-        return None;
-    }
-    if TypeId::of::<B>() != TypeId::of::<Ad>() {
-        return None;
-    }
-    let (TensorPrimitive::Float(xp), TensorPrimitive::Float(wp)) =
-        (x.clone().into_primitive(), w.clone().into_primitive())
-    else {
+    let CpuInputs::Tracked([xp, wp]) = cpu_inputs([x, w])? else {
         return None;
     };
-    let xp: AdTensor = cast(xp)?;
-    let wp: AdTensor = cast(wp)?;
     if wp.node.clone_if_require_grad().is_some() {
         // A weight that trains needs its own gradient: burn's matmul computes it.
         return None;
@@ -78,6 +66,7 @@ pub fn matmul<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::autodiff_op::Ad;
     use burn::backend::ndarray::NdArrayDevice;
     use burn::tensor::TensorData;
 

@@ -7,19 +7,16 @@
 //! `dg = dy u s (1 + g (1 - s))`, `du = dy g s` with `s = sigmoid(g)`. Other backends keep
 //! burn's ops.
 
-use std::any::TypeId;
-
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{binary, Backward, Ops};
 use burn::backend::NdArray;
-use burn::tensor::{activation::silu, backend::Backend, Tensor, TensorPrimitive};
+use burn::tensor::{activation::silu, backend::Backend, Tensor};
 use burn_ndarray::NdArrayTensor;
 use ndarray::{ArrayD, ArrayViewD};
 use rayon::prelude::*;
 
-use super::autodiff_op::{Ad, AdTensor};
-use super::cpu_matmul::cast;
+use super::autodiff_op::{cpu_inputs, record, wrap, CpuInputs};
 
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
@@ -106,41 +103,29 @@ pub fn swiglu<B: Backend, const D: usize>(g: Tensor<B, D>, u: Tensor<B, D>) -> T
 }
 
 fn fast<B: Backend, const D: usize>(g: &Tensor<B, D>, u: &Tensor<B, D>) -> Option<Tensor<B, D>> {
-    if !super::fast_paths() {
-        return None;
-    }
     if g.dims() != u.dims() {
         return None;
     }
-    let (TensorPrimitive::Float(gp), TensorPrimitive::Float(up)) =
-        (g.clone().into_primitive(), u.clone().into_primitive())
-    else {
-        return None;
-    };
     let fwd = |a: &NdArrayTensor, b: &NdArrayTensor| -> Option<NdArrayTensor> {
         let (a, b) = (f32_view(a)?, f32_view(b)?);
         Some(nd(zip3(a.view(), a.view(), b, |x, _, y| {
             x * sigmoid(x) * y
         })))
     };
-    let out: NdArrayTensor;
-    if TypeId::of::<B::FloatTensorPrimitive>() == TypeId::of::<NdArrayTensor>() {
-        let (a, b): (NdArrayTensor, NdArrayTensor) = (cast(gp)?, cast(up)?);
-        out = fwd(&a, &b)?;
-        return Some(Tensor::from_primitive(TensorPrimitive::Float(cast(out)?)));
+    match cpu_inputs([g, u])? {
+        CpuInputs::Plain([a, b]) => wrap(fwd(&a, &b)?),
+        CpuInputs::Tracked([a, b]) => {
+            let y = fwd(&a.primitive, &b.primitive)?;
+            let state = || (a.primitive.clone(), b.primitive.clone());
+            record(SwiGlu, [&a, &b], state, y)
+        }
     }
-    if TypeId::of::<B>() != TypeId::of::<Ad>() {
-        return None;
-    }
-    let (a, b): (AdTensor, AdTensor) = (cast(gp)?, cast(up)?);
-    let y = fwd(&a.primitive, &b.primitive)?;
-    let state = || (a.primitive.clone(), b.primitive.clone());
-    super::autodiff_op::record(SwiGlu, [&a, &b], state, y)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::autodiff_op::Ad;
     use burn::backend::ndarray::NdArrayDevice;
     use burn::tensor::TensorData;
 
