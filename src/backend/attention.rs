@@ -22,6 +22,7 @@ use rayon::prelude::*;
 
 use super::autodiff_op::{cpu_inputs, record, wrap, AdTensor, CpuInputs};
 use super::cpu_matmul::gemm_on;
+use super::spin_pool;
 
 const SEQ: gemm::Parallelism = gemm::Parallelism::None;
 
@@ -90,21 +91,25 @@ fn attend_views(
     let (b, nh, s, d) = q.dim();
     let g = nh / k.dim().1;
     let scale = 1.0 / (d as f32).sqrt();
-    let heads: Vec<(Array2<f32>, Option<Array2<f32>>)> = (0..b * nh)
-        .into_par_iter()
-        .map(|bh| {
-            let (bi, h) = (bh / nh, bh % nh);
-            let p = probs(
-                q.slice(s![bi, h, .., ..]),
-                k.slice(s![bi, h / g, .., ..]),
-                offset,
-                window,
-                scale,
-            );
-            let o = gemm_on(p.view(), v.slice(s![bi, h / g, .., ..]), SEQ);
-            (o, keep.then_some(p))
-        })
-        .collect();
+    let head = |bh: usize| {
+        let (bi, h) = (bh / nh, bh % nh);
+        let p = probs(
+            q.slice(s![bi, h, .., ..]),
+            k.slice(s![bi, h / g, .., ..]),
+            offset,
+            window,
+            scale,
+        );
+        let o = gemm_on(p.view(), v.slice(s![bi, h / g, .., ..]), SEQ);
+        (o, keep.then_some(p))
+    };
+    // Decoding's few query rows make tasks of microseconds: the spin pool's awake helpers
+    // take them; longer blocks stay on rayon.
+    let heads: Vec<(Array2<f32>, Option<Array2<f32>>)> = if s <= spin_pool::SMALL_ROWS {
+        spin_pool::map(b * nh, head)
+    } else {
+        (0..b * nh).into_par_iter().map(head).collect()
+    };
     let mut out = Array3::<f32>::zeros((b, s, nh * d));
     let mut kept = Vec::new();
     for (bh, (o, p)) in heads.into_iter().enumerate() {

@@ -10,12 +10,11 @@
 
 use std::any::Any;
 
+use super::autodiff_op::{cpu_inputs, wrap, CpuInputs};
+use super::spin_pool;
 use burn::tensor::{backend::Backend, Tensor};
 use burn_ndarray::NdArrayTensor;
 use ndarray::{ArrayView2, Ix2};
-use rayon::prelude::*;
-
-use super::autodiff_op::{cpu_inputs, wrap, CpuInputs};
 
 /// Up to this many rows, the streaming matrix-vector path (each row of W read once for all of
 /// them); above, GEMM.
@@ -68,12 +67,9 @@ pub(crate) fn product(x: ArrayView2<f32>, w: ArrayView2<f32>) -> ndarray::Array2
         // partial products summed after. Splitting 192 or 576 columns into column blocks left
         // one thread streaming most of the matrix.
         let slab = k.div_ceil(2 * threads).max(MIN_K_SLAB);
-        let parts: Vec<Vec<f32>> = (0..k)
-            .step_by(slab)
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .map(|k0| st.block(k0..(k0 + slab).min(k), 0..n))
-            .collect();
+        let parts = spin_pool::map(k.div_ceil(slab), |i| {
+            st.block(i * slab..((i + 1) * slab).min(k), 0..n)
+        });
         let mut parts = parts.into_iter();
         let mut out = parts.next().unwrap_or_else(|| vec![0f32; m * n]);
         for p in parts {
@@ -84,12 +80,10 @@ pub(crate) fn product(x: ArrayView2<f32>, w: ArrayView2<f32>) -> ndarray::Array2
         // Outputs too large to keep one per thread in cache: blocks of output columns in
         // parallel, each task writing its own columns of every output row.
         let mut out = vec![0f32; m * n];
-        let blocks: Vec<(usize, Vec<f32>)> = (0..n)
-            .step_by(COL_BLOCK)
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .map(|c0| (c0, st.block(0..k, c0..(c0 + COL_BLOCK).min(n))))
-            .collect();
+        let blocks = spin_pool::map(n.div_ceil(COL_BLOCK), |i| {
+            let c0 = i * COL_BLOCK;
+            (c0, st.block(0..k, c0..(c0 + COL_BLOCK).min(n)))
+        });
         for (c0, acc) in blocks {
             let bw = acc.len() / m;
             for r in 0..m {

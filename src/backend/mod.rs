@@ -6,6 +6,7 @@ pub mod attention;
 mod autodiff_op;
 pub mod cpu_matmul;
 pub mod frozen_linear;
+mod spin_pool;
 pub mod swiglu;
 
 use std::fmt;
