@@ -20,7 +20,7 @@ use burn_ndarray::NdArrayTensor;
 use ndarray::{s, Array2, Array3, Array4, ArrayView2, ArrayView4, Axis, Ix3, Ix4};
 use rayon::prelude::*;
 
-use super::autodiff_op::{cpu_inputs, record, wrap, AdTensor, CpuInputs};
+use super::autodiff_op::{cpu_inputs, nd, record, wrap, AdTensor, CpuInputs};
 use super::cpu_matmul::gemm_on;
 use super::spin_pool;
 
@@ -189,7 +189,6 @@ impl Backward<NdArray, 3> for Attend {
             .into_dimensionality::<Ix3>()
             .expect("[b, s, h*d]");
         let (dq, dk, dv) = attend_grads(views, &probs, dout);
-        let nd = |a: Array4<f32>| NdArrayTensor::from(a.into_dyn().into_shared());
         for (parent, grad) in ops.parents.into_iter().zip([dq, dk, dv]) {
             if let Some(node) = parent {
                 grads.register::<NdArray>(node.id, nd(grad));
@@ -215,7 +214,6 @@ pub fn attend<B: Backend>(
     offset: usize,
     window: Option<usize>,
 ) -> Option<Tensor<B, 3>> {
-    let nd = |a: Array3<f32>| NdArrayTensor::from(a.into_dyn().into_shared());
     match cpu_inputs([q, k, v])? {
         CpuInputs::Plain([qn, kn, vn]) => {
             let (qv, kv, vv) = checked(&qn, &kn, &vn, offset)?;

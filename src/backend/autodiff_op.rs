@@ -1,6 +1,6 @@
 //! Where the CPU fast paths meet burn's backends: which of the two CPU backends some tensors
 //! live on ([`cpu_inputs`]), and recording an op's output in `Autodiff<NdArray>`'s graph
-//! ([`record`]) — written once for `cpu_matmul`, `frozen_linear`, `swiglu` and `attention`.
+//! ([`record`]) — written once for every fast path.
 
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::ops::{Backward, OpsKind};
@@ -50,6 +50,19 @@ pub(crate) fn cpu_inputs<B: Backend, const N: usize, const D: usize>(
         return all(ps).map(CpuInputs::Tracked);
     }
     None
+}
+
+/// An f32 primitive's array, of any layout.
+pub(crate) fn f32_view(t: &NdArrayTensor) -> Option<ndarray::ArrayViewD<'_, f32>> {
+    match t {
+        NdArrayTensor::F32(a) => Some(a.view()),
+        _ => None,
+    }
+}
+
+/// An owned f32 array as the ndarray backend's primitive.
+pub(crate) fn nd<D: ndarray::Dimension>(a: ndarray::Array<f32, D>) -> NdArrayTensor {
+    NdArrayTensor::from(a.into_dyn().into_shared())
 }
 
 /// A result's primitive (`NdArrayTensor`, or the autodiff one) as a tensor of `B`, whose float

@@ -16,7 +16,7 @@ use burn_ndarray::NdArrayTensor;
 use ndarray::{ArrayD, ArrayViewD};
 use rayon::prelude::*;
 
-use super::autodiff_op::{cpu_inputs, record, wrap, CpuInputs};
+use super::autodiff_op::{cpu_inputs, f32_view, nd, record, wrap, CpuInputs};
 
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
@@ -54,17 +54,6 @@ fn zip3(
             }
         });
     ArrayD::from_shape_vec(a.raw_dim(), out).expect("same shape")
-}
-
-fn f32_view(t: &NdArrayTensor) -> Option<ArrayViewD<'_, f32>> {
-    match t {
-        NdArrayTensor::F32(a) => Some(a.view()),
-        _ => None,
-    }
-}
-
-fn nd(a: ArrayD<f32>) -> NdArrayTensor {
-    NdArrayTensor::from(a.into_shared())
 }
 
 #[derive(Debug)]

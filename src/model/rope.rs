@@ -93,6 +93,9 @@ impl Rope {
 
 /// Applies RoPE to `x: [batch, heads, seq, head_dim]` with tables `[seq, head_dim]`.
 pub fn apply<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 4> {
+    if let Some(y) = crate::backend::rope::apply(&x, cos, sin) {
+        return y;
+    }
     let d = x.dims()[3];
     let half = d / 2;
     let x1 = x.clone().narrow(3, 0, half);
