@@ -38,6 +38,11 @@ pub struct Distilled {
     pub grad: Vec<f32>,
 }
 
+thread_local! {
+    /// `exp(t - max t)` of the teacher row at hand.
+    static TEACHER_EXP: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Below this `1 - P` the tail term's log is clamped (the tensor formula's `clamp_min`).
 const TAIL_FLOOR: f64 = 1e-12;
 
@@ -70,18 +75,27 @@ fn row(
     let kl = match teacher {
         TeacherRows::Logits(t) => {
             let t = &t[r * v..(r + 1) * v];
-            let mt = t.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let st: f64 = t.iter().map(|&x| (x - mt).exp() as f64).sum();
-            let (lse_t, inv_st) = (mt as f64 + st.ln(), 1.0 / st);
-            let mut kl = 0f64;
-            let e = eta as f32;
-            for j in 0..v {
-                let q = (t[j] - mt).exp() as f64 * inv_st;
-                // q (ln q - ln p), with ln q - ln p = (t_j - lse_t) - (s_j - lse).
-                kl += q * ((t[j] - s[j]) as f64 - (lse_t - lse));
-                g[j] = (1.0 + e) * g[j] - e * q as f32;
-            }
-            kl
+            // The teacher's exponentials once per row (the vocabulary-sized exp is this
+            // loss's main cost), in a buffer each thread keeps.
+            TEACHER_EXP.with_borrow_mut(|et| {
+                et.resize(v, 0.0);
+                let mt = t.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut st = 0f64;
+                for (e, &x) in et.iter_mut().zip(t) {
+                    *e = (x - mt).exp();
+                    st += *e as f64;
+                }
+                let (lse_t, inv_st) = (mt as f64 + st.ln(), 1.0 / st);
+                let mut kl = 0f64;
+                let e = eta as f32;
+                for j in 0..v {
+                    let q = et[j] as f64 * inv_st;
+                    // q (ln q - ln p), with ln q - ln p = (t_j - lse_t) - (s_j - lse).
+                    kl += q * ((t[j] - s[j]) as f64 - (lse_t - lse));
+                    g[j] = (1.0 + e) * g[j] - e * q as f32;
+                }
+                kl
+            })
         }
         TeacherRows::TopK {
             k,
