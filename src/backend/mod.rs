@@ -1,12 +1,13 @@
 //! The only backend-specific code: choosing a device at run time and running generic code on
 //! the matching burn backend, and the CPU backend's fast paths (`cpu_matmul`, `attention`,
-//! `frozen_linear`, `swiglu`, `rms_norm`, `rope`; decoding's small jobs on `spin_pool`).
-//! Everything else is generic over `B: Backend`.
+//! `frozen_linear`, `swiglu`, `rms_norm`, `rope`, `host_term`; decoding's small jobs on
+//! `spin_pool`). Everything else is generic over `B: Backend`.
 
 pub mod attention;
 mod autodiff_op;
 pub mod cpu_matmul;
 pub mod frozen_linear;
+pub mod host_term;
 pub mod rms_norm;
 pub mod rope;
 mod spin_pool;

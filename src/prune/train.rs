@@ -299,6 +299,7 @@ fn predicting_rows(x: &[f32], n: usize, s: usize, v: usize) -> Vec<f32> {
 
 /// CE + eta KL in one host pass per row ([`super::distill`]), entering the graph as a term
 /// whose value is the loss and whose gradient with respect to the logits is the closed form:
+/// one op on the CPU autodiff backend (`backend::host_term`), elsewhere
 /// `sum(logits * G) - sum(logits * G).detach() + loss`. Returns (ce, kl, that term).
 fn distill_on_host<B: AutodiffBackend>(
     student: Tensor<B, 3>,
@@ -334,9 +335,12 @@ fn distill_on_host<B: AutodiffBackend>(
     for (b, rows) in d.grad.chunks(((s - 1) * v).max(1)).enumerate() {
         grad[b * s * v..b * s * v + rows.len()].copy_from_slice(rows);
     }
-    let g = Tensor::<B, 3>::from_data(TensorData::new(grad, [n, s, v]), &student.device());
-    let lin = (student * g).sum();
-    let term = lin.clone() - lin.detach() + (d.ce + eta * d.kl);
+    let value = d.ce + eta * d.kl;
+    let term = crate::backend::host_term::term(&student, grad, value).unwrap_or_else(|grad| {
+        let g = Tensor::<B, 3>::from_data(TensorData::new(grad, [n, s, v]), &student.device());
+        let lin = (student * g).sum();
+        lin.clone() - lin.detach() + value
+    });
     (d.ce, d.kl, term)
 }
 
