@@ -144,17 +144,11 @@ pub fn rms_norm<B: Backend, const D: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::autodiff_op::Ad;
+    use crate::backend::autodiff_op::{test_values as values, Ad};
     use burn::backend::ndarray::NdArrayDevice;
     use burn::tensor::TensorData;
 
     const DEV: NdArrayDevice = NdArrayDevice::Cpu;
-
-    fn values(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i * 29 + seed * 13) % 97) as f32 - 48.0) / 12.0)
-            .collect()
-    }
 
     /// Value and the gradients of `x` and `w` equal burn's ops under autodiff and `dx` the f64
     /// definition's central differences, on a strided input with enough rows to take the

@@ -122,18 +122,12 @@ pub fn apply<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::autodiff_op::Ad;
+    use crate::backend::autodiff_op::{test_values as values, Ad};
     use crate::model::rope::Rope as Tables;
     use burn::backend::ndarray::NdArrayDevice;
     use burn::tensor::TensorData;
 
     const DEV: NdArrayDevice = NdArrayDevice::Cpu;
-
-    fn values(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i * 29 + seed * 13) % 97) as f32 - 48.0) / 12.0)
-            .collect()
-    }
 
     /// Values and the input gradient equal burn's ops (`rotate_half`) under autodiff, on the
     /// swapped view the projections produce, small and large enough to run in parallel; and

@@ -114,17 +114,11 @@ fn fast<B: Backend, const D: usize>(g: &Tensor<B, D>, u: &Tensor<B, D>) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::autodiff_op::Ad;
+    use crate::backend::autodiff_op::{test_values as values, Ad};
     use burn::backend::ndarray::NdArrayDevice;
     use burn::tensor::TensorData;
 
     const DEV: NdArrayDevice = NdArrayDevice::Cpu;
-
-    fn values(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i * 29 + seed * 13) % 97) as f32 - 48.0) / 12.0)
-            .collect()
-    }
 
     /// Value and both input gradients equal burn's `silu(g) * u` under autodiff, and the
     /// inference path gives the same values.
