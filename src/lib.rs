@@ -1,6 +1,6 @@
 //! ddp: structured pruning of LLMs by Deterministic Differentiable Pruning.
 //!
-//! Layers, from the top: [`engine`] runs [`recipe`]s of [`stages`]; stages call [`bench`] (and
+//! Layers, from the top: [`engine`] runs [`recipe`]s of [`stages`]; stages call [`bench`](mod@bench) (and
 //! the pruning and evaluation modules to come); [`model`] runs transformers in burn; [`io`]
 //! reads models. [`backend`] is the one place that knows about concrete burn backends.
 
