@@ -20,7 +20,7 @@ use burn_ndarray::NdArrayTensor;
 use ndarray::{s, Array2, Array3, Array4, ArrayView2, ArrayView4, Axis, Ix3, Ix4};
 use rayon::prelude::*;
 
-use super::autodiff_op::{cpu_inputs, nd, record, wrap, AdTensor, CpuInputs};
+use super::autodiff_op::{cpu_inputs, f32_view_as, nd, record, wrap, AdTensor, CpuInputs};
 use super::cpu_matmul::gemm_on;
 use super::spin_pool;
 
@@ -177,9 +177,9 @@ impl Backward<NdArray, 3> for Attend {
         let (q, k, v, probs) = ops.state;
         let dout = grads.consume::<NdArray>(&ops.node);
         let views = (
-            view4(&q).expect("f32"),
-            view4(&k).expect("f32"),
-            view4(&v).expect("f32"),
+            f32_view_as::<Ix4>(&q).expect("f32"),
+            f32_view_as::<Ix4>(&k).expect("f32"),
+            f32_view_as::<Ix4>(&v).expect("f32"),
         );
         let NdArrayTensor::F32(dout) = &dout else {
             unreachable!("attention only records f32 operands")
@@ -194,13 +194,6 @@ impl Backward<NdArray, 3> for Attend {
                 grads.register::<NdArray>(node.id, nd(grad));
             }
         }
-    }
-}
-
-fn view4(t: &NdArrayTensor) -> Option<ArrayView4<'_, f32>> {
-    match t {
-        NdArrayTensor::F32(a) => a.view().into_dimensionality::<Ix4>().ok(),
-        _ => None,
     }
 }
 
@@ -245,7 +238,11 @@ fn checked<'a>(
     ArrayView4<'a, f32>,
     ArrayView4<'a, f32>,
 )> {
-    let (qv, kv, vv) = (view4(q)?, view4(k)?, view4(v)?);
+    let (qv, kv, vv) = (
+        f32_view_as::<Ix4>(q)?,
+        f32_view_as::<Ix4>(k)?,
+        f32_view_as::<Ix4>(v)?,
+    );
     let (b, nh, s, d) = qv.dim();
     let (kb, nkv, t, kd) = kv.dim();
     let fits = kb == b && kd == d && vv.dim() == kv.dim() && nkv > 0 && nh % nkv == 0;

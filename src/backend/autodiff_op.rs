@@ -60,6 +60,33 @@ pub(crate) fn f32_view(t: &NdArrayTensor) -> Option<ndarray::ArrayViewD<'_, f32>
     }
 }
 
+/// An f32 primitive's array as a view of fixed rank `D`, if it has that rank.
+pub(crate) fn f32_view_as<D: ndarray::Dimension>(
+    t: &NdArrayTensor,
+) -> Option<ndarray::ArrayView<'_, f32, D>> {
+    f32_view(t)?.into_dimensionality().ok()
+}
+
+/// `f(i, chunk)` for the `size`-long chunks of `out`: on rayon's pool when `out` has at least
+/// `parallel_min` values, else on the caller (a pool job from a thread outside it costs a
+/// wake-up of tens of microseconds, more than a decoding step's rows take).
+pub(crate) fn for_each_chunk(
+    out: &mut [f32],
+    size: usize,
+    parallel_min: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    use rayon::prelude::*;
+    let size = size.max(1);
+    if out.len() < parallel_min {
+        out.chunks_mut(size).enumerate().for_each(|(i, c)| f(i, c));
+    } else {
+        out.par_chunks_mut(size)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
+    }
+}
+
 /// An owned f32 array as the ndarray backend's primitive.
 pub(crate) fn nd<D: ndarray::Dimension>(a: ndarray::Array<f32, D>) -> NdArrayTensor {
     NdArrayTensor::from(a.into_dyn().into_shared())

@@ -15,34 +15,26 @@ use burn::backend::NdArray;
 use burn::tensor::{backend::Backend, Tensor};
 use burn_ndarray::NdArrayTensor;
 use ndarray::{ArrayD, ArrayViewD, Axis};
-use rayon::prelude::*;
 
-use super::autodiff_op::{cpu_inputs, f32_view, nd, record, wrap, CpuInputs};
+use super::autodiff_op::{cpu_inputs, f32_view, for_each_chunk, nd, record, wrap, CpuInputs};
 
 /// Elements per parallel task; fewer in all run on the caller.
 const CHUNK: usize = 16384;
 
-/// `f(row, out_row)` for each row of `x` (made contiguous) into a fresh array of its shape.
+/// `f(row, x_row, out_row)` for each row of `x` (made contiguous) into a fresh array of its
+/// shape.
 fn per_row(x: &ArrayViewD<f32>, f: impl Fn(usize, &[f32], &mut [f32]) + Sync) -> ArrayD<f32> {
     let n = x.shape().last().copied().unwrap_or(1).max(1);
     let x = x.as_standard_layout();
     let xs = x.as_slice().expect("standard layout");
     let mut out = vec![0f32; xs.len()];
     let rows_per = (CHUNK / n).max(1);
-    let task = |(c, (o, xc)): (usize, (&mut [f32], &[f32]))| {
-        for (r, (or, xr)) in o.chunks_mut(n).zip(xc.chunks(n)).enumerate() {
-            f(c * rows_per + r, xr, or);
+    for_each_chunk(&mut out, rows_per * n, CHUNK + 1, |c, o| {
+        let x0 = c * rows_per;
+        for (r, (or, xr)) in o.chunks_mut(n).zip(xs[x0 * n..].chunks(n)).enumerate() {
+            f(x0 + r, xr, or);
         }
-    };
-    let chunks = out.chunks_mut(rows_per * n).zip(xs.chunks(rows_per * n));
-    if xs.len() <= CHUNK {
-        chunks.enumerate().for_each(task);
-    } else {
-        let chunks = out
-            .par_chunks_mut(rows_per * n)
-            .zip(xs.par_chunks(rows_per * n));
-        chunks.enumerate().for_each(task);
-    }
+    });
     ArrayD::from_shape_vec(x.raw_dim(), out).expect("same shape")
 }
 
@@ -74,7 +66,6 @@ impl Backward<NdArray, 2> for RmsNorm {
         let (xv, wv) = (f32_view(&x).expect("f32"), f32_view(&w).expect("f32"));
         let w = wv.as_standard_layout().to_owned();
         let w = w.as_slice().expect("standard layout");
-        let xs = xv.as_standard_layout();
         let rows_of = |a: &ArrayViewD<f32>| a.as_standard_layout().into_owned();
         binary::<NdArray, _, _>(
             ops.parents,
@@ -98,6 +89,7 @@ impl Backward<NdArray, 2> for RmsNorm {
             },
             |dy| {
                 let dy = rows_of(&f32_view(&dy).expect("f32 gradient"));
+                let xs = rows_of(&xv);
                 let n = w.len();
                 let (dy2, x2) = (
                     dy.to_shape((dy.len() / n, n)).expect("rows"),

@@ -13,10 +13,9 @@ use burn::backend::autodiff::ops::{unary, Backward, Ops};
 use burn::backend::NdArray;
 use burn::tensor::{backend::Backend, Tensor};
 use burn_ndarray::NdArrayTensor;
-use ndarray::{s, Array4, ArrayView2, ArrayView4};
-use rayon::prelude::*;
+use ndarray::{s, Array4, ArrayView2, ArrayView4, Ix2, Ix4};
 
-use super::autodiff_op::{cpu_inputs, nd, record, wrap, CpuInputs};
+use super::autodiff_op::{cpu_inputs, f32_view_as, for_each_chunk, nd, record, wrap, CpuInputs};
 
 /// Planes' elements in all below which the caller does every plane itself.
 const PARALLEL_MIN: usize = 32768;
@@ -50,33 +49,16 @@ fn rotate(
         }
     };
     let os = out.as_slice_mut().expect("fresh array");
-    let size = (s * d).max(1);
-    if os.len() < PARALLEL_MIN {
-        os.chunks_mut(size)
-            .enumerate()
-            .for_each(|(bh, o)| plane(bh, o));
-    } else {
-        os.par_chunks_mut(size)
-            .enumerate()
-            .for_each(|(bh, o)| plane(bh, o));
-    }
+    for_each_chunk(os, s * d, PARALLEL_MIN, plane);
     out
 }
 
-fn view<const N: usize>(
-    t: &NdArrayTensor,
-) -> Option<ndarray::ArrayView<'_, f32, ndarray::Dim<[usize; N]>>>
-where
-    ndarray::Dim<[usize; N]>: ndarray::Dimension,
-{
-    match t {
-        NdArrayTensor::F32(a) => a.view().into_dimensionality().ok(),
-        _ => None,
-    }
-}
-
 fn forward(x: &NdArrayTensor, cos: &NdArrayTensor, sin: &NdArrayTensor) -> Option<NdArrayTensor> {
-    let (xv, c, sn) = (view::<4>(x)?, view::<2>(cos)?, view::<2>(sin)?);
+    let (xv, c, sn) = (
+        f32_view_as::<Ix4>(x)?,
+        f32_view_as::<Ix2>(cos)?,
+        f32_view_as::<Ix2>(sin)?,
+    );
     let (_, _, s, d) = xv.dim();
     let fits = d % 2 == 0 && c.dim() == (s, d) && sn.dim() == (s, d);
     fits.then(|| nd(rotate(xv, c, sn, false)))
@@ -93,10 +75,15 @@ impl Backward<NdArray, 1> for Rope {
         let (cos, sin) = ops.state;
         unary::<NdArray, _>(ops.parents, ops.node, grads, |dy| {
             let (c, sn) = (
-                view::<2>(&cos).expect("[s, d]"),
-                view::<2>(&sin).expect("[s, d]"),
+                f32_view_as::<Ix2>(&cos).expect("[s, d]"),
+                f32_view_as::<Ix2>(&sin).expect("[s, d]"),
             );
-            nd(rotate(view::<4>(&dy).expect("[b, h, s, d]"), c, sn, true))
+            nd(rotate(
+                f32_view_as::<Ix4>(&dy).expect("[b, h, s, d]"),
+                c,
+                sn,
+                true,
+            ))
         });
     }
 }

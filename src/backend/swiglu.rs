@@ -14,9 +14,8 @@ use burn::backend::NdArray;
 use burn::tensor::{activation::silu, backend::Backend, Tensor};
 use burn_ndarray::NdArrayTensor;
 use ndarray::{ArrayD, ArrayViewD};
-use rayon::prelude::*;
 
-use super::autodiff_op::{cpu_inputs, f32_view, nd, record, wrap, CpuInputs};
+use super::autodiff_op::{cpu_inputs, f32_view, for_each_chunk, nd, record, wrap, CpuInputs};
 
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
@@ -45,14 +44,14 @@ fn zip3(
         c.as_slice().expect("standard layout"),
     );
     let mut out = vec![0f32; av.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(av.par_chunks(CHUNK))
-        .zip(bv.par_chunks(CHUNK).zip(cv.par_chunks(CHUNK)))
-        .for_each(|((o, x), (y, z))| {
-            for i in 0..o.len() {
-                o[i] = f(x[i], y[i], z[i]);
-            }
-        });
+    // One chunk's worth (a decoding step's row) runs on the caller.
+    for_each_chunk(&mut out, CHUNK, CHUNK + 1, |i, o| {
+        let r = i * CHUNK..i * CHUNK + o.len();
+        let (x, y, z) = (&av[r.clone()], &bv[r.clone()], &cv[r]);
+        for (((o, &x), &y), &z) in o.iter_mut().zip(x).zip(y).zip(z) {
+            *o = f(x, y, z);
+        }
+    });
     ArrayD::from_shape_vec(a.raw_dim(), out).expect("same shape")
 }
 
