@@ -3,8 +3,7 @@
 //!
 //! burn-ndarray runs the five ops of the definition one after another, single-threaded, each
 //! over arrays of dynamic rank (its broadcasts walk them element by element), and under
-//! autodiff each records a backward with fresh arrays: with the GEMMs on both cores, norms and
-//! RoPE were most of what was left of a prefill. Here rows go in parallel chunks and, under
+//! autodiff each records a backward with fresh arrays. Here rows go in parallel chunks and, under
 //! `Autodiff<NdArray>`, the op's backward is the closed form: with `r = 1 / sqrt(mean(x^2) +
 //! eps)`, `x^ = x r` and `g = dy w`, `dx = r (g - x^ mean(g x^))` and `dw = sum_rows dy x^`.
 
