@@ -1,8 +1,8 @@
 //! Slicing: the sliced model gives the gated model's logits under the final mask, and the
 //! written directory reloads to the same logits.
 
-mod common;
-use common::*;
+
+use crate::common::*;
 
 use burn::backend::ndarray::NdArrayDevice;
 use burn::tensor::{Int, Tensor, TensorData};

@@ -1,8 +1,8 @@
 //! Mask-only DDP training on real models: the expected sparsity moves toward the target, and a
 //! run resumed from a checkpoint ends exactly where an uninterrupted run does.
 
-mod common;
-use common::*;
+
+use crate::common::*;
 
 use burn::backend::ndarray::NdArrayDevice;
 use burn::backend::{Autodiff, NdArray};

@@ -1,7 +1,7 @@
 //! Bad model files give errors that name the file, the tensor or key, and what was expected.
 
-mod common;
-use common::*;
+
+use crate::common::*;
 
 use std::fs;
 use std::path::Path;

@@ -2,8 +2,8 @@
 //! computation here), the cloze tasks (recomputed here item by item), and the multiple-choice
 //! scorer on a small hand-written task file.
 
-mod common;
-use common::*;
+
+use crate::common::*;
 
 use ddp::eval::{cloze, mc, perplexity, score::Scorer};
 

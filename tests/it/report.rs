@@ -1,8 +1,8 @@
 //! A stories260k sweep through evaluate, benchmark and report: the report renders, its table
 //! has a row per model with deltas against dense, and its plots are valid PNG images.
 
-mod common;
-use common::*;
+
+use crate::common::*;
 
 use std::fs;
 

@@ -412,7 +412,7 @@ fn spawn_child(recipe: &Path, cache: &Path, out: &Path) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "child_runner",
+            "engine::child_runner",
             "--ignored",
             "--nocapture",
             "--test-threads=1",

@@ -1,8 +1,8 @@
 //! The DDP pipeline end to end on stories260k through the engine: load -> gate-insert ->
 //! calibrate -> anneal-train -> threshold -> slice, and the sliced model loads and runs.
 
-mod common;
-use common::*;
+
+use crate::common::*;
 
 use std::fs;
 

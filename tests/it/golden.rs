@@ -1,7 +1,7 @@
 //! The model against Hugging Face transformers: logits and token ids from ../shared/fixtures/golden.
 
-mod common;
-use common::*;
+
+use crate::common::*;
 
 fn token_cases(model: &str) -> Vec<(String, Vec<u32>)> {
     let path = fixtures().join("golden/token_texts.json");

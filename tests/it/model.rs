@@ -1,8 +1,8 @@
 //! The burn model against an independent f64 reference, for every architecture; gates; KV cache.
 
-mod common;
-use common::tiny::{self, RefGates, Removal};
-use common::*;
+
+use crate::common::tiny::{self, RefGates, Removal};
+use crate::common::*;
 
 use burn::backend::ndarray::NdArrayDevice;
 use burn::tensor::{Int, Tensor, TensorData};

@@ -1,7 +1,7 @@
 //! The `ddp-run` binary as a user runs it.
 
-mod common;
-use common::*;
+
+use crate::common::*;
 
 use std::process::Command;
 

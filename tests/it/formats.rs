@@ -1,7 +1,7 @@
 //! Weight-file variants: sharded safetensors, F16/BF16 tensors, GGUF version 2.
 
-mod common;
-use common::*;
+
+use crate::common::*;
 
 use std::collections::BTreeMap;
 use std::fs;

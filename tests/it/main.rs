@@ -1,0 +1,17 @@
+//! The integration tests, one crate so that burn and ddp link once: each module is one area
+//! (the former `tests/<area>.rs`), `common` their shared fixtures and the f64 reference model.
+
+mod common;
+
+mod cli;
+mod engine;
+mod errors;
+mod eval;
+mod formats;
+mod golden;
+mod model;
+mod pipeline;
+mod quants;
+mod report;
+mod slice;
+mod train;
