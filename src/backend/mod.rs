@@ -23,9 +23,13 @@ use crate::error::{Error, Result};
 /// `--device cpu | cuda[:N] | tch-cpu | tch-cuda[:N]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceSpec {
+    /// burn's `NdArray` backend on the host (`cpu`).
     Cpu,
+    /// burn's CUDA (cubecl) backend on GPU N (`cuda`, `cuda:N`; N defaults to 0).
     Cuda(usize),
+    /// burn's LibTorch backend on the host (`tch-cpu`).
     TchCpu,
+    /// burn's LibTorch backend on CUDA GPU N (`tch-cuda`, `tch-cuda:N`).
     TchCuda(usize),
 }
 
@@ -66,13 +70,17 @@ impl fmt::Display for DeviceSpec {
 
 /// Code that runs on whichever backend the user picked.
 pub trait BackendTask {
+    /// What the task returns.
     type Output;
+    /// Runs the task on backend `B`, on `device`.
     fn run<B: Backend>(self, device: B::Device) -> Result<Self::Output>;
 }
 
 /// Code that trains: runs on the autodiff wrapper of the chosen backend.
 pub trait AutodiffTask {
+    /// What the task returns.
     type Output;
+    /// Runs the task on the autodiff backend `B`, on `device`.
     fn run<B: burn::tensor::backend::AutodiffBackend>(
         self,
         device: B::Device,

@@ -170,8 +170,11 @@ fn encode_prefix(tok: &Tokenizer, text: &str, need: usize) -> Result<Vec<u32>> {
 /// Token blocks of one length.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Blocks {
+    /// Tokens per block.
     pub seq_len: usize,
+    /// Training blocks, in stream order (each exactly `seq_len` tokens).
     pub train: Vec<Vec<u32>>,
+    /// Validation blocks: every `val_every`-th block of the stream (none when `val_every` is 0).
     pub validation: Vec<Vec<u32>>,
     /// Tokens read (at least the cap when the source has that many; for the record).
     pub tokens_seen: usize,

@@ -21,13 +21,16 @@ use crate::io::tokenizer::Tokenizer;
 /// A passage cut into what the model sees and what it must produce.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClozeItem {
+    /// The passage before the target word (a space before the word goes to `target`).
     pub context: String,
     /// With its leading space when the word follows one.
     pub target: String,
 }
 
+/// The outcome of [`lambada`] over a set of items.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ClozeResult {
+    /// Greedy exact-match accuracy: every target token is the model's argmax.
     pub acc: Accuracy,
     /// exp(-mean log-likelihood of the target word), per word.
     pub target_perplexity: f64,

@@ -26,15 +26,20 @@ use crate::io::tokenizer::Tokenizer;
 /// (WinoGrande: the option is in the context and the continuation is shared).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Item {
+    /// The context(s) each choice is conditioned on.
     pub contexts: Vec<String>,
+    /// The continuation(s) scored; one shared by all choices, or one per choice.
     pub continuations: Vec<String>,
+    /// Index of the correct choice.
     pub gold: usize,
 }
 
 impl Item {
+    /// Number of choices: the longer of `contexts` and `continuations`.
     pub fn choices(&self) -> usize {
         self.contexts.len().max(self.continuations.len())
     }
+    /// Choice `i` as (context, continuation).
     pub fn pair(&self, i: usize) -> (&str, &str) {
         let c = if self.contexts.len() == 1 { 0 } else { i };
         let k = if self.continuations.len() == 1 { 0 } else { i };
@@ -42,10 +47,15 @@ impl Item {
     }
 }
 
+/// The scores of one multiple-choice task.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct McResult {
+    /// The task file's layout (`generic`, `hellaswag`, `piqa`, `arc`, `openbookqa`, `boolq`,
+    /// `winogrande`).
     pub layout: String,
+    /// Fraction of items whose highest log-likelihood choice is gold.
     pub acc: Accuracy,
+    /// As `acc`, with each log-likelihood divided by its continuation's length in bytes.
     pub acc_norm: Accuracy,
 }
 

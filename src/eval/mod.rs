@@ -16,12 +16,16 @@ use serde::{Deserialize, Serialize};
 /// reports: sqrt(p(1-p)/(n-1))).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct Accuracy {
+    /// Fraction correct, in `[0, 1]` (0 when `n` is 0).
     pub value: f64,
+    /// Standard error of `value` (0 when `n` is below 2).
     pub stderr: f64,
+    /// Items scored.
     pub n: usize,
 }
 
 impl Accuracy {
+    /// The accuracy of `correct` right answers out of `n`.
     pub fn of(correct: usize, n: usize) -> Self {
         let p = if n == 0 {
             0.0

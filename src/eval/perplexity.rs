@@ -12,14 +12,22 @@ use serde::{Deserialize, Serialize};
 use super::score::{Request, Scorer};
 use burn::tensor::backend::Backend;
 
+/// The perplexity of a token stream and how it was measured.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Perplexity {
+    /// Tokens in the stream.
     pub tokens: usize,
+    /// Window length in tokens (the most context a prediction sees, plus one).
     pub window: usize,
+    /// Tokens between window starts (`window`: non-overlapping).
     pub stride: usize,
+    /// Windows scored.
     pub windows: usize,
+    /// Next-token predictions scored.
     pub scored_tokens: usize,
+    /// Mean negative log-likelihood per scored token, in nats (NaN when none was scored).
     pub mean_nll: f64,
+    /// `exp(mean_nll)`.
     pub perplexity: f64,
 }
 
@@ -51,6 +59,8 @@ pub fn windows(n: usize, window: usize, stride: usize) -> Vec<(usize, usize, usi
     out
 }
 
+/// Scores `ids` in the [`windows`] of `window` tokens every `stride` tokens; `on_batch` is
+/// told how many windows each batch finished.
 pub fn perplexity<B: Backend>(
     scorer: &Scorer<B>,
     ids: &[u32],

@@ -11,6 +11,7 @@ use crate::model::{Gates, Logits, Model};
 /// `ids[..p]`.
 #[derive(Debug, Clone)]
 pub struct Request {
+    /// The whole sequence, context included.
     pub ids: Vec<u32>,
     /// Score tokens `ids[from..]` (from >= 1).
     pub from: usize,
@@ -39,27 +40,35 @@ impl Request {
 /// Per request: the log-probability of each scored token, and whether each was the argmax.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scored {
+    /// Natural-log probability of each token `ids[from..]` given the tokens before it.
     pub logprobs: Vec<f64>,
+    /// Whether each of those tokens is the model's argmax at its position.
     pub greedy: Vec<bool>,
 }
 
 impl Scored {
+    /// The log-likelihood of all scored tokens together (sum of `logprobs`).
     pub fn total(&self) -> f64 {
         self.logprobs.iter().sum()
     }
+    /// Whether greedy decoding would have produced every scored token.
     pub fn all_greedy(&self) -> bool {
         self.greedy.iter().all(|&g| g)
     }
 }
 
+/// Scores [`Request`]s with a model, optionally under gates.
 pub struct Scorer<'a, B: Backend> {
+    /// The model that scores.
     pub model: &'a Model<B>,
+    /// Masks applied in the forward pass (`None`: the model as it is).
     pub gates: Option<&'a Gates<B>>,
     /// Upper bound on batch x length x vocab floats of logits held at once.
     pub max_logit_floats: usize,
 }
 
 impl<'a, B: Backend> Scorer<'a, B> {
+    /// A scorer without gates, holding at most 64 Mi logit floats (256 MiB) at once.
     pub fn new(model: &'a Model<B>) -> Self {
         Self {
             model,

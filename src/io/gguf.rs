@@ -16,22 +16,36 @@ use crate::error::{Error, Result};
 /// One metadata value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
+    /// GGUF type 0.
     U8(u8),
+    /// GGUF type 1.
     I8(i8),
+    /// GGUF type 2.
     U16(u16),
+    /// GGUF type 3.
     I16(i16),
+    /// GGUF type 4.
     U32(u32),
+    /// GGUF type 5.
     I32(i32),
+    /// GGUF type 10.
     U64(u64),
+    /// GGUF type 11.
     I64(i64),
+    /// GGUF type 6.
     F32(f32),
+    /// GGUF type 12.
     F64(f64),
+    /// GGUF type 7 (one byte, non-zero is true).
     Bool(bool),
+    /// GGUF type 8: a u64 length and UTF-8 bytes.
     Str(String),
+    /// GGUF type 9: an element type, a u64 count and the elements (not nested here).
     Array(Vec<Value>),
 }
 
 impl Value {
+    /// Any integer that is not negative, widened.
     pub fn as_u64(&self) -> Option<u64> {
         match *self {
             Value::U8(v) => Some(v as u64),
@@ -45,6 +59,7 @@ impl Value {
             _ => None,
         }
     }
+    /// A float, or an integer that [`as_u64`](Self::as_u64) accepts.
     pub fn as_f64(&self) -> Option<f64> {
         match *self {
             // Shortest decimal that round-trips the f32: 1e-5 stays 1e-5, not 9.99999974e-6.
@@ -53,18 +68,21 @@ impl Value {
             _ => self.as_u64().map(|v| v as f64),
         }
     }
+    /// The string of a [`Value::Str`].
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::Str(s) => Some(s),
             _ => None,
         }
     }
+    /// The flag of a [`Value::Bool`].
     pub fn as_bool(&self) -> Option<bool> {
         match *self {
             Value::Bool(b) => Some(b),
             _ => None,
         }
     }
+    /// The elements of a [`Value::Array`].
     pub fn as_array(&self) -> Option<&[Value]> {
         match self {
             Value::Array(a) => Some(a),
@@ -76,12 +94,15 @@ impl Value {
 /// Where one tensor lives in the file.
 #[derive(Debug, Clone)]
 pub struct TensorInfo {
+    /// Tensor name as the file spells it (`blk.0.attn_q.weight`).
     pub name: String,
     /// Dimensions in ggml order (ne0 = innermost / row length).
     pub ne: Vec<usize>,
+    /// Storage type (float or quantisation).
     pub ty: GgmlType,
     /// Absolute byte offset in the file.
     pub offset: usize,
+    /// Bytes of (quantised) data.
     pub n_bytes: usize,
 }
 
@@ -90,15 +111,21 @@ impl TensorInfo {
     pub fn shape(&self) -> Vec<usize> {
         self.ne.iter().rev().copied().collect()
     }
+    /// Number of elements.
     pub fn numel(&self) -> usize {
         self.ne.iter().product()
     }
 }
 
+/// An open GGUF file: its parsed header and a memory map of the data.
 pub struct GgufFile {
+    /// Where the file is.
     pub path: PathBuf,
+    /// GGUF format version (2 or 3).
     pub version: u32,
+    /// Metadata key/values by key.
     pub metadata: BTreeMap<String, Value>,
+    /// Tensor index by name.
     pub tensors: BTreeMap<String, TensorInfo>,
     /// Tensor names in file order.
     pub order: Vec<String>,
@@ -196,6 +223,7 @@ impl<'a> Reader<'a> {
 }
 
 impl GgufFile {
+    /// Maps the file and parses its header, checking every tensor's type and extent.
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: the map is read-only; a file truncated underneath us is the user's problem
@@ -315,6 +343,7 @@ impl GgufFile {
         })
     }
 
+    /// A metadata value by key.
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.metadata.get(key)
     }

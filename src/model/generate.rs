@@ -6,12 +6,14 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use super::transformer::{Gates, Logits, Model};
 use crate::error::{Error, Result};
 
+/// How the next token is picked from the logits (default: greedy).
 #[derive(Debug, Clone, Copy)]
 pub struct Sampling {
     /// 0 means greedy.
     pub temperature: f32,
     /// Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p.
     pub top_p: f32,
+    /// Seed of the sampling RNG.
     pub seed: u64,
 }
 

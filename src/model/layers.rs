@@ -14,8 +14,11 @@ use super::rope;
 /// (Wanda-SP norms, FLAP fluctuations) need.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct InputStats {
+    /// Rows (token positions) seen.
     pub rows: usize,
+    /// Per input feature j: the sum of `x_j` over the rows.
     pub sum: Vec<f64>,
+    /// Per input feature j: the sum of `x_j^2` over the rows.
     pub sum_sq: Vec<f64>,
 }
 
@@ -38,19 +41,24 @@ impl InputStats {
 /// `y = x W (+ b)` with `W` stored `[in, out]` so the matmul needs no transpose.
 #[derive(Debug, Clone)]
 pub struct Linear<B: Backend> {
+    /// Weight `[in, out]`: the transpose of PyTorch's `[out, in]`.
     pub w: Tensor<B, 2>,
+    /// Bias `[out]`, if the layer has one.
     pub b: Option<Tensor<B, 1>>,
     /// When set, every forward adds its input's per-feature sums here.
     pub probe: Option<std::sync::Arc<std::sync::Mutex<InputStats>>>,
 }
 
 impl<B: Backend> Linear<B> {
+    /// Input features.
     pub fn in_dim(&self) -> usize {
         self.w.dims()[0]
     }
+    /// Output features.
     pub fn out_dim(&self) -> usize {
         self.w.dims()[1]
     }
+    /// Applies the map to the last dimension of `x` (any leading dimensions).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let mut dims = x.dims();
         let inn = dims[D - 1];
@@ -109,20 +117,33 @@ pub fn rms_norm<B: Backend, const D: usize>(
 /// Keys and values of one layer for the positions seen so far: `[batch, kv_heads, len, head_dim]`.
 #[derive(Debug, Clone)]
 pub struct LayerKv<B: Backend> {
+    /// Keys, after `k_norm` and RoPE.
     pub k: Tensor<B, 4>,
+    /// Values.
     pub v: Tensor<B, 4>,
 }
 
+/// Grouped-query self-attention with RoPE: query head `h` reads KV head
+/// `h / (n_heads / n_kv_heads)`.
 #[derive(Debug, Clone)]
 pub struct Attention<B: Backend> {
+    /// Query projection, `[hidden, n_heads * head_dim]`.
     pub q: Linear<B>,
+    /// Key projection, `[hidden, n_kv_heads * head_dim]`.
     pub k: Linear<B>,
+    /// Value projection, `[hidden, n_kv_heads * head_dim]`.
     pub v: Linear<B>,
+    /// Output projection, `[n_heads * head_dim, hidden]`.
     pub o: Linear<B>,
+    /// RMSNorm weight `[head_dim]` for every query head, before RoPE (Qwen3).
     pub q_norm: Option<Tensor<B, 1>>,
+    /// RMSNorm weight `[head_dim]` for every key head, before RoPE (Qwen3).
     pub k_norm: Option<Tensor<B, 1>>,
+    /// Query heads (0 when all were pruned: the block then outputs zeros).
     pub n_heads: usize,
+    /// Key/value heads; divides `n_heads`.
     pub n_kv_heads: usize,
+    /// Width of one head.
     pub head_dim: usize,
     /// Sliding-window size, if this layer has one.
     pub window: Option<usize>,
@@ -231,12 +252,16 @@ impl<B: Backend> Attention<B> {
 /// SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
 #[derive(Debug, Clone)]
 pub struct Mlp<B: Backend> {
+    /// Gate projection, `[hidden, width]` (through SiLU).
     pub gate: Linear<B>,
+    /// Up projection, `[hidden, width]`.
     pub up: Linear<B>,
+    /// Down projection, `[width, hidden]`.
     pub down: Linear<B>,
 }
 
 impl<B: Backend> Mlp<B> {
+    /// Intermediate channels.
     pub fn width(&self) -> usize {
         self.gate.out_dim()
     }
@@ -259,10 +284,15 @@ impl<B: Backend> Mlp<B> {
 /// optional always-on shared expert with a sigmoid gate (Qwen2-MoE).
 #[derive(Debug, Clone)]
 pub struct Moe<B: Backend> {
+    /// `[hidden, experts]`: logits whose softmax `pi(x)` weighs the experts.
     pub router: Linear<B>,
+    /// The routed experts, all of one width.
     pub experts: Vec<Mlp<B>>,
+    /// Experts each token is sent to.
     pub top_k: usize,
+    /// Renormalise the chosen experts' probabilities to sum to 1.
     pub norm_topk_prob: bool,
+    /// The shared expert and its gate `[hidden, 1]` (through a sigmoid).
     pub shared: Option<(Mlp<B>, Linear<B>)>,
 }
 
@@ -345,6 +375,8 @@ impl<B: Backend> Moe<B> {
 /// The feed-forward part of a layer.
 #[derive(Debug, Clone)]
 pub enum Ffn<B: Backend> {
+    /// One SwiGLU MLP.
     Dense(Mlp<B>),
+    /// Routed experts.
     Moe(Moe<B>),
 }

@@ -5,6 +5,7 @@ use burn::tensor::{backend::Backend, Tensor, TensorData};
 
 use super::config::RopeScaling;
 
+/// A model's RoPE frequencies, from which [`tables`](Self::tables) makes cos/sin tables.
 #[derive(Debug, Clone)]
 pub struct Rope {
     /// Inverse frequencies, one per rotated pair (head_dim / 2), in f32 as transformers computes them.
@@ -12,6 +13,7 @@ pub struct Rope {
 }
 
 impl Rope {
+    /// Inverse frequencies `theta^(-2i / head_dim)` for `i < head_dim / 2`, rescaled by `scaling`.
     pub fn new(head_dim: usize, theta: f64, scaling: Option<&RopeScaling>) -> Self {
         let half = head_dim / 2;
         let mut inv_freq: Vec<f32> = (0..half)

@@ -8,11 +8,16 @@ use super::layers::{rms_norm, Attention, Ffn, LayerKv, Linear};
 use super::rope::Rope;
 use crate::error::{Error, Result};
 
+/// One pre-norm decoder layer: `x += attn(norm(x))`, then `x += ffn(norm(x))`.
 #[derive(Debug, Clone)]
 pub struct Layer<B: Backend> {
+    /// RMSNorm weight `[hidden]` before attention (`input_layernorm`).
     pub attn_norm: Tensor<B, 1>,
+    /// Self-attention.
     pub attn: Attention<B>,
+    /// RMSNorm weight `[hidden]` before the FFN (`post_attention_layernorm`).
     pub ffn_norm: Tensor<B, 1>,
+    /// Feed-forward block.
     pub ffn: Ffn<B>,
 }
 
@@ -20,22 +25,34 @@ pub struct Layer<B: Backend> {
 /// and rows are gathered from its columns, so the largest matrix is stored once.
 #[derive(Debug, Clone)]
 pub enum Embedding<B: Backend> {
+    /// Separate input embedding and LM head.
     Untied {
+        /// Input embedding, `[vocab, hidden]`.
         embed: Tensor<B, 2>,
+        /// LM head, `[hidden, vocab]`.
         lm_head: Linear<B>,
     },
+    /// One matrix for both.
     Tied {
+        /// LM head, `[hidden, vocab]`; column t is token t's embedding.
         lm_head: Linear<B>,
     },
 }
 
+/// A decoder-only transformer on backend `B`.
 #[derive(Debug, Clone)]
 pub struct Model<B: Backend> {
+    /// The shape it was built from.
     pub config: ModelConfig,
+    /// Token embedding and LM head.
     pub embedding: Embedding<B>,
+    /// Decoder layers, first to last.
     pub layers: Vec<Layer<B>>,
+    /// Final RMSNorm weight `[hidden]`.
     pub norm: Tensor<B, 1>,
+    /// RoPE frequencies, shared by every layer.
     pub rope: Rope,
+    /// Where the weights live.
     pub device: B::Device,
 }
 
@@ -45,8 +62,11 @@ pub struct Model<B: Backend> {
 /// the routed experts of a MoE block).
 #[derive(Debug, Clone)]
 pub struct LayerGates<B: Backend> {
+    /// `[n_heads]` or `[n_kv_heads]`; `None`: heads ungated.
     pub heads: Option<Tensor<B, 1>>,
+    /// `[width]` of the dense FFN or the shared expert; `None`: ungated.
     pub channels: Option<Tensor<B, 1>>,
+    /// `[experts, expert width]`; `None`: ungated.
     pub experts: Option<Tensor<B, 2>>,
 }
 
@@ -60,8 +80,10 @@ impl<B: Backend> Default for LayerGates<B> {
     }
 }
 
+/// Pruning gates for a whole model (see [`LayerGates`]).
 #[derive(Debug, Clone)]
 pub struct Gates<B: Backend> {
+    /// One entry per decoder layer.
     pub layers: Vec<LayerGates<B>>,
 }
 
@@ -72,6 +94,7 @@ pub struct KvCache<B: Backend> {
 }
 
 impl<B: Backend> KvCache<B> {
+    /// An empty cache for `n_layers` layers.
     pub fn new(n_layers: usize) -> Self {
         Self {
             layers: vec![None; n_layers],
@@ -86,6 +109,7 @@ impl<B: Backend> KvCache<B> {
             .map(|kv| kv.k.dims()[2])
             .unwrap_or(0)
     }
+    /// Whether no position is cached yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -94,12 +118,14 @@ impl<B: Backend> KvCache<B> {
 /// Which positions get logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Logits {
+    /// Every position (scoring, training).
     All,
     /// Only the last position (generation): skips the LM head elsewhere.
     Last,
 }
 
 impl<B: Backend> Model<B> {
+    /// Width of the residual stream.
     pub fn hidden_size(&self) -> usize {
         self.config.hidden_size
     }
@@ -110,6 +136,7 @@ impl<B: Backend> Model<B> {
         }
     }
 
+    /// Embeddings `[batch, seq, hidden]` of `tokens: [batch, seq]`.
     pub fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let [b, s] = tokens.dims();
         let flat = tokens.reshape([b * s]);
@@ -239,6 +266,7 @@ impl<B: Backend> Model<B> {
         self.lm_head().forward(h)
     }
 
+    /// An empty KV cache for this model.
     pub fn new_cache(&self) -> KvCache<B> {
         KvCache::new(self.layers.len())
     }

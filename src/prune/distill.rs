@@ -23,9 +23,13 @@ pub enum TeacherRows<'a> {
     Logits(&'a [f32]),
     /// Cached top-k: indices and log-probabilities `[rows, k]`, log tail mass `[rows]`.
     TopK {
+        /// Entries kept per row.
         k: usize,
+        /// Token ids `[rows, k]`.
         idx: &'a [u32],
+        /// Teacher log-probabilities of those tokens, `[rows, k]`.
         logp: &'a [f32],
+        /// Log of the probability mass outside the top k, `[rows]`.
         log_rest: &'a [f32],
     },
 }
@@ -33,8 +37,13 @@ pub enum TeacherRows<'a> {
 /// Loss values (token means) and `d (ce + eta kl) / d logits`, `[rows, vocab]`.
 #[derive(Debug, Clone)]
 pub struct Distilled {
+    /// Mean cross-entropy of the targets under the student, in nats.
     pub ce: f64,
+    /// Mean `KL(teacher || student)`, in nats, not multiplied by `eta` (a top-k teacher's: its
+    /// k entries plus one term for the tail mass).
     pub kl: f64,
+    /// Gradient of `ce + eta kl` (row means) with respect to the student's logits,
+    /// `[rows, vocab]`.
     pub grad: Vec<f32>,
 }
 

@@ -10,14 +10,19 @@ use serde::{Deserialize, Serialize};
 /// expert channel, expert after expert (`[experts * width]`, empty in a dense layer).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LayerMask {
+    /// One value per query head.
     pub heads: Vec<f32>,
+    /// One value per channel of the dense FFN or the shared expert.
     pub channels: Vec<f32>,
+    /// One value per routed-expert channel, `[experts * width]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub experts: Vec<f32>,
 }
 
+/// The final mask of a whole model: what slicing removes and what it folds in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FinalMask {
+    /// One entry per decoder layer.
     pub layers: Vec<LayerMask>,
 }
 

@@ -5,8 +5,9 @@
 
 use burn::tensor::{activation::sigmoid, backend::Backend, Tensor};
 
-/// Stretch limits of the retention score.
+/// Lower stretch limit `l` of the retention score.
 pub const LOWER: f64 = -0.1;
+/// Upper stretch limit `r` of the retention score.
 pub const UPPER: f64 = 1.1;
 
 /// `C0 = ln 11`, so that `s(0) = 0` and `s(2 mu) = 1`.
@@ -47,9 +48,11 @@ pub fn mu_at(step: usize, total: usize, mu0: f64, mu_end: f64) -> f64 {
     mu0 - (mu0 - mu_end) * frac.sqrt()
 }
 
-/// Hard-concrete constants (Louizos et al. 2018): temperature and stretch interval.
+/// Hard-concrete temperature `beta` (Louizos et al. 2018).
 pub const HC_BETA: f64 = 2.0 / 3.0;
+/// Lower end `gamma` of the hard-concrete stretch interval.
 pub const HC_GAMMA: f64 = -0.1;
+/// Upper end `zeta` of the hard-concrete stretch interval.
 pub const HC_ZETA: f64 = 1.1;
 
 /// Hard-concrete gate from `log_alpha` and uniform noise `u` (None: the deterministic variant,

@@ -16,17 +16,25 @@ use crate::model::{Logits, Model};
 /// log-probabilities, then `blocks x positions` f32 log tail masses (little endian).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TopKHeader {
+    /// Log-probabilities kept per position (at most the vocabulary size).
     pub k: usize,
+    /// Token blocks covered.
     pub blocks: usize,
     /// Positions per block that predict a next token (seq_len - 1).
     pub positions: usize,
 }
 
+/// The cached teacher: per position, its k most likely next tokens (most likely first) and
+/// their log-probabilities, and the log of the mass left over.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TopK {
+    /// The sizes.
     pub header: TopKHeader,
+    /// Token ids, `[blocks * positions, k]`.
     pub idx: Vec<u32>,
+    /// Natural-log probabilities of those tokens, `[blocks * positions, k]`.
     pub logp: Vec<f32>,
+    /// `ln(1 - sum exp(logp))` per position (floored at `ln 1e-30`), `[blocks * positions]`.
     pub log_rest: Vec<f32>,
 }
 
@@ -93,6 +101,7 @@ impl TopK {
         self.log_rest.extend(other.log_rest);
     }
 
+    /// Writes `teacher.json` (the header) and `teacher.bin` (the data) into `dir`.
     pub fn write(&self, dir: &Path) -> Result<()> {
         let h = dir.join("teacher.json");
         std::fs::write(&h, serde_json::to_string_pretty(&self.header).unwrap())
@@ -105,6 +114,7 @@ impl TopK {
         std::fs::write(&b, bytes).map_err(|e| Error::io(&b, e))
     }
 
+    /// Reads what [`write`](Self::write) wrote, checking the data's length against the header.
     pub fn read(dir: &Path) -> Result<Self> {
         let h = dir.join("teacher.json");
         let text = std::fs::read_to_string(&h).map_err(|e| Error::io(&h, e))?;
