@@ -10,7 +10,7 @@ use safetensors::tensor::{Dtype, TensorView};
 use serde_json::{json, Value};
 
 use super::tokenizer::Tokenizer;
-use super::weights::{HostTensor, WeightSource};
+use crate::model::weights::{HostTensor, WeightSource};
 use crate::error::{Error, Result};
 use crate::model::config::{Arch, ModelConfig, RopeScaling};
 

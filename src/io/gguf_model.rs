@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::gguf::{GgufFile, TensorInfo, Value};
 use super::quants;
-use super::weights::{summarize_dtypes, HostTensor, WeightSource};
+use crate::model::weights::{summarize_dtypes, HostTensor, WeightSource};
 use crate::error::{Error, Result};
 use crate::model::config::{Arch, LayerShape, ModelConfig, MoeConfig, RopeScaling};
 
@@ -21,8 +21,12 @@ struct Entry {
     unpermute_heads: Option<usize>,
 }
 
+/// A GGUF model: the file, the config read from its metadata, and the map from Hugging Face
+/// tensor names to GGUF tensors.
 pub struct GgufModel {
+    /// The open file.
     pub file: GgufFile,
+    /// The model's shape and hyper-parameters, from the `{arch}.*` metadata.
     pub config: ModelConfig,
     map: BTreeMap<String, Entry>,
 }
@@ -74,6 +78,7 @@ fn unpermute_rows(t: &mut HostTensor, heads: usize) {
 }
 
 impl GgufModel {
+    /// Opens the file, reads its config and maps its tensors to Hugging Face names.
     pub fn open(path: &Path) -> Result<Self> {
         let file = GgufFile::open(path)?;
         let config = config_from_metadata(&file)?;

@@ -9,14 +9,18 @@ pub mod quants;
 pub mod safetensors;
 pub mod source;
 pub mod tokenizer;
-pub mod weights;
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use burn::tensor::backend::Backend;
+use indicatif::ProgressBar;
+
 use crate::model::config::ModelConfig;
+use crate::model::load::load_model;
+use crate::model::Model;
 use tokenizer::Tokenizer;
-use weights::WeightSource;
+use crate::model::weights::WeightSource;
 
 /// A model on disk, opened: its config, its weights (not yet on a device) and its tokenizer.
 pub struct ModelFiles {
@@ -26,6 +30,25 @@ pub struct ModelFiles {
     /// "safetensors" or "gguf".
     pub format: &'static str,
     pub path: PathBuf,
+}
+
+impl ModelFiles {
+    /// Loads the model onto `device` (the one way every stage and command does it), advancing
+    /// `bar` by one per tensor when given.
+    pub fn load<B: Backend>(
+        &self,
+        device: &B::Device,
+        bar: Option<&ProgressBar>,
+    ) -> Result<Model<B>> {
+        load_model(&self.config, self.weights.as_ref(), device, bar)
+    }
+
+    /// The tokenizer, or an error naming the model that has none.
+    pub fn tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer
+            .as_ref()
+            .ok_or_else(|| Error::bad_file(&self.path, "the model has no tokenizer"))
+    }
 }
 
 /// Opens a Hugging Face model directory or a `.gguf` file.

@@ -10,7 +10,7 @@ use half::{bf16, f16};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata, SafeTensorError, SafeTensors};
 
-use super::weights::{summarize_dtypes, HostTensor, WeightSource};
+use crate::model::weights::{summarize_dtypes, HostTensor, WeightSource};
 use crate::error::{Error, Result};
 
 struct Shard {
@@ -20,6 +20,7 @@ struct Shard {
     meta: Metadata,
 }
 
+/// The memory-mapped safetensors shards of one model, served as a [`WeightSource`].
 pub struct SafetensorsWeights {
     origin: PathBuf,
     shards: Vec<Shard>,

@@ -8,7 +8,7 @@ use super::layers::{Attention, Ffn, Linear, Mlp, Moe};
 use super::rope::Rope;
 use super::transformer::{Embedding, Layer, Model};
 use crate::error::{Error, Result};
-use crate::io::weights::{HostTensor, WeightSource};
+use super::weights::{HostTensor, WeightSource};
 
 /// `[rows, cols]` -> `[cols, rows]`, blocked for cache locality.
 pub fn transpose(t: &HostTensor) -> HostTensor {

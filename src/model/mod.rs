@@ -9,6 +9,7 @@ pub mod layers;
 pub mod load;
 pub mod rope;
 pub mod transformer;
+pub mod weights;
 
 pub use config::{Arch, ModelConfig};
 pub use transformer::{Gates, KvCache, LayerGates, Logits, Model};

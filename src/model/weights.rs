@@ -1,4 +1,5 @@
-//! The one interface the model loader reads weights through, whatever the file format.
+//! The weight-source port: the one interface the model loader reads weights through, whatever
+//! the file format (`io` implements it for safetensors and GGUF).
 //! Names and layouts are Hugging Face's (`model.layers.0.self_attn.q_proj.weight`, `[out, in]`,
 //! q/k rows in rotate_half order): a GGUF source translates on the fly.
 

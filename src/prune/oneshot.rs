@@ -13,18 +13,22 @@ use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
 use super::train::{GateState, HeadGates};
 use crate::error::{Error, Result};
-use crate::io::weights::WeightSource;
 use crate::model::layers::{Ffn, InputStats};
+use crate::model::weights::WeightSource;
 use crate::model::{accounting, Logits, Model, ModelConfig};
 
+/// The scoring methods, by the names recipes use.
 pub const METHODS: &[&str] = &["magnitude", "wanda-sp", "flap"];
 
 /// Input statistics of each layer's o_proj and down_proj (in a MoE layer: the shared
 /// expert's down_proj), and of each routed expert's down_proj (over the tokens routed to it).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LayerStats {
+    /// Inputs of o_proj: the concatenated head outputs.
     pub o: InputStats,
+    /// Inputs of the dense (or shared-expert) down_proj: the FFN channels.
     pub down: InputStats,
+    /// Inputs of each routed expert's down_proj (empty in a dense layer).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub experts: Vec<InputStats>,
 }
@@ -47,6 +51,7 @@ fn probe() -> Probe {
 }
 
 impl Probes {
+    /// Attaches fresh probes to every layer of `model`.
     pub fn attach<B: Backend>(model: &mut Model<B>) -> Self {
         let mut probes = vec![];
         for l in &mut model.layers {

@@ -14,13 +14,15 @@ use std::collections::BTreeMap;
 
 use super::mask::FinalMask;
 use crate::error::{Error, Result};
-use crate::io::weights::{HostTensor, WeightSource};
 use crate::model::accounting::{self, LayerUnits};
 use crate::model::config::{Arch, LayerShape, ModelConfig};
+use crate::model::weights::{HostTensor, WeightSource};
 
 /// The sliced model: its config and every tensor (HF names and layout).
 pub struct Sliced {
+    /// The smaller model's config (`layer_shapes` set when layers differ).
     pub config: ModelConfig,
+    /// Every tensor of the smaller model, by Hugging Face name.
     pub tensors: BTreeMap<String, HostTensor>,
 }
 
