@@ -1,0 +1,220 @@
+//! The loss of one micro-batch: CE + eta KL(teacher || student) (METHOD.md §4), computed once
+//! per micro-batch on the host or as tensor ops depending on the backend, plus each family's
+//! Lagrangian sparsity term.
+
+use burn::tensor::{
+    activation::log_softmax,
+    backend::{AutodiffBackend, Backend},
+    Int, Tensor, TensorData,
+};
+
+use super::super::distill::{distill, TeacherRows};
+use super::super::teacher::{kl_topk, TopK};
+use super::{Family, Scope, TrainConfig};
+use crate::error::Error;
+
+/// A family's log entry: (name, expected sparsity q, lambda1, lambda2, lambda3, mean s(1-s)).
+pub(crate) type FamilyLog = (String, f64, f64, f64, f64, f64);
+
+/// The value of a one-element tensor (NaN if it cannot be read).
+pub(crate) fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
+    t.into_data()
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .map(|v| v[0])
+        .unwrap_or(f64::NAN)
+}
+
+/// What the distillation loss of a micro-batch reads besides the student's logits.
+pub(crate) struct Rows<'a, B: AutodiffBackend> {
+    /// The micro-batch's tokens `[n, s]`.
+    pub(crate) tokens: &'a Tensor<B, 2, Int>,
+    /// The indices of its blocks.
+    pub(crate) picked: &'a [usize],
+    /// All training blocks.
+    pub(crate) blocks: &'a [Vec<u32>],
+    /// The online teacher's logits `[n, s, V]`, or `None` with a cached teacher.
+    pub(crate) teacher_logits: Option<Tensor<B::InnerBackend, 3>>,
+    /// The cached teacher, if any.
+    pub(crate) cached: Option<&'a TopK>,
+}
+
+/// CE + eta KL of the student's logits `[n, s, V]`: on the host where the backend's tensors
+/// live there ([`distill_on_host`]), else as tensor ops ([`distill_tensors`]). Returns
+/// (ce, kl, the loss term).
+pub(crate) fn distillation<B: AutodiffBackend>(
+    student: Tensor<B, 3>,
+    rows: Rows<B>,
+    eta: f64,
+) -> (f64, f64, Tensor<B, 1>) {
+    if crate::backend::on_host::<B::InnerBackend>() {
+        distill_on_host(student, rows, eta)
+    } else {
+        distill_tensors(student, rows, eta)
+    }
+}
+
+/// `[n, s, V]` -> the rows that predict a next token, `[n (s - 1), V]`.
+fn predicting<B: Backend>(logits: Tensor<B, 3>) -> Tensor<B, 2> {
+    let [n, s, v] = logits.dims();
+    logits
+        .slice([0..n, 0..s - 1, 0..v])
+        .reshape([n * (s - 1), v])
+}
+
+/// The rows of `[n, s, v]` host logits that predict a next token (all but each block's last).
+fn predicting_rows(x: &[f32], n: usize, s: usize, v: usize) -> Vec<f32> {
+    (0..n)
+        .flat_map(|b| &x[b * s * v..(b * s + s - 1) * v])
+        .copied()
+        .collect()
+}
+
+/// CE + eta KL in one host pass per row ([`super::super::distill`]), entering the graph as a
+/// term whose value is the loss and whose gradient with respect to the logits is the closed
+/// form: one op on the CPU autodiff backend (`backend::host_term`), elsewhere
+/// `sum(logits * G) - sum(logits * G).detach() + loss`. Returns (ce, kl, that term).
+fn distill_on_host<B: AutodiffBackend>(
+    student: Tensor<B, 3>,
+    rows: Rows<B>,
+    eta: f64,
+) -> (f64, f64, Tensor<B, 1>) {
+    // Whole blocks go to the host (contiguous: a plain copy); the rows that predict a token
+    // are picked there, and the last position of each block gets a zero gradient, so the
+    // tracked `[n, s, V]` logits are never sliced (a strided copy, and its backward).
+    let [n, s, v] = student.dims();
+    let s_host = predicting_rows(&crate::backend::host_f32(student.clone().inner()), n, s, v);
+    let targets: Vec<u32> = rows
+        .picked
+        .iter()
+        .flat_map(|&b| rows.blocks[b][1..].iter().copied())
+        .collect();
+    let t_host = rows
+        .teacher_logits
+        .map(|t| predicting_rows(&crate::backend::host_f32(t), n, s, v));
+    let cached = rows.cached.map(|c| (c.header.k, c.host_rows(rows.picked)));
+    let teacher = match (&t_host, &cached) {
+        (Some(t), _) => TeacherRows::Logits(t),
+        (None, Some((k, (idx, logp, log_rest)))) => TeacherRows::TopK {
+            k: *k,
+            idx,
+            logp,
+            log_rest,
+        },
+        (None, None) => unreachable!("online logits or a cached teacher"),
+    };
+    let d = distill(&s_host, &targets, teacher, eta);
+    let mut grad = vec![0f32; n * s * v];
+    for (b, rows) in d.grad.chunks(((s - 1) * v).max(1)).enumerate() {
+        grad[b * s * v..b * s * v + rows.len()].copy_from_slice(rows);
+    }
+    let value = d.ce + eta * d.kl;
+    let term = crate::backend::host_term::term(&student, grad, value).unwrap_or_else(|grad| {
+        let g = Tensor::<B, 3>::from_data(TensorData::new(grad, [n, s, v]), &student.device());
+        let lin = (student * g).sum();
+        lin.clone() - lin.detach() + value
+    });
+    (d.ce, d.kl, term)
+}
+
+/// The same loss as burn tensor ops (backends whose tensors do not live on the host).
+fn distill_tensors<B: AutodiffBackend>(
+    student: Tensor<B, 3>,
+    rows: Rows<B>,
+    eta: f64,
+) -> (f64, f64, Tensor<B, 1>) {
+    let ls = log_softmax(predicting(student), 1);
+    let [n, s] = rows.tokens.dims();
+    let targets = rows
+        .tokens
+        .clone()
+        .slice([0..n, 1..s])
+        .reshape([n * (s - 1), 1]);
+    let ce = ls.clone().gather(1, targets).neg().mean();
+    let kl = match (rows.teacher_logits, rows.cached) {
+        (Some(t), _) => {
+            let lt = Tensor::<B, 2>::from_inner(log_softmax(predicting(t), 1));
+            (lt.clone().exp() * (lt - ls)).sum_dim(1).mean()
+        }
+        (None, Some(c)) => {
+            let (idx, lt, rest) = c.rows::<B>(rows.picked, &ls.device());
+            kl_topk(ls, idx, lt, rest)
+        }
+        (None, None) => unreachable!("online logits or a cached teacher"),
+    };
+    let term = ce.clone() + kl.clone() * eta;
+    (scalar(ce), scalar(kl), term)
+}
+
+/// Family `f`'s Lagrangian term `l1 (q - a) + l2 (q - a)^2 [+ l3 mean s(1 - s)]` at step `t`
+/// and annealing `mu`, from its leaves `zf` and multipliers `lam`, with its log entry.
+pub(crate) fn sparsity<B: AutodiffBackend>(
+    f: &Family,
+    zf: &[Option<Tensor<B, 1>>],
+    lam: &Tensor<B, 1>,
+    cfg: &TrainConfig,
+    scope: Scope,
+    t: usize,
+    mu: f64,
+) -> (Tensor<B, 1>, FamilyLog) {
+    let method = cfg.method;
+    let ss: Vec<Tensor<B, 1>> = zf
+        .iter()
+        .flatten()
+        .map(|z| method.retention(z.clone(), mu))
+        .collect();
+    let target = method.target(f.target, t, cfg.warmup);
+    // Gap q - a: one over all layers (global), or one per layer (per-layer scope, where the
+    // multiplier terms are taken per row and averaged).
+    let gaps: Tensor<B, 1> = match scope {
+        Scope::Global => Tensor::cat(ss.clone(), 0).mean().neg() + (1.0 - target),
+        Scope::PerLayer => Tensor::cat(
+            ss.iter()
+                .map(|s| s.clone().mean().neg() + (1.0 - target))
+                .collect(),
+            0,
+        ),
+    };
+    let all = Tensor::cat(ss.clone(), 0);
+    let bin = (all.clone() * (all.neg() + 1.0)).mean();
+    let l1 = lam.clone().narrow(0, 0, 1);
+    let l2 = lam.clone().narrow(0, 1, 1);
+    let l3 = lam.clone().narrow(0, 2, 1);
+    let mut term = l1 * gaps.clone().mean() + l2 * (gaps.clone() * gaps.clone()).mean();
+    if method.binarises() {
+        term = term + l3 * bin.clone();
+    }
+    let log = (
+        f.name.clone(),
+        scalar(gaps.mean()) + target,
+        f.lambdas[0],
+        f.lambdas[1],
+        f.lambdas[2],
+        scalar(bin),
+    );
+    (term, log)
+}
+
+/// The error of step `t` whose loss is not finite, naming the first non-finite term: CE, KL,
+/// then the named `terms`.
+pub(crate) fn not_finite<B: Backend>(
+    t: usize,
+    ce: f64,
+    kl: f64,
+    terms: &[(String, Tensor<B, 1>)],
+) -> Error {
+    let bad = [("cross-entropy", ce), ("KL", kl)]
+        .into_iter()
+        .find(|(_, v)| !v.is_finite())
+        .map(|(n, _)| n.to_string())
+        .or_else(|| {
+            terms
+                .iter()
+                .find(|(_, t)| !scalar(t.clone()).is_finite())
+                .map(|x| x.0.clone())
+        })
+        .unwrap_or_else(|| "loss".to_string());
+    Error::Invalid(format!(
+        "step {t}: the {bad} term is not finite; stopping at the last good step ({t})"
+    ))
+}

@@ -1,0 +1,178 @@
+//! The training state that checkpoints as JSON ([`GateState`]: gates, multipliers, optimiser
+//! moments, step) and what each step reports ([`StepLog`], [`StepTime`]).
+
+use rand::{rngs::StdRng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::Method;
+
+/// Gate granularity of attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HeadGates {
+    /// One gate per KV group (whole groups removed: loadable by standard runtimes).
+    PerGroup,
+    /// One gate per query head.
+    PerHead,
+    /// Attention not pruned.
+    None,
+}
+
+/// Where a family's sparsity target applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scope {
+    /// One expected sparsity over all layers (the paper's better-quality default).
+    Global,
+    /// The target applies to every layer.
+    PerLayer,
+}
+
+/// Adam moments of one parameter vector.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Moments {
+    /// First moments, one per parameter.
+    pub m: Vec<f64>,
+    /// Second moments, one per parameter.
+    pub v: Vec<f64>,
+}
+
+/// One gate family (heads or channels): `z` per layer, multipliers, optimiser state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Family {
+    /// `heads`, `channels` (dense FFN and shared-expert channels) or `experts` (routed-expert
+    /// channels).
+    pub name: String,
+    /// Target sparsity: the fraction of the family's units to remove.
+    pub target: f64,
+    /// Gate parameters per layer (empty where a layer has no unit of the family): DDP's `z`,
+    /// the hard-concrete baselines' `log_alpha`, or one-shot importance scores.
+    pub z: Vec<Vec<f32>>,
+    /// [lambda1, lambda2, lambda3].
+    pub lambdas: [f64; 3],
+    /// Adam moments of `z`, per layer.
+    pub z_moments: Vec<Moments>,
+    /// Adam moments of the three multipliers.
+    pub lambda_moments: Moments,
+}
+
+/// Everything training needs to continue: checkpointed as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GateState {
+    /// Gate granularity of attention.
+    pub heads: HeadGates,
+    /// Where the sparsity targets apply.
+    pub scope: Scope,
+    /// How `z` is to be read (set when training starts).
+    #[serde(default)]
+    pub method: Method,
+    /// Set by one-shot scoring (`magnitude`, `wanda-sp`, `flap`): `z` holds importance scores
+    /// to rank, not gate values; survivors keep a scale of 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scored_by: Option<String>,
+    /// The gate families.
+    pub families: Vec<Family>,
+    /// Steps trained so far.
+    pub step: usize,
+}
+
+/// What one step measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepLog {
+    /// Steps done after this one (counted from 1).
+    pub step: usize,
+    /// Total loss, mean over the micro-batches.
+    pub loss: f64,
+    /// Cross-entropy, mean over the micro-batches.
+    pub ce: f64,
+    /// KL(teacher || student), mean over the micro-batches.
+    pub kl: f64,
+    /// The annealing temperature mu of this step.
+    pub mu: f64,
+    /// The learning rate of `z` this step (after the schedule).
+    pub lr_z: f64,
+    /// Per family: (name, expected sparsity q, lambda1, lambda2, lambda3, mean s(1-s)).
+    pub families: Vec<(String, f64, f64, f64, f64, f64)>,
+    /// Tokens this step trained on (batch x block length x micro-batches).
+    pub tokens: usize,
+    /// Wall seconds of this step, by phase.
+    pub time: StepTime,
+}
+
+/// Wall seconds of one step, by phase (micro-batches summed).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct StepTime {
+    /// The online teacher's forward (0 with a cached teacher).
+    pub teacher: f64,
+    /// The gated student's forward and the loss terms.
+    pub student: f64,
+    /// Backpropagation to the gates and reading their gradients.
+    pub backward: f64,
+    /// Optimiser updates of z and the multipliers.
+    pub update: f64,
+}
+
+impl StepTime {
+    /// Wall seconds of the whole step: the phases summed.
+    pub fn total(&self) -> f64 {
+        self.teacher + self.student + self.backward + self.update
+    }
+}
+
+impl GateState {
+    /// Gates initialised near 1: `z ~ N(1, 0.01)` (std 0.01), seeded. `unit_counts` is, per
+    /// family, (name, target sparsity, units per layer); multipliers and moments start at 0.
+    pub fn init(
+        unit_counts: &[(String, f64, Vec<usize>)],
+        heads: HeadGates,
+        scope: Scope,
+        seed: u64,
+    ) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let families = unit_counts
+            .iter()
+            .map(|(name, target, per_layer)| {
+                let z: Vec<Vec<f32>> = per_layer
+                    .iter()
+                    .map(|&n| (0..n).map(|_| near_one(&mut rng)).collect())
+                    .collect();
+                Family {
+                    name: name.clone(),
+                    target: *target,
+                    z_moments: per_layer
+                        .iter()
+                        .map(|&n| Moments {
+                            m: vec![0.0; n],
+                            v: vec![0.0; n],
+                        })
+                        .collect(),
+                    z,
+                    lambdas: [0.0; 3],
+                    lambda_moments: Moments {
+                        m: vec![0.0; 3],
+                        v: vec![0.0; 3],
+                    },
+                }
+            })
+            .collect();
+        Self {
+            heads,
+            scope,
+            method: Method::Ddp,
+            scored_by: None,
+            families,
+            step: 0,
+        }
+    }
+
+    /// The family called `name`, if gated.
+    pub fn family(&self, name: &str) -> Option<&Family> {
+        self.families.iter().find(|f| f.name == name)
+    }
+}
+
+/// One draw of N(1, 0.01) (std 0.01), Box-Muller from two uniforms.
+fn near_one(rng: &mut StdRng) -> f32 {
+    let (a, b): (f64, f64) = (rand::Rng::random(rng), rand::Rng::random(rng));
+    (1.0 + 0.01 * (-2.0 * (1.0 - a).ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos()) as f32
+}
