@@ -1,6 +1,7 @@
 //! Forward-pass throughput: prefill (tokens/s over a prompt) and decode (tokens/s generating
 //! with the KV cache). Warm-up first, then repeated runs reported as median, min and max.
 
+pub mod dense;
 pub mod llama_cpp;
 pub mod torch;
 pub mod train;
@@ -10,16 +11,24 @@ use std::time::Instant;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use serde::Serialize;
 
+use crate::backend::BackendTask;
+use crate::error::Result;
+use crate::io::ModelFiles;
 use crate::model::{Logits, Model};
 
+/// Summary of repeated measurements.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Stats {
+    /// Median (mean of the middle two for an even count).
     pub median: f64,
+    /// Smallest sample.
     pub min: f64,
+    /// Largest sample.
     pub max: f64,
 }
 
 impl Stats {
+    /// Stats of the samples `v`; panics when `v` is empty.
     pub fn of(mut v: Vec<f64>) -> Self {
         assert!(!v.is_empty(), "Stats of no samples");
         v.sort_by(f64::total_cmp);
@@ -81,11 +90,16 @@ pub fn ratio_lines(ours: &Throughput, name: &str, theirs: &Throughput) -> Vec<St
     lines
 }
 
+/// One model's prefill and decode throughput at one batch size and prompt length.
 #[derive(Debug, Clone, Serialize)]
 pub struct Throughput {
+    /// Sequences per forward pass.
     pub batch: usize,
+    /// Prompt length, tokens.
     pub prompt_len: usize,
+    /// Tokens generated per sequence after the prompt.
     pub decode_tokens: usize,
+    /// Timed runs (after the warm-up).
     pub repeats: usize,
     /// Prompt tokens per second (batch included).
     pub prefill_tok_s: Stats,
@@ -169,25 +183,35 @@ pub fn throughput<B: Backend>(
 /// What a side-by-side benchmark measures.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Protocol {
+    /// Prompt lengths to prefill, tokens.
     pub prompt_lens: Vec<usize>,
+    /// Batch sizes; every one is run at every prompt length.
     pub batches: Vec<usize>,
     /// Generated after a prompt of the first length.
     pub decode_tokens: usize,
+    /// Untimed runs first (decoding at most 4 tokens).
     pub warmup: usize,
+    /// Timed runs per model, batch size and prompt length.
     pub repeats: usize,
 }
 
+/// Throughput at one batch size and prompt length.
 #[derive(Debug, Clone, Serialize)]
 pub struct Point {
+    /// Sequences per forward pass.
     pub batch: usize,
+    /// Prompt length, tokens.
     pub prompt_len: usize,
+    /// Tokens per second (batch included) over the timed runs.
     pub tok_s: Stats,
 }
 
 /// One model's figures under a protocol.
 #[derive(Debug, Clone, Serialize)]
 pub struct Measured {
+    /// The model's label.
     pub label: String,
+    /// Prefill, per batch size and, within each, per prompt length.
     pub prefill: Vec<Point>,
     /// Decode after a prompt of `prompt_lens[0]`, per batch size.
     pub decode: Vec<Point>,
@@ -285,19 +309,24 @@ pub fn memory_mb() -> Option<(f64, f64)> {
 /// Dense and pruned measured side by side, with the ideal speed-up from FLOPs per token.
 #[derive(Debug, Clone, Serialize)]
 pub struct Comparison {
+    /// What was measured.
     pub protocol: Protocol,
     /// The build, backend, device and threads.
     pub build: String,
+    /// The device's name, as the caller gave it.
     pub device: String,
     /// First the baseline (dense), then the candidate.
     pub models: Vec<Measured>,
-    /// FLOPs per token of each model: prefill at each prompt length (mean context), decode.
+    /// FLOPs per token of each model in prefill, per prompt length (at the mean context).
     pub flops_prefill: Vec<Vec<f64>>,
+    /// FLOPs per token of each model in decode (at the mean context).
     pub flops_decode: Vec<f64>,
+    /// Parameters of each model.
     pub params: Vec<usize>,
-    /// Weights held on the device (f32), MB, per model; the process's peak resident memory
-    /// (all models and activations of the run together).
+    /// Weights held on the device (f32), MB, per model.
     pub weights_mb: Vec<f64>,
+    /// The process's peak resident memory, MB (all models and activations of the run
+    /// together); NaN where it cannot be read (off Linux).
     pub peak_rss_mb: f64,
 }
 
@@ -351,6 +380,8 @@ impl Comparison {
         m
     }
 
+    /// The report: protocol, a row per model, phase and shape with measured and ideal
+    /// speed-ups, spread warnings and memory.
     pub fn markdown(&self) -> String {
         let p = &self.protocol;
         let mut s = format!(
@@ -508,5 +539,32 @@ mod tests {
             w.contains("±20 %") && w.contains("±1 %") && w.contains("±21 %"),
             "{w}"
         );
+    }
+}
+
+/// Loads the models and compares them (the `benchmark` stage and `ddp-run bench --vs`).
+pub struct CompareTask<'a> {
+    /// The models by label, measured in this order in every round.
+    pub models: Vec<(&'a str, &'a ModelFiles)>,
+    /// Lengths, batches, repeats.
+    pub protocol: &'a Protocol,
+    /// The device's name, for the report.
+    pub device: &'a str,
+    /// Advanced once per timed or warm-up run.
+    pub bar: &'a indicatif::ProgressBar,
+}
+
+impl BackendTask for CompareTask<'_> {
+    type Output = Comparison;
+    fn run<B: Backend>(self, device: B::Device) -> Result<Comparison> {
+        let mut loaded = vec![];
+        for (label, f) in &self.models {
+            let m = f.load::<B>(&device, None)?;
+            loaded.push((label.to_string(), m));
+        }
+        self.bar.set_length(self.protocol.runs(loaded.len()) as u64);
+        Ok(compare(loaded, self.protocol, self.device, || {
+            self.bar.inc(1)
+        }))
     }
 }

@@ -3,8 +3,10 @@
 //! locks, atomic cache entries, a lock file and links to the results.
 
 pub mod cache;
+pub mod gc;
 pub mod key;
 pub mod lockfile;
+pub mod params;
 pub mod registry;
 pub mod stage;
 

@@ -230,6 +230,10 @@ impl StageContext<'_> {
             .and_then(Value::as_bool)
             .unwrap_or_default()
     }
+    /// The parameters as the kind's typed struct (see [`crate::stage_params!`]).
+    pub fn typed<P: super::params::StageParams>(&self) -> anyhow::Result<P> {
+        P::from_params(self.params, self.instance).map_err(anyhow::Error::msg)
+    }
     pub fn input(&self, name: &str) -> anyhow::Result<&Input> {
         self.inputs.get(name).ok_or_else(|| {
             anyhow::anyhow!("stage {}: input `{name}` is not connected", self.instance)

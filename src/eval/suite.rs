@@ -2,6 +2,7 @@
 //! `evaluate` stage and `ddp-run eval` share.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use indicatif::ProgressBar;
@@ -11,8 +12,10 @@ use super::cloze::{self, ClozeItem, ClozeResult};
 use super::mc::{self, Item, McResult};
 use super::perplexity::{self, Perplexity};
 use super::score::Scorer;
-use crate::error::Result;
-use crate::io::tokenizer::Tokenizer;
+use crate::backend::BackendTask;
+use crate::data;
+use crate::error::{Error, Result};
+use crate::io::{tokenizer::Tokenizer, ModelFiles};
 use crate::model::Model;
 
 /// What to measure.
@@ -20,7 +23,9 @@ use crate::model::Model;
 pub struct Suite {
     /// Token stream, window, stride.
     pub perplexity: Option<(Vec<u32>, usize, usize)>,
+    /// LAMBADA-style cloze items drawn from the text (greedy exact match of the last word).
     pub lambada: Vec<ClozeItem>,
+    /// Multiple-choice cloze items drawn from the text.
     pub cloze_mc: Vec<Item>,
     /// Task name -> (layout, items).
     pub tasks: BTreeMap<String, (String, Vec<Item>)>,
@@ -28,11 +33,16 @@ pub struct Suite {
     pub max_len: usize,
 }
 
+/// What a suite measured; a part is `None` (or empty) when the suite did not ask for it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Results {
+    /// Perplexity over the token stream.
     pub perplexity: Option<Perplexity>,
+    /// LAMBADA-style accuracy and target-word perplexity.
     pub lambada: Option<ClozeResult>,
+    /// Scores of the multiple-choice cloze.
     pub cloze_mc: Option<McResult>,
+    /// Task name -> its scores.
     pub tasks: BTreeMap<String, McResult>,
 }
 
@@ -48,6 +58,7 @@ impl Suite {
             + self.tasks.values().map(|(_, i)| mc(i)).sum::<usize>()
     }
 
+    /// Scores everything in the suite on `model`; `bar` advances once per scored sequence.
     pub fn run<B: Backend>(
         &self,
         model: &Model<B>,
@@ -135,5 +146,118 @@ impl Results {
             s += &format!("| {k} | {v:.4} | {se} | {d} | {delta} |\n");
         }
         s
+    }
+}
+
+/// `NAME=PATH` or `PATH` (the name is the file stem).
+pub fn task_spec(spec: &str) -> (String, PathBuf) {
+    match spec.split_once('=') {
+        Some((n, p)) if !n.contains('/') => (n.to_string(), PathBuf::from(p)),
+        _ => {
+            let p = PathBuf::from(spec);
+            let n = p
+                .file_stem()
+                .map_or("task".into(), |s| s.to_string_lossy().into_owned());
+            (n, p)
+        }
+    }
+}
+
+/// What to build a [`Suite`] from: settings shared by the `evaluate` stage and `ddp-run eval`.
+pub struct SuiteSpec {
+    /// Evaluation text (a data source spec); `None` or empty: task files only.
+    pub data: Option<String>,
+    /// Perplexity window in tokens.
+    pub seq_len: usize,
+    /// 0: non-overlapping windows; else the stride of windows that score each token once.
+    pub stride: usize,
+    /// Perplexity over the first N tokens of the text.
+    pub max_tokens: usize,
+    /// Items of each built-in cloze task drawn from the text (0: none).
+    pub cloze_items: usize,
+    /// Choices of the multiple-choice cloze.
+    pub cloze_choices: usize,
+    /// Shortest paragraph that makes a cloze item.
+    pub min_words: usize,
+    /// Multiple-choice task files, `NAME=PATH` or `PATH`.
+    pub tasks: Vec<String>,
+    /// First N items of each task file (0: all).
+    pub task_limit: usize,
+    /// Longest sequence scored for cloze and tasks.
+    pub max_len: usize,
+    /// Distractor draw of the multiple-choice cloze.
+    pub seed: u64,
+}
+
+/// Builds the suite: tokens for perplexity, cloze items from the same text, task files.
+pub fn build_suite(spec: &SuiteSpec, tok: &Tokenizer, cache: &Path) -> Result<Suite> {
+    let mut suite = Suite {
+        max_len: spec.max_len,
+        ..Suite::default()
+    };
+    if let Some(d) = spec.data.as_deref().filter(|d| !d.is_empty()) {
+        let src = data::resolve(d, cache)?;
+        let mut ids = data::token_stream(&src, tok, spec.max_tokens, false)?;
+        ids.truncate(spec.max_tokens);
+        if ids.len() < 2 {
+            return Err(Error::Invalid(format!(
+                "evaluation text {d}: fewer than 2 tokens"
+            )));
+        }
+        let stride = if spec.stride == 0 {
+            spec.seq_len
+        } else {
+            spec.stride
+        };
+        if stride > spec.seq_len {
+            return Err(Error::Invalid(format!(
+                "stride {stride} is longer than seq_len {}",
+                spec.seq_len
+            )));
+        }
+        suite.perplexity = Some((ids, spec.seq_len, stride));
+        if spec.cloze_items > 0 {
+            let text = data::texts(&src)?.join("\n\n");
+            let passages = cloze::passages(&text, spec.min_words);
+            suite.lambada = cloze::lambada_items(&passages, spec.cloze_items);
+            suite.cloze_mc = cloze::mc_items(
+                &passages,
+                8,
+                spec.cloze_choices,
+                spec.cloze_items,
+                spec.seed,
+            );
+        }
+    }
+    for t in &spec.tasks {
+        let (name, path) = task_spec(t);
+        let (layout, items) = mc::read_task(&path, spec.task_limit)?;
+        suite.tasks.insert(name, (layout, items));
+    }
+    if suite.perplexity.is_none() && suite.tasks.is_empty() {
+        return Err(Error::Invalid(
+            "nothing to evaluate: give an evaluation text (data) or task files (tasks)".into(),
+        ));
+    }
+    Ok(suite)
+}
+
+/// Loads a model and runs a suite on it, on the chosen backend.
+pub struct EvalTask<'a> {
+    /// The model.
+    pub files: &'a ModelFiles,
+    /// What to measure.
+    pub suite: &'a Suite,
+    /// Advanced once per scored sequence.
+    pub bar: &'a ProgressBar,
+}
+
+impl BackendTask for EvalTask<'_> {
+    type Output = Results;
+    fn run<B: Backend>(self, device: B::Device) -> Result<Results> {
+        let model = self.files.load::<B>(&device, None)?;
+        let tok = self.files.tokenizer()?;
+        self.bar.set_length(self.suite.requests() as u64);
+        self.suite.run(&model, tok, self.bar)
     }
 }

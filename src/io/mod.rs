@@ -8,6 +8,7 @@ pub mod hf_config;
 pub mod quants;
 pub mod safetensors;
 pub mod source;
+pub mod summary;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
@@ -18,17 +19,21 @@ use indicatif::ProgressBar;
 
 use crate::model::config::ModelConfig;
 use crate::model::load::load_model;
+use crate::model::weights::WeightSource;
 use crate::model::Model;
 use tokenizer::Tokenizer;
-use crate::model::weights::WeightSource;
 
 /// A model on disk, opened: its config, its weights (not yet on a device) and its tokenizer.
 pub struct ModelFiles {
+    /// The architecture, from `config.json` or the GGUF metadata.
     pub config: ModelConfig,
+    /// Read access to the tensors (HF names and layouts, whatever the format).
     pub weights: Box<dyn WeightSource>,
+    /// `None` for an HF directory without `tokenizer.json`.
     pub tokenizer: Option<Tokenizer>,
     /// "safetensors" or "gguf".
     pub format: &'static str,
+    /// The directory or `.gguf` file it was opened from.
     pub path: PathBuf,
 }
 

@@ -5,32 +5,66 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-use burn::tensor::backend::Backend;
+use anyhow::{bail, Result};
 use toml::Value;
 
+use super::artifacts::{BLOCKS, EVAL, EVAL_MD};
 use super::common::{model_path, read_json, write_json};
-use crate::backend::{run_on, BackendTask, DeviceSpec};
+use crate::backend::{run_on, DeviceSpec};
 use crate::data::{self, Blocks};
+use crate::engine::params::{int, StageParams};
 use crate::engine::stage::{
-    int_param as int, InputSpec, Metrics, ParamSpec, ParamType, Params, StageContext, StageKind,
+    InputSpec, Metrics, ParamSpec, ParamType, Params, StageContext, StageKind,
 };
-use crate::eval::{cloze, mc, suite::Results, suite::Suite};
-use crate::io::{self, tokenizer::Tokenizer, ModelFiles};
-use crate::model::{accounting, load::load_model};
+use crate::eval::suite::{build_suite, task_spec, EvalTask, SuiteSpec};
+use crate::io;
+use crate::model::accounting;
 
+/// The `evaluate` stage kind.
 pub struct Evaluate;
 
-/// `NAME=PATH` or `PATH` (the name is the file stem).
-pub fn task_spec(spec: &str) -> (String, PathBuf) {
-    match spec.split_once('=') {
-        Some((n, p)) if !n.contains('/') => (n.to_string(), PathBuf::from(p)),
-        _ => {
-            let p = PathBuf::from(spec);
-            let n = p
-                .file_stem()
-                .map_or("task".into(), |s| s.to_string_lossy().into_owned());
-            (n, p)
+crate::stage_params! {
+    /// The `evaluate` stage's parameters.
+    pub struct EvaluateParams {
+        /// evaluation text (same forms as calibrate's data; must not overlap it); empty: tasks only
+        data: String = "" => ParamType::Str,
+        /// perplexity window in tokens
+        seq_len: usize = 512 => int(2),
+        /// 0: non-overlapping windows; else strided windows that score each token once with up to seq_len-1 tokens of context
+        stride: usize = 0 => int(0),
+        /// perplexity over the first N tokens of the text
+        max_tokens: usize = 8192 => int(2),
+        /// items of each built-in cloze task (LAMBADA-style and multiple choice) drawn from the text; 0: none
+        cloze_items: usize = 100 => int(0),
+        /// choices of the multiple-choice cloze
+        cloze_choices: usize = 4 => int(2),
+        /// shortest paragraph that makes a cloze item
+        min_words: usize = 40 => int(2),
+        /// multiple-choice JSONL files, NAME=PATH or PATH (generic {context, choices, gold}, or HellaSwag/PIQA/ARC/BoolQ/WinoGrande/OpenBookQA layouts)
+        tasks: Vec<String> = Vec::<String>::new() => ParamType::StrList,
+        /// first N items of each task file (0: all)
+        task_limit: usize = 0 => int(0),
+        /// longest sequence scored for cloze and tasks (contexts are cut from the left)
+        max_len: usize = 1024 => int(8),
+        /// distractor draw of the multiple-choice cloze
+        seed: u64 = 0 => int(0),
+    }
+}
+
+impl From<EvaluateParams> for SuiteSpec {
+    fn from(p: EvaluateParams) -> Self {
+        SuiteSpec {
+            data: Some(p.data),
+            seq_len: p.seq_len,
+            stride: p.stride,
+            max_tokens: p.max_tokens,
+            cloze_items: p.cloze_items,
+            cloze_choices: p.cloze_choices,
+            min_words: p.min_words,
+            tasks: p.tasks,
+            task_limit: p.task_limit,
+            max_len: p.max_len,
+            seed: p.seed,
         }
     }
 }
@@ -45,67 +79,6 @@ fn local_files(spec: &str) -> Option<HashSet<PathBuf>> {
             .filter_map(|p| p.canonicalize().ok())
             .collect()
     })
-}
-
-/// Settings shared by the stage and `ddp-run eval`.
-pub struct SuiteSpec<'a> {
-    pub data: Option<&'a str>,
-    pub seq_len: usize,
-    pub stride: usize,
-    pub max_tokens: usize,
-    pub cloze_items: usize,
-    pub cloze_choices: usize,
-    pub min_words: usize,
-    pub tasks: Vec<String>,
-    pub task_limit: usize,
-    pub max_len: usize,
-    pub seed: u64,
-}
-
-/// Builds the suite: tokens for perplexity, cloze items from the same text, task files.
-pub fn build_suite(spec: &SuiteSpec, tok: &Tokenizer, cache: &Path) -> Result<Suite> {
-    let mut suite = Suite {
-        max_len: spec.max_len,
-        ..Suite::default()
-    };
-    if let Some(d) = spec.data.filter(|d| !d.is_empty()) {
-        let src = data::resolve(d, cache)?;
-        let mut ids = data::token_stream(&src, tok, spec.max_tokens, false)?;
-        ids.truncate(spec.max_tokens);
-        if ids.len() < 2 {
-            bail!("evaluation text {d}: fewer than 2 tokens");
-        }
-        let stride = if spec.stride == 0 {
-            spec.seq_len
-        } else {
-            spec.stride
-        };
-        if stride > spec.seq_len {
-            bail!("stride {stride} is longer than seq_len {}", spec.seq_len);
-        }
-        suite.perplexity = Some((ids, spec.seq_len, stride));
-        if spec.cloze_items > 0 {
-            let text = data::texts(&src)?.join("\n\n");
-            let passages = cloze::passages(&text, spec.min_words);
-            suite.lambada = cloze::lambada_items(&passages, spec.cloze_items);
-            suite.cloze_mc = cloze::mc_items(
-                &passages,
-                8,
-                spec.cloze_choices,
-                spec.cloze_items,
-                spec.seed,
-            );
-        }
-    }
-    for t in &spec.tasks {
-        let (name, path) = task_spec(t);
-        let (layout, items) = mc::read_task(&path, spec.task_limit)?;
-        suite.tasks.insert(name, (layout, items));
-    }
-    if suite.perplexity.is_none() && suite.tasks.is_empty() {
-        bail!("nothing to evaluate: give an evaluation text (data) or task files (tasks)");
-    }
-    Ok(suite)
 }
 
 /// Refuses an evaluation stream that shares a run of 32 tokens with any calibration block.
@@ -137,19 +110,7 @@ impl StageKind for Evaluate {
         "Perplexity on a text, LAMBADA-style and multiple-choice cloze tasks drawn from it, and zero-shot multiple-choice task files (lm-eval JSONL layouts), with deltas against the dense model."
     }
     fn params(&self) -> Vec<ParamSpec> {
-        vec![
-            ParamSpec { name: "data", ty: ParamType::Str, default: Some(Value::String(String::new())), doc: "evaluation text (same forms as calibrate's data; must not overlap it); empty: tasks only" },
-            int("seq_len", 2, 512, "perplexity window in tokens"),
-            int("stride", 0, 0, "0: non-overlapping windows; else strided windows that score each token once with up to seq_len-1 tokens of context"),
-            int("max_tokens", 2, 8192, "perplexity over the first N tokens of the text"),
-            int("cloze_items", 0, 100, "items of each built-in cloze task (LAMBADA-style and multiple choice) drawn from the text; 0: none"),
-            int("cloze_choices", 2, 4, "choices of the multiple-choice cloze"),
-            int("min_words", 2, 40, "shortest paragraph that makes a cloze item"),
-            ParamSpec { name: "tasks", ty: ParamType::StrList, default: Some(Value::Array(vec![])), doc: "multiple-choice JSONL files, NAME=PATH or PATH (generic {context, choices, gold}, or HellaSwag/PIQA/ARC/BoolQ/WinoGrande/OpenBookQA layouts)" },
-            int("task_limit", 0, 0, "first N items of each task file (0: all)"),
-            int("max_len", 8, 1024, "longest sequence scored for cloze and tasks (contexts are cut from the left)"),
-            int("seed", 0, 0, "distractor draw of the multiple-choice cloze"),
-        ]
+        EvaluateParams::specs()
     }
     fn inputs(&self) -> Vec<InputSpec> {
         vec![
@@ -226,34 +187,11 @@ impl StageKind for Evaluate {
     fn run(&self, ctx: &StageContext) -> Result<Metrics> {
         let input = ctx.input("model")?;
         let files = io::open_model(&model_path(input, ctx.cache_root)?)?;
-        let tok = files
-            .tokenizer
-            .as_ref()
-            .context("the model has no tokenizer")?;
-        let tasks: Vec<String> = match ctx.params.get("tasks") {
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(Value::as_str)
-                .map(String::from)
-                .collect(),
-            _ => vec![],
-        };
-        let spec = SuiteSpec {
-            data: Some(ctx.str("data")),
-            seq_len: ctx.int("seq_len") as usize,
-            stride: ctx.int("stride") as usize,
-            max_tokens: ctx.int("max_tokens") as usize,
-            cloze_items: ctx.int("cloze_items") as usize,
-            cloze_choices: ctx.int("cloze_choices") as usize,
-            min_words: ctx.int("min_words") as usize,
-            tasks,
-            task_limit: ctx.int("task_limit") as usize,
-            max_len: ctx.int("max_len") as usize,
-            seed: ctx.int("seed") as u64,
-        };
+        let tok = files.tokenizer()?;
+        let spec: SuiteSpec = ctx.typed::<EvaluateParams>()?.into();
         let suite = build_suite(&spec, tok, ctx.cache_root)?;
         if let (Some(cal), Some((ids, _, _))) = (ctx.inputs.get("calibration"), &suite.perplexity) {
-            let blocks: Blocks = read_json(&cal.dir.join("blocks.json"))?;
+            let blocks: Blocks = read_json(&cal.dir.join(BLOCKS))?;
             check_disjoint(ids, &blocks, &format!("stage {}", cal.stage))?;
         }
         let device: DeviceSpec = ctx.device.parse()?;
@@ -280,9 +218,9 @@ impl StageKind for Evaluate {
                 m.insert("params_kept".into(), params.total as f64 / dp);
             }
         }
-        write_json(&ctx.out_dir.join("eval.json"), &results)?;
+        write_json(&ctx.out_dir.join(EVAL), &results)?;
         std::fs::write(
-            ctx.out_dir.join("eval.md"),
+            ctx.out_dir.join(EVAL_MD),
             format!(
                 "# Evaluation: {}\n\n{}",
                 ctx.instance,
@@ -290,28 +228,5 @@ impl StageKind for Evaluate {
             ),
         )?;
         Ok(m)
-    }
-}
-
-pub struct EvalTask<'a> {
-    pub files: &'a ModelFiles,
-    pub suite: &'a Suite,
-    pub bar: &'a indicatif::ProgressBar,
-}
-
-impl BackendTask for EvalTask<'_> {
-    type Output = Results;
-    fn run<B: Backend>(self, device: B::Device) -> crate::Result<Results> {
-        let model = load_model::<B>(
-            &self.files.config,
-            self.files.weights.as_ref(),
-            &device,
-            None,
-        )?;
-        let tok = self.files.tokenizer.as_ref().ok_or_else(|| {
-            crate::Error::Invalid(format!("{} has no tokenizer", self.files.path.display()))
-        })?;
-        self.bar.set_length(self.suite.requests() as u64);
-        self.suite.run(&model, tok, self.bar)
     }
 }
