@@ -3,66 +3,103 @@
 
 use std::path::PathBuf;
 
+/// Everything the library can fail with; the `Display` text is the message a user sees.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A filesystem operation on `path` failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory being read, written or listed.
         path: PathBuf,
+        /// The underlying OS error.
         #[source]
         source: std::io::Error,
     },
 
     /// A model/weights/tokenizer file whose content is not what it should be.
     #[error("{path}: {what}")]
-    BadFile { path: PathBuf, what: String },
+    BadFile {
+        /// The offending file.
+        path: PathBuf,
+        /// What is wrong with it.
+        what: String,
+    },
 
     /// A tensor that is missing or has the wrong shape/dtype.
     #[error("{path}: tensor `{tensor}`: {what}")]
     BadTensor {
+        /// The weights file the tensor was looked up in.
         path: PathBuf,
+        /// The tensor's name in that file.
         tensor: String,
+        /// What is wrong (missing, shape, dtype, ...).
         what: String,
     },
 
     /// A configuration value (config.json / GGUF metadata) that is absent or out of range.
     #[error("{path}: key `{key}`: {what}")]
     BadConfig {
+        /// The config.json or GGUF file.
         path: PathBuf,
+        /// The configuration key at fault.
         key: String,
+        /// What is wrong with its value.
         what: String,
     },
 
     /// A model or data source specification that cannot be resolved.
     #[error("source `{spec}`: {what}")]
-    Source { spec: String, what: String },
+    Source {
+        /// The specification as the user wrote it.
+        spec: String,
+        /// Why it cannot be resolved.
+        what: String,
+    },
 
     /// Device / backend selection problems (e.g. CUDA asked for but no driver).
     #[error("device `{device}`: {what}")]
-    Device { device: String, what: String },
+    Device {
+        /// The device as the user wrote it (`cpu`, `cuda:N`, ...).
+        device: String,
+        /// What went wrong.
+        what: String,
+    },
 
+    /// A tokenizer that cannot be built, or that fails to encode/decode.
     #[error("tokenizer ({origin}): {what}")]
-    Tokenizer { origin: String, what: String },
+    Tokenizer {
+        /// Where the tokenizer came from (its `tokenizer.json` or GGUF path).
+        origin: String,
+        /// What went wrong.
+        what: String,
+    },
 
     /// A caller passed arguments that cannot work (shapes, gate lengths, empty prompt, ...).
     #[error("{0}")]
     Invalid(String),
 }
 
+/// `std::result::Result` with [`Error`] as the default error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// An [`Error::Io`] for `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
             source,
         }
     }
+
+    /// An [`Error::BadFile`] for `path`.
     pub fn bad_file(path: impl Into<PathBuf>, what: impl Into<String>) -> Self {
         Error::BadFile {
             path: path.into(),
             what: what.into(),
         }
     }
+
+    /// An [`Error::BadTensor`] for `tensor` in `path`.
     pub fn bad_tensor(
         path: impl Into<PathBuf>,
         tensor: impl Into<String>,
@@ -74,6 +111,8 @@ impl Error {
             what: what.into(),
         }
     }
+
+    /// An [`Error::BadConfig`] for `key` in `path`.
     pub fn bad_config(
         path: impl Into<PathBuf>,
         key: impl Into<String>,

@@ -15,7 +15,9 @@ use burn::tensor::backend::AutodiffBackend;
 /// What a training benchmark measures.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainProtocol {
+    /// Tokens per sequence.
     pub seq_len: usize,
+    /// Sequences per step.
     pub batch: usize,
     /// Steps per round and engine.
     pub steps: usize,
@@ -25,17 +27,24 @@ pub struct TrainProtocol {
     pub warmup: usize,
     /// `online` (the dense model every step) or `cached` (top-k rows computed once).
     pub teacher: String,
+    /// Log-probabilities kept per position by the `cached` teacher.
     pub topk: usize,
 }
 
 /// One engine's per-step figures: tokens/s of the whole step, milliseconds per phase.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainMeasured {
+    /// `ddp`, or the PyTorch trainer's label (`torch VERSION, N threads`).
     pub label: String,
+    /// Tokens (batch x sequence length) per second of the whole step.
     pub tok_s: Stats,
+    /// The online teacher's forward (0 with a cached teacher).
     pub teacher_ms: Stats,
+    /// The gated student's forward and the loss.
     pub student_ms: Stats,
+    /// Backpropagation to the gates.
     pub backward_ms: Stats,
+    /// Optimiser updates of the gates and multipliers.
     pub update_ms: Stats,
 }
 
@@ -200,8 +209,11 @@ pub fn markdown(p: &TrainProtocol, build: &str, m: &[TrainMeasured]) -> String {
 /// What `ddp-run bench --train` prints and writes.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainReport {
+    /// What was measured.
     pub protocol: TrainProtocol,
+    /// The build, backend, device and threads.
     pub build: String,
+    /// ddp's figures, then PyTorch's if it was measured.
     pub engines: Vec<TrainMeasured>,
     /// Why PyTorch was not measured, when it was asked for and could not be.
     pub torch_skipped: Option<String>,

@@ -14,38 +14,57 @@ use walkdir::WalkDir;
 use super::key::DigestMemo;
 use super::stage::Metrics;
 
+/// One output file as recorded in a manifest.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FileRecord {
+    /// blake3 digest of the content, hex.
     pub blake3: String,
+    /// Length in bytes.
     pub size: u64,
 }
 
+/// `manifest.json` of a cache entry: what produced it, from what, and what it holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
+    /// The entry's stage key (its directory name).
     pub key: String,
+    /// Stage kind name (the entry's parent directory).
     pub kind: String,
+    /// Version of the stage kind that produced it.
     pub version: u32,
+    /// Name of the recipe instance that produced it.
     pub instance: String,
+    /// The instance's resolved parameters.
     pub params: serde_json::Value,
     /// Input name -> key.
     pub inputs: BTreeMap<String, String>,
     /// Output files, relative to the entry directory.
     pub files: BTreeMap<String, FileRecord>,
+    /// Headline metrics the stage returned.
     pub metrics: Metrics,
+    /// When the stage started, seconds since the Unix epoch.
     pub started_unix: u64,
+    /// Wall-clock run time of the stage, seconds.
     pub seconds: f64,
+    /// `ddp` version (`CARGO_PKG_VERSION`) that ran it.
     pub tool_version: String,
+    /// Host name of the machine that ran it (empty when unknown).
     pub host: String,
 }
 
+/// A content-addressed store rooted at a directory.
 pub struct Cache {
+    /// The cache directory.
     pub root: PathBuf,
+    /// File-digest memo (`<root>/digests.json`); [`DigestMemo::save`] persists it.
     pub memo: DigestMemo,
 }
 
+/// File name of an entry's manifest.
 pub const MANIFEST: &str = "manifest.json";
 
 impl Cache {
+    /// Opens (creating if needed) the cache at `root`, with its `.tmp` and `.locks` dirs.
     pub fn open(root: &Path) -> Result<Self> {
         fs::create_dir_all(root)
             .with_context(|| format!("creating the cache {}", root.display()))?;
@@ -58,10 +77,12 @@ impl Cache {
         })
     }
 
+    /// `<root>/<kind>/<key>`: where a complete entry lives (whether or not it exists).
     pub fn entry_dir(&self, kind: &str, key: &str) -> PathBuf {
         self.root.join(kind).join(key)
     }
 
+    /// `<root>/.tmp/<kind>-<key>`: where a stage writes before its entry is committed.
     pub fn temp_dir(&self, kind: &str, key: &str) -> PathBuf {
         self.root.join(".tmp").join(format!("{kind}-{key}"))
     }

@@ -16,6 +16,9 @@ pub fn canonical_params(p: &Params) -> String {
     toml::to_string(p).expect("parameters are TOML values")
 }
 
+/// The key of a stage instance (64 hex digits): blake3 over `kind`, `version`, the canonical
+/// `params`, the input keys (input name -> key) and the external `files` as (file name, digest)
+/// pairs, in the given order.
 pub fn stage_key(
     kind: &str,
     version: u32,
@@ -81,6 +84,7 @@ pub struct DigestMemo {
 }
 
 impl DigestMemo {
+    /// Loads the memo at `path`; empty when it is missing or unreadable.
     pub fn open(path: PathBuf) -> Self {
         let map = fs::read_to_string(&path)
             .ok()

@@ -9,25 +9,35 @@ use serde::{Deserialize, Serialize};
 
 use super::stage::{Metrics, Params};
 
+/// What one stage instance ran as.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LockedStage {
+    /// Stage kind name.
     pub kind: String,
+    /// Its stage key (names its cache entry).
     pub key: String,
+    /// The resolved parameters.
     pub params: Params,
+    /// Input name -> key of the upstream entry.
     #[serde(default)]
     pub inputs: BTreeMap<String, String>,
+    /// Headline metrics of the run.
     #[serde(default)]
     pub metrics: Metrics,
 }
 
+/// The content of a `<recipe>.lock` file.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 pub struct LockFile {
+    /// The recipe's name.
     pub recipe: String,
+    /// `ddp` version (`CARGO_PKG_VERSION`) of the last run.
     pub tool_version: String,
     /// Instance name -> what ran.
     pub stages: BTreeMap<String, LockedStage>,
 }
 
+/// The lock file of a recipe: its path with `.lock` appended (`a.toml` -> `a.toml.lock`).
 pub fn path_for(recipe: &Path) -> PathBuf {
     let mut p = recipe.as_os_str().to_owned();
     p.push(".lock");
@@ -35,11 +45,13 @@ pub fn path_for(recipe: &Path) -> PathBuf {
 }
 
 impl LockFile {
+    /// The recipe's lock file, if it exists and parses.
     pub fn read(recipe: &Path) -> Option<Self> {
         let text = std::fs::read_to_string(path_for(recipe)).ok()?;
         toml::from_str(&text).ok()
     }
 
+    /// Writes the recipe's lock file, replacing it atomically.
     pub fn write(&self, recipe: &Path) -> Result<()> {
         let p = path_for(recipe);
         let text = format!(

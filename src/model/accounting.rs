@@ -4,8 +4,10 @@ use serde::Serialize;
 
 use super::config::ModelConfig;
 
+/// Parameter counts of a model, by what they belong to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 pub struct ParamCounts {
+    /// All parameters: `embedding + attention + ffn + other`.
     pub total: usize,
     /// Token embeddings plus an untied LM head.
     pub embedding: usize,
@@ -20,6 +22,7 @@ pub struct ParamCounts {
 }
 
 impl ParamCounts {
+    /// Parameters structured pruning can remove: `attention + ffn`.
     pub fn prunable(&self) -> usize {
         self.attention + self.ffn
     }
@@ -41,15 +44,19 @@ pub fn channel_params(cfg: &ModelConfig) -> usize {
 /// The prunable units of one layer, per gate family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LayerUnits {
+    /// Query heads.
     pub heads: usize,
+    /// Key/value heads.
     pub kv_heads: usize,
     /// Channels of the dense FFN, or of a MoE layer's shared expert (0 without one).
     pub channels: usize,
     /// Routed experts (0 in a dense layer), each `expert_width` channels wide.
     pub experts: usize,
+    /// Channels per routed expert (`moe_intermediate_size`; 0 in a dense layer).
     pub expert_width: usize,
 }
 
+/// The prunable units of layer `i`.
 pub fn units(cfg: &ModelConfig, i: usize) -> LayerUnits {
     let l = cfg.layer(i);
     let (channels, experts) = match &cfg.moe {
@@ -66,6 +73,7 @@ pub fn units(cfg: &ModelConfig, i: usize) -> LayerUnits {
     }
 }
 
+/// Parameter counts of the whole model described by `cfg`.
 pub fn count(cfg: &ModelConfig) -> ParamCounts {
     let (h, v, hd) = (cfg.hidden_size, cfg.vocab_size, cfg.head_dim);
     let mut c = ParamCounts {

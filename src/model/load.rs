@@ -7,8 +7,8 @@ use super::config::ModelConfig;
 use super::layers::{Attention, Ffn, Linear, Mlp, Moe};
 use super::rope::Rope;
 use super::transformer::{Embedding, Layer, Model};
-use crate::error::{Error, Result};
 use super::weights::{HostTensor, WeightSource};
+use crate::error::{Error, Result};
 
 /// `[rows, cols]` -> `[cols, rows]`, blocked for cache locality.
 pub fn transpose(t: &HostTensor) -> HostTensor {
@@ -79,6 +79,8 @@ pub fn tensor_count(w: &dyn WeightSource) -> u64 {
     w.names().len() as u64
 }
 
+/// Validates `cfg` and builds the model from `w` on `device`, checking every tensor's shape
+/// against the config; `bar`, if given, advances once per tensor read.
 pub fn load_model<B: Backend>(
     cfg: &ModelConfig,
     w: &dyn WeightSource,

@@ -10,20 +10,26 @@ use crate::error::{Error, Result};
 /// A tensor in host memory, row-major f32.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostTensor {
+    /// Dimensions, outermost first.
     pub shape: Vec<usize>,
+    /// The elements; `shape.iter().product()` of them.
     pub data: Vec<f32>,
 }
 
 impl HostTensor {
+    /// A tensor of `shape` over `data` (their sizes must agree; checked in debug builds).
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
         Self { shape, data }
     }
+
+    /// Number of elements.
     pub fn numel(&self) -> usize {
         self.data.len()
     }
 }
 
+/// Read access to a model's tensors by Hugging Face name.
 pub trait WeightSource: Send + Sync {
     /// The file or directory the weights come from (for messages).
     fn origin(&self) -> &Path;
@@ -36,6 +42,7 @@ pub trait WeightSource: Send + Sync {
     /// A short description of the stored dtypes, e.g. "F32" or "Q4_1 x210, F32 x61".
     fn dtype_summary(&self) -> String;
 
+    /// Whether the tensor `name` exists.
     fn has(&self, name: &str) -> bool {
         self.shape(name).is_some()
     }

@@ -13,10 +13,16 @@ use crate::recipe::Recipe;
 
 /// One row per instance: its sweep values and metrics (and deltas against a baseline).
 pub struct Comparison {
+    /// Header: `instance`, the axes, then each metric (followed by `Δ METRIC` with a baseline).
     pub columns: Vec<String>,
+    /// Sweep axes that at least one compared instance is assigned.
     pub axes: Vec<String>,
+    /// Every metric any compared instance recorded, sorted.
     pub metrics: Vec<String>,
+    /// Formatted cells, one row per instance, aligned with `columns` (empty when absent).
     pub rows: Vec<Vec<String>>,
+    /// The same data unformatted: `{recipe, baseline, rows: [{instance, key, params, metrics}]}`,
+    /// each row with a `delta` object too when there is a baseline.
     pub json: serde_json::Value,
 }
 
@@ -122,6 +128,7 @@ pub fn compare(
 }
 
 impl Comparison {
+    /// The table as GitHub-flavoured Markdown.
     pub fn markdown(&self) -> String {
         let mut s = format!(
             "| {} |\n|{}|\n",
@@ -133,6 +140,8 @@ impl Comparison {
         }
         s
     }
+
+    /// The table as CSV (cells quoted when they hold `,` or `"`).
     pub fn csv(&self) -> String {
         let q = |x: &String| {
             if x.contains([',', '"']) {

@@ -10,21 +10,29 @@ use serde::Serialize;
 use crate::engine::cache::{Manifest, MANIFEST};
 use crate::engine::stage::{Input, Metrics};
 
+/// One evaluated model of a report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
     /// "dense", or "METHOD @ TARGET".
     pub label: String,
+    /// `method` of the anneal-train or oneshot stage that pruned the model; "dense" if none did.
     pub method: String,
+    /// Target sparsity (the gate-insert `sparsity`); `None` for a dense model.
     pub target: Option<f64>,
+    /// Name of the evaluate instance.
     pub instance: String,
+    /// Metrics of the evaluation.
     pub eval: Metrics,
+    /// Metrics of a benchmark of the same model, if the report gathered one.
     pub bench: Option<Metrics>,
-    /// Entry directories of the training run and the final mask that produced the model.
+    /// Entry directory of the anneal-train run that produced the model, if any.
     pub train_dir: Option<PathBuf>,
+    /// Entry directory of the threshold stage (the final mask) that produced it, if any.
     pub mask_dir: Option<PathBuf>,
 }
 
 impl Row {
+    /// Whether the model is unpruned.
     pub fn is_dense(&self) -> bool {
         self.method == "dense"
     }
