@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod gc;
+pub mod graph;
 pub mod key;
 pub mod lockfile;
 pub mod params;
@@ -19,7 +20,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::recipe::{Instance, Recipe};
+pub use graph::{Axis, Instance, Recipe};
 use cache::{Cache, Manifest};
 use lockfile::{LockFile, LockedStage};
 use registry::Registry;

@@ -23,6 +23,8 @@ use toml::{Spanned, Value};
 
 use crate::engine::registry::Registry;
 use crate::engine::stage::{describe_value, Params};
+/// The graph types a recipe becomes (owned by the engine, which runs them).
+pub use crate::engine::graph::{Axis, Instance, Recipe};
 
 /// One problem in a recipe, with its place.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,46 +115,6 @@ struct RawStage {
     after: Option<(usize, Span, Vec<String>)>,
     inputs: BTreeMap<String, (usize, Span, String)>,
     params: BTreeMap<String, (usize, Span, Span, Value)>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Axis {
-    pub name: String,
-    pub values: Vec<Value>,
-    /// Parameter the axis sets (defaults to the axis name).
-    pub param: String,
-    /// Stages it applies to (`None`: every stage whose kind has `param`).
-    pub stages: Option<Vec<String>>,
-}
-
-/// One runnable stage instance after sweep expansion.
-#[derive(Debug, Clone)]
-pub struct Instance {
-    /// Stable readable name, e.g. `anneal-train@sparsity=0.3,method=ddp`.
-    pub name: String,
-    pub stage: String,
-    pub kind: String,
-    /// The sweep values this instance depends on (directly or through its inputs).
-    pub assignment: Vec<(String, Value)>,
-    pub params: Params,
-    /// Input name -> upstream instance name.
-    pub inputs: BTreeMap<String, String>,
-}
-
-/// A parsed, validated and expanded recipe.
-#[derive(Debug, Clone)]
-pub struct Recipe {
-    pub name: String,
-    pub path: PathBuf,
-    pub axes: Vec<Axis>,
-    /// In topological order.
-    pub instances: Vec<Instance>,
-}
-
-impl Recipe {
-    pub fn instance(&self, name: &str) -> Option<&Instance> {
-        self.instances.iter().find(|i| i.name == name)
-    }
 }
 
 fn value_label(v: &Value) -> String {
