@@ -10,6 +10,7 @@ use super::plots::{self, Series};
 use super::sweep::Row;
 use crate::error::{Error, Result};
 use crate::prune::mask::FinalMask;
+use crate::stages::artifacts::{MASK, REPORT_CSV, REPORT_JSON, REPORT_MD, TRAIN_LOG};
 
 fn removed_pct(r: &Row) -> Option<f64> {
     if r.is_dense() {
@@ -169,7 +170,7 @@ pub fn write(rows: &[Row], out: &Path, title: &str) -> Result<Vec<String>> {
     for r in rows.iter().filter(|r| !r.is_dense()) {
         let mut mine = vec![];
         if let Some(d) = &r.train_dir {
-            let log = d.join("train_log.csv");
+            let log = d.join(TRAIN_LOG);
             if log.is_file() {
                 let (cols, fams) = read_log(&log)?;
                 let name = format!("plots/training_{}.png", slug(&r.label));
@@ -178,7 +179,7 @@ pub fn write(rows: &[Row], out: &Path, title: &str) -> Result<Vec<String>> {
             }
         }
         if let Some(d) = &r.mask_dir {
-            let path = d.join("mask.json");
+            let path = d.join(MASK);
             if let Ok(text) = std::fs::read_to_string(&path) {
                 let m: FinalMask = serde_json::from_str(&text)
                     .map_err(|e| Error::bad_file(&path, format!("not a mask: {e}")))?;
@@ -311,9 +312,9 @@ pub fn write(rows: &[Row], out: &Path, title: &str) -> Result<Vec<String>> {
         let p = out.join(name);
         std::fs::write(&p, text).map_err(|e| Error::io(&p, e))
     };
-    write("report.md", md)?;
+    write(REPORT_MD, md)?;
     write(
-        "report.json",
+        REPORT_JSON,
         serde_json::to_string_pretty(&json!({"title": title, "rows": rows, "plots": pngs}))
             .map_err(|e| Error::Invalid(e.to_string()))?,
     )?;
@@ -333,6 +334,6 @@ pub fn write(rows: &[Row], out: &Path, title: &str) -> Result<Vec<String>> {
     for c in &table {
         csv += &(c.iter().map(|x| csv_cell(x)).collect::<Vec<_>>().join(",") + "\n");
     }
-    write("report.csv", csv)?;
+    write(REPORT_CSV, csv)?;
     Ok(pngs)
 }

@@ -6,21 +6,86 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
-use toml::Value;
 
+use super::artifacts::{BLOCKS, CHECKPOINT, GATES, TEACHER_HEADER, TRAIN_LOG};
 use super::common::{forward_model_json, model_path, read_json, write_json};
 use crate::backend::{run_autodiff_on, AutodiffTask, DeviceSpec};
 use crate::data::Blocks;
-use crate::engine::stage::{
-    float_param as f, int_param as i, InputSpec, Metrics, ParamSpec, ParamType, StageContext,
-    StageKind,
-};
+use crate::engine::params::{choice, float, int, StageParams};
+use crate::engine::stage::{InputSpec, Metrics, ParamSpec, StageContext, StageKind};
 use crate::io::{self, ModelFiles};
 use crate::model::load::load_model;
 use crate::prune::teacher::TopK;
 use crate::prune::train::{self, GateState, Method, TrainConfig};
 
+/// The `anneal-train` stage kind.
 pub struct AnnealTrain;
+
+crate::choice_enum! {
+    /// The training method of `anneal-train` (see [`Method`]).
+    pub enum TrainMethod {
+        /// DDP (this paper).
+        Ddp = "ddp",
+        /// Stochastic hard-concrete gates (CoFi / Sheared-LLaMA).
+        HardConcrete = "hard-concrete",
+        /// Hard-concrete gates with the noise fixed at 1/2.
+        DetHardConcrete = "det-hard-concrete",
+    }
+}
+
+impl From<TrainMethod> for Method {
+    fn from(m: TrainMethod) -> Self {
+        match m {
+            TrainMethod::Ddp => Method::Ddp,
+            TrainMethod::HardConcrete => Method::HardConcrete,
+            TrainMethod::DetHardConcrete => Method::DetHardConcrete,
+        }
+    }
+}
+
+crate::choice_enum! {
+    /// Where `anneal-train` gets the teacher's distributions.
+    pub enum Teacher {
+        /// The dense model, run every step.
+        Online = "online",
+        /// `calibrate`'s cached top-k distributions.
+        Cached = "cached",
+    }
+}
+
+crate::stage_params! {
+    /// The `anneal-train` stage's parameters.
+    pub struct AnnealTrainParams {
+        /// ddp (this paper), or the baselines: hard-concrete (stochastic, CoFi/Sheared-LLaMA Lagrangian with a warmed-up target), det-hard-concrete (noise fixed at 1/2)
+        method: TrainMethod = "ddp" => choice::<TrainMethod>(),
+        /// distil from the dense model run every step (online, exact), or from calibrate's cached top-k distributions (needs calibrate teacher_topk > 0; shared by every run of a sweep)
+        teacher: Teacher = "online" => choice::<Teacher>(),
+        /// optimiser steps (the paper: 1000 of 16 x 2048 tokens)
+        steps: usize = 200 => int(1),
+        /// linear warm-up steps before the cosine schedule (the paper: 100)
+        warmup: usize = 20 => int(0),
+        /// blocks per micro-batch
+        batch: usize = 1 => int(1),
+        /// micro-batches per step
+        grad_accum: usize = 1 => int(1),
+        /// learning rate of the gates z
+        lr_z: f64 = 2e-2 => float(0.0, 10.0),
+        /// learning rate of lambda1 and lambda3 (ascent)
+        lr_lambda: f64 = 2e-2 => float(0.0, 10.0),
+        /// learning rate of lambda2 (ascent)
+        lr_lambda2: f64 = 0.4 => float(0.0, 10.0),
+        /// weight of KL(teacher || student)
+        eta: f64 = 2.0 => float(0.0, 100.0),
+        /// initial annealing temperature mu_0
+        mu0: f64 = 0.5 => float(1e-6, 10.0),
+        /// final mu_T (paper 0.05, reference code 0.1)
+        mu_end: f64 = 0.1 => float(1e-6, 10.0),
+        /// order of the training blocks
+        seed: u64 = 0 => int(0),
+        /// steps between checkpoints (resume after a kill)
+        checkpoint_every: usize = 25 => int(1),
+    }
+}
 
 impl StageKind for AnnealTrain {
     fn name(&self) -> &'static str {
@@ -34,65 +99,7 @@ impl StageKind for AnnealTrain {
         "Train the gates mask-only (weights frozen) with the DDP annealed l0 surrogate, learned Lagrange multipliers and distillation from the dense model."
     }
     fn params(&self) -> Vec<ParamSpec> {
-        vec![
-            ParamSpec {
-                name: "method",
-                ty: ParamType::Choice(&["ddp", "hard-concrete", "det-hard-concrete"]),
-                default: Some(Value::String("ddp".into())),
-                doc: "ddp (this paper), or the baselines: hard-concrete (stochastic, CoFi/Sheared-LLaMA Lagrangian with a warmed-up target), det-hard-concrete (noise fixed at 1/2)",
-            },
-            ParamSpec {
-                name: "teacher",
-                ty: ParamType::Choice(&["online", "cached"]),
-                default: Some(Value::String("online".into())),
-                doc: "distil from the dense model run every step (online, exact), or from calibrate's cached top-k distributions (needs calibrate teacher_topk > 0; shared by every run of a sweep)",
-            },
-            i(
-                "steps",
-                1,
-                200,
-                "optimiser steps (the paper: 1000 of 16 x 2048 tokens)",
-            ),
-            i(
-                "warmup",
-                0,
-                20,
-                "linear warm-up steps before the cosine schedule (the paper: 100)",
-            ),
-            i("batch", 1, 1, "blocks per micro-batch"),
-            i("grad_accum", 1, 1, "micro-batches per step"),
-            f("lr_z", 0.0, 10.0, 2e-2, "learning rate of the gates z"),
-            f(
-                "lr_lambda",
-                0.0,
-                10.0,
-                2e-2,
-                "learning rate of lambda1 and lambda3 (ascent)",
-            ),
-            f(
-                "lr_lambda2",
-                0.0,
-                10.0,
-                0.4,
-                "learning rate of lambda2 (ascent)",
-            ),
-            f("eta", 0.0, 100.0, 2.0, "weight of KL(teacher || student)"),
-            f("mu0", 1e-6, 10.0, 0.5, "initial annealing temperature mu_0"),
-            f(
-                "mu_end",
-                1e-6,
-                10.0,
-                0.1,
-                "final mu_T (paper 0.05, reference code 0.1)",
-            ),
-            i("seed", 0, 0, "order of the training blocks"),
-            i(
-                "checkpoint_every",
-                1,
-                25,
-                "steps between checkpoints (resume after a kill)",
-            ),
-        ]
+        AnnealTrainParams::specs()
     }
     fn inputs(&self) -> Vec<InputSpec> {
         vec![
@@ -117,35 +124,36 @@ impl StageKind for AnnealTrain {
         let gates_in = ctx.input("gates")?;
         let files = io::open_model(&model_path(gates_in, ctx.cache_root)?)?;
         let data_dir = &ctx.input("data")?.dir;
-        let blocks: Blocks = read_json(&data_dir.join("blocks.json"))?;
-        let teacher = match ctx.str("teacher") {
-            "cached" if !data_dir.join("teacher.json").is_file() => anyhow::bail!(
+        let blocks: Blocks = read_json(&data_dir.join(BLOCKS))?;
+        let p = ctx.typed::<AnnealTrainParams>()?;
+        let teacher = match p.teacher {
+            Teacher::Cached if !data_dir.join(TEACHER_HEADER).is_file() => anyhow::bail!(
                 "stage {}: teacher = \"cached\" needs the calibrate stage to cache the teacher (set its teacher_topk, e.g. 64)",
                 ctx.instance
             ),
-            "cached" => Some(TopK::read(data_dir)?),
-            _ => None,
+            Teacher::Cached => Some(TopK::read(data_dir)?),
+            Teacher::Online => None,
         };
-        let ckpt = ctx.out_dir.join("checkpoint.json");
+        let ckpt = ctx.out_dir.join(CHECKPOINT);
         let mut state: GateState = if ckpt.exists() {
-            read_json(&ckpt).context("resuming from checkpoint.json")?
+            read_json(&ckpt).with_context(|| format!("resuming from {CHECKPOINT}"))?
         } else {
-            read_json(&gates_in.dir.join("gates.json"))?
+            read_json(&gates_in.dir.join(GATES))?
         };
         let resumed_at = state.step;
         let cfg = TrainConfig {
-            method: Method::parse(ctx.str("method")).unwrap_or_default(),
-            steps: ctx.int("steps") as usize,
-            warmup: ctx.int("warmup") as usize,
-            batch: ctx.int("batch") as usize,
-            grad_accum: ctx.int("grad_accum") as usize,
-            lr_z: ctx.float("lr_z"),
-            lr_lambda: ctx.float("lr_lambda"),
-            lr_lambda2: ctx.float("lr_lambda2"),
-            eta: ctx.float("eta"),
-            mu0: ctx.float("mu0"),
-            mu_end: ctx.float("mu_end"),
-            seed: ctx.int("seed") as u64,
+            method: p.method.into(),
+            steps: p.steps,
+            warmup: p.warmup,
+            batch: p.batch,
+            grad_accum: p.grad_accum,
+            lr_z: p.lr_z,
+            lr_lambda: p.lr_lambda,
+            lr_lambda2: p.lr_lambda2,
+            eta: p.eta,
+            mu0: p.mu0,
+            mu_end: p.mu_end,
+            seed: p.seed,
         };
         let device: DeviceSpec = ctx.device.parse()?;
         let task = Task {
@@ -155,10 +163,10 @@ impl StageKind for AnnealTrain {
             teacher: teacher.as_ref(),
             cfg: &cfg,
             state: &mut state,
-            every: ctx.int("checkpoint_every") as usize,
+            every: p.checkpoint_every,
         };
         let last = run_autodiff_on(device, task)?;
-        write_json(&ctx.out_dir.join("gates.json"), &state)?;
+        write_json(&ctx.out_dir.join(GATES), &state)?;
         forward_model_json(gates_in, ctx.out_dir)?;
         let _ = std::fs::remove_file(&ckpt);
         let mut m = Metrics::from([
@@ -205,7 +213,7 @@ impl AutodiffTask for Task<'_> {
         let bar = self.ctx.progress;
         bar.set_length(self.cfg.steps as u64);
         bar.set_position(self.state.step as u64);
-        let log_path = self.ctx.out_dir.join("train_log.csv");
+        let log_path = self.ctx.out_dir.join(TRAIN_LOG);
         if self.state.step > 0 {
             // Resuming: drop log rows written after the checkpoint we resume from.
             if let Ok(text) = std::fs::read_to_string(&log_path) {
@@ -236,7 +244,7 @@ impl AutodiffTask for Task<'_> {
         }
         let mut last = None;
         let (mut seconds, mut tokens) = (0.0, 0usize);
-        let ckpt = self.ctx.out_dir.join("checkpoint.json");
+        let ckpt = self.ctx.out_dir.join(CHECKPOINT);
         let every = self.every.max(1);
         let blocks = &self.blocks.train;
         train::train_with_teacher(

@@ -1,11 +1,12 @@
 //! `calibrate`: text -> token blocks (train and validation) with the model's tokenizer.
 
 use anyhow::{Context, Result};
-use toml::Value;
 
+use super::artifacts::{ACTIVATION_STATS, BLOCKS};
 use super::common::{forward_model_json, model_path, write_json};
 use crate::backend::{run_on, BackendTask, DeviceSpec};
 use crate::data;
+use crate::engine::params::{int, int_in, StageParams};
 use crate::engine::stage::{
     InputSpec, Metrics, ParamSpec, ParamType, Params, StageContext, StageKind,
 };
@@ -14,7 +15,26 @@ use crate::model::load::load_model;
 use crate::prune::oneshot::{self, LayerStats};
 use crate::prune::teacher::{self, TopK};
 
+/// The `calibrate` stage kind.
 pub struct Calibrate;
+
+crate::stage_params! {
+    /// The `calibrate` stage's parameters.
+    pub struct CalibrateParams {
+        /// text source: a file, a directory of .txt, DIR/*.EXT, or a .jsonl with a `text` field
+        data: String => ParamType::Str,
+        /// tokens per block
+        seq_len: usize = 256 => int_in(2, 1 << 20),
+        /// cap on the tokens read
+        max_tokens: usize = 200_000 => int(2),
+        /// run the dense model over the first N training blocks and record the inputs of every o_proj and down_proj (needed by the oneshot methods wanda-sp and flap); 0: skip
+        activation_stats: usize = 0 => int_in(0, 1 << 20),
+        /// cache the dense model's top-k next-token log-probabilities (plus the tail mass) of every training block, for anneal-train teacher = "cached"; 0: skip
+        teacher_topk: usize = 0 => int_in(0, 1 << 20),
+        /// every N-th block goes to validation (0: none)
+        val_every: usize = 10 => int_in(0, 1 << 20),
+    }
+}
 
 impl StageKind for Calibrate {
     fn name(&self) -> &'static str {
@@ -27,14 +47,7 @@ impl StageKind for Calibrate {
         "Tokenise a text source (file, directory, DIR/*.EXT, JSONL with a text field, npm:PKG@VER:GLOB) into blocks of seq_len tokens, split train/validation deterministically; optionally run the dense model once for activation statistics (one-shot baselines) and cached top-k teacher distributions."
     }
     fn params(&self) -> Vec<ParamSpec> {
-        vec![
-            ParamSpec { name: "data", ty: ParamType::Str, default: None, doc: "text source: a file, a directory of .txt, DIR/*.EXT, or a .jsonl with a `text` field" },
-            ParamSpec { name: "seq_len", ty: ParamType::Int { min: 2, max: 1 << 20 }, default: Some(Value::Integer(256)), doc: "tokens per block" },
-            ParamSpec { name: "max_tokens", ty: ParamType::Int { min: 2, max: i64::MAX }, default: Some(Value::Integer(200_000)), doc: "cap on the tokens read" },
-            ParamSpec { name: "activation_stats", ty: ParamType::Int { min: 0, max: 1 << 20 }, default: Some(Value::Integer(0)), doc: "run the dense model over the first N training blocks and record the inputs of every o_proj and down_proj (needed by the oneshot methods wanda-sp and flap); 0: skip" },
-            ParamSpec { name: "teacher_topk", ty: ParamType::Int { min: 0, max: 1 << 20 }, default: Some(Value::Integer(0)), doc: "cache the dense model's top-k next-token log-probabilities (plus the tail mass) of every training block, for anneal-train teacher = \"cached\"; 0: skip" },
-            ParamSpec { name: "val_every", ty: ParamType::Int { min: 0, max: 1 << 20 }, default: Some(Value::Integer(10)), doc: "every N-th block goes to validation (0: none)" },
-        ]
+        CalibrateParams::specs()
     }
     fn inputs(&self) -> Vec<InputSpec> {
         vec![InputSpec {
@@ -50,14 +63,13 @@ impl StageKind for Calibrate {
         _cache: &std::path::Path,
     ) -> Result<Vec<std::path::PathBuf>> {
         // A registry package pins its version; local files are identified by their digests.
-        let spec = params
-            .get("data")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let spec = CalibrateParams::from_params(params, self.name())
+            .map_err(anyhow::Error::msg)?
+            .data;
         if spec.starts_with("npm:") {
             return Ok(vec![]);
         }
-        Ok(data::source_files(spec)?)
+        Ok(data::source_files(&spec)?)
     }
     fn headline(&self) -> Option<&'static str> {
         Some("train_blocks")
@@ -69,17 +81,12 @@ impl StageKind for Calibrate {
             .tokenizer
             .as_ref()
             .context("the model has no tokenizer")?;
-        let source = data::resolve(ctx.str("data"), ctx.cache_root)?;
-        let b = data::blocks(
-            &source,
-            tok,
-            ctx.int("seq_len") as usize,
-            ctx.int("max_tokens") as usize,
-            ctx.int("val_every") as usize,
-        )?;
-        write_json(&ctx.out_dir.join("blocks.json"), &b)?;
-        let n_stats = (ctx.int("activation_stats") as usize).min(b.train.len());
-        let topk = ctx.int("teacher_topk") as usize;
+        let p = ctx.typed::<CalibrateParams>()?;
+        let source = data::resolve(&p.data, ctx.cache_root)?;
+        let b = data::blocks(&source, tok, p.seq_len, p.max_tokens, p.val_every)?;
+        write_json(&ctx.out_dir.join(BLOCKS), &b)?;
+        let n_stats = p.activation_stats.min(b.train.len());
+        let topk = p.teacher_topk;
         if n_stats > 0 || topk > 0 {
             let device: DeviceSpec = ctx.device.parse()?;
             let (stats, teacher) = run_on(
@@ -93,7 +100,7 @@ impl StageKind for Calibrate {
                 },
             )?;
             if let Some(s) = stats {
-                write_json(&ctx.out_dir.join("activation_stats.json"), &s)?;
+                write_json(&ctx.out_dir.join(ACTIVATION_STATS), &s)?;
             }
             if let Some(t) = teacher {
                 t.write(ctx.out_dir)?;

@@ -5,13 +5,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use super::artifacts::MODEL;
 use crate::engine::stage::Input;
 
 /// Copies `model.json` from an input entry into this stage's output.
 pub fn forward_model_json(input: &Input, out_dir: &Path) -> Result<()> {
-    let src = input.dir.join("model.json");
-    std::fs::copy(&src, out_dir.join("model.json"))
-        .with_context(|| format!("{} has no model.json", input.stage))?;
+    let src = input.dir.join(MODEL);
+    std::fs::copy(&src, out_dir.join(MODEL))
+        .with_context(|| format!("{} has no {MODEL}", input.stage))?;
     Ok(())
 }
 
@@ -20,6 +21,7 @@ pub fn model_path(input: &Input, cache_root: &Path) -> Result<PathBuf> {
     super::load::model_path(&input.dir, cache_root)
 }
 
+/// Reads a JSON file into `T`, naming the file in the error.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -27,6 +29,7 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
         .with_context(|| format!("{} is not what this stage expects", path.display()))
 }
 
+/// Writes `v` as pretty-printed JSON to `path`.
 pub fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
     std::fs::write(path, serde_json::to_string_pretty(v)?)
         .with_context(|| format!("writing {}", path.display()))

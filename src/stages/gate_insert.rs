@@ -3,15 +3,88 @@
 //! parameters) and the initial gate parameters `z ~ N(1, 0.01)`.
 
 use anyhow::{bail, Result};
-use toml::Value;
 
+use super::artifacts::GATES;
 use super::common::{forward_model_json, model_path, write_json};
+use crate::engine::params::{choice, float, int, StageParams};
 use crate::engine::stage::{InputSpec, Metrics, ParamSpec, ParamType, StageContext, StageKind};
 use crate::io;
 use crate::model::accounting;
 use crate::prune::train::{GateState, HeadGates, Scope};
 
+/// The `gate-insert` stage kind.
 pub struct GateInsert;
+
+crate::choice_enum! {
+    /// What `gate-insert`'s sparsity is a fraction of.
+    pub enum Budget {
+        /// The prunable parameters.
+        Params = "params",
+        /// Every family's units.
+        Units = "units",
+    }
+}
+
+crate::choice_enum! {
+    /// The attention gates `gate-insert` makes (see [`HeadGates`]).
+    pub enum Heads {
+        /// One gate per KV group.
+        PerGroup = "per-group",
+        /// One gate per query head.
+        PerHead = "per-head",
+        /// No attention gates.
+        None = "none",
+    }
+}
+
+impl From<Heads> for HeadGates {
+    fn from(h: Heads) -> Self {
+        match h {
+            Heads::PerGroup => HeadGates::PerGroup,
+            Heads::PerHead => HeadGates::PerHead,
+            Heads::None => HeadGates::None,
+        }
+    }
+}
+
+crate::choice_enum! {
+    /// Where `gate-insert`'s sparsity target applies (see [`Scope`]).
+    pub enum TargetScope {
+        /// One budget over all layers.
+        Global = "global",
+        /// The same budget in every layer.
+        PerLayer = "per-layer",
+    }
+}
+
+impl From<TargetScope> for Scope {
+    fn from(s: TargetScope) -> Self {
+        match s {
+            TargetScope::Global => Scope::Global,
+            TargetScope::PerLayer => Scope::PerLayer,
+        }
+    }
+}
+
+crate::stage_params! {
+    /// The `gate-insert` stage's parameters.
+    pub struct GateInsertParams {
+        /// fraction to remove (of prunable parameters, or of units: see `budget`)
+        sparsity: f64 = 0.5 => float(0.0, 0.95),
+        /// params: the fraction of prunable parameters (what users mean by 50 %); units: the same fraction of every family's units (the paper)
+        budget: Budget = "params" => choice::<Budget>(),
+        /// attention gates: per KV group (whole groups go: loadable by standard runtimes), per query head, or none
+        heads: Heads = "per-group" => choice::<Heads>(),
+        /// gate FFN intermediate channels (and the shared expert's in MoE layers)
+        channels: bool = true => ParamType::Bool,
+        /// gate the channels of every routed expert (MoE models)
+        experts: bool = true => ParamType::Bool,
+        /// one budget over all layers (better quality) or the same in every layer
+        scope: TargetScope = "global" => choice::<TargetScope>(),
+        /// seed of the gate initialisation
+        seed: u64 = 0 => int(0),
+    }
+}
 
 impl StageKind for GateInsert {
     fn name(&self) -> &'static str {
@@ -24,15 +97,7 @@ impl StageKind for GateInsert {
         "Choose the gate families and their sparsity targets, and initialise the gates z ~ N(1, 0.01)."
     }
     fn params(&self) -> Vec<ParamSpec> {
-        vec![
-            ParamSpec { name: "sparsity", ty: ParamType::Float { min: 0.0, max: 0.95 }, default: Some(Value::Float(0.5)), doc: "fraction to remove (of prunable parameters, or of units: see `budget`)" },
-            ParamSpec { name: "budget", ty: ParamType::Choice(&["params", "units"]), default: Some(Value::String("params".into())), doc: "params: the fraction of prunable parameters (what users mean by 50 %); units: the same fraction of every family's units (the paper)" },
-            ParamSpec { name: "heads", ty: ParamType::Choice(&["per-group", "per-head", "none"]), default: Some(Value::String("per-group".into())), doc: "attention gates: per KV group (whole groups go: loadable by standard runtimes), per query head, or none" },
-            ParamSpec { name: "channels", ty: ParamType::Bool, default: Some(Value::Boolean(true)), doc: "gate FFN intermediate channels (and the shared expert's in MoE layers)" },
-            ParamSpec { name: "experts", ty: ParamType::Bool, default: Some(Value::Boolean(true)), doc: "gate the channels of every routed expert (MoE models)" },
-            ParamSpec { name: "scope", ty: ParamType::Choice(&["global", "per-layer"]), default: Some(Value::String("global".into())), doc: "one budget over all layers (better quality) or the same in every layer" },
-            ParamSpec { name: "seed", ty: ParamType::Int { min: 0, max: i64::MAX }, default: Some(Value::Integer(0)), doc: "seed of the gate initialisation" },
-        ]
+        GateInsertParams::specs()
     }
     fn inputs(&self) -> Vec<InputSpec> {
         vec![InputSpec {
@@ -49,12 +114,9 @@ impl StageKind for GateInsert {
         let input = ctx.input("model")?;
         let files = io::open_model(&model_path(input, ctx.cache_root)?)?;
         let c = &files.config;
-        let heads = match ctx.str("heads") {
-            "per-head" => HeadGates::PerHead,
-            "none" => HeadGates::None,
-            _ => HeadGates::PerGroup,
-        };
-        let alpha = ctx.float("sparsity");
+        let params = ctx.typed::<GateInsertParams>()?;
+        let heads: HeadGates = params.heads.into();
+        let alpha = params.sparsity;
         let p = accounting::count(c);
         let layers: Vec<_> = (0..c.num_hidden_layers)
             .map(|i| accounting::units(c, i))
@@ -75,14 +137,14 @@ impl StageKind for GateInsert {
                 .collect();
             fams.push(("heads", per, p.attention));
         }
-        if ctx.bool("channels") {
+        if params.channels {
             fams.push((
                 "channels",
                 layers.iter().map(|u| u.channels).collect(),
                 p.ffn - p.experts,
             ));
         }
-        if ctx.bool("experts") {
+        if params.experts {
             fams.push((
                 "experts",
                 layers.iter().map(|u| u.experts * u.expert_width).collect(),
@@ -99,23 +161,17 @@ impl StageKind for GateInsert {
         // prunable parameters equals that fraction; families left out leave their share to the
         // gated ones.
         let covered: usize = fams.iter().map(|f| f.2).sum();
-        let target = if ctx.str("budget") == "params" {
-            (alpha * p.prunable() as f64 / covered.max(1) as f64).min(0.95)
-        } else {
-            alpha
+        let target = match params.budget {
+            Budget::Params => (alpha * p.prunable() as f64 / covered.max(1) as f64).min(0.95),
+            Budget::Units => alpha,
         };
         let fams: Vec<(String, f64, Vec<usize>)> = fams
             .into_iter()
             .map(|(n, per, _)| (n.to_string(), target, per))
             .collect();
         let units: usize = fams.iter().map(|f| f.2.iter().sum::<usize>()).sum();
-        let scope = if ctx.str("scope") == "per-layer" {
-            Scope::PerLayer
-        } else {
-            Scope::Global
-        };
-        let state = GateState::init(&fams, heads, scope, ctx.int("seed") as u64);
-        write_json(&ctx.out_dir.join("gates.json"), &state)?;
+        let state = GateState::init(&fams, heads, params.scope.into(), params.seed);
+        write_json(&ctx.out_dir.join(GATES), &state)?;
         forward_model_json(input, ctx.out_dir)?;
         let mut metrics = Metrics::from([("units".into(), units as f64)]);
         for (name, t, _) in &fams {

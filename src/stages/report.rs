@@ -3,10 +3,20 @@
 
 use anyhow::Result;
 
+use crate::engine::params::StageParams;
 use crate::engine::stage::{Metrics, ParamSpec, ParamType, StageContext, StageKind};
 use crate::report::{sweep, write};
 
+/// The `report` stage kind.
 pub struct Report;
+
+crate::stage_params! {
+    /// The `report` stage's parameters.
+    pub struct ReportParams {
+        /// heading of the report (default: the stage instance)
+        title: String = "" => ParamType::Str,
+    }
+}
 
 impl StageKind for Report {
     fn name(&self) -> &'static str {
@@ -19,12 +29,7 @@ impl StageKind for Report {
         "Gather the run's evaluations and benchmarks (every sweep point) into report.md with plots (quality vs sparsity with the Pareto front, speed-up vs the ideal, training curves, kept units per layer), report.json and report.csv."
     }
     fn params(&self) -> Vec<ParamSpec> {
-        vec![ParamSpec {
-            name: "title",
-            ty: ParamType::Str,
-            default: Some(toml::Value::String(String::new())),
-            doc: "heading of the report (default: the stage instance)",
-        }]
+        ReportParams::specs()
     }
     fn gathers(&self) -> bool {
         true
@@ -40,9 +45,9 @@ impl StageKind for Report {
                 ctx.instance
             );
         }
-        let title = match ctx.str("title") {
-            "" => ctx.instance.to_string(),
-            t => t.to_string(),
+        let title = match ctx.typed::<ReportParams>()?.title {
+            t if t.is_empty() => ctx.instance.to_string(),
+            t => t,
         };
         let pngs = write::write(&rows, ctx.out_dir, &title)?;
         Ok(Metrics::from([

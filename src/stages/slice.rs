@@ -2,15 +2,27 @@
 //! Face directory (standard config when shapes are uniform).
 
 use anyhow::Result;
-use toml::Value;
 
+use super::artifacts::{MASK, MODEL, MODEL_DIR};
 use super::common::{model_path, read_json};
+use crate::engine::params::{int_in, StageParams};
 use crate::engine::stage::{InputSpec, Metrics, ParamSpec, ParamType, StageContext, StageKind};
 use crate::io::{self, export};
 use crate::model::accounting;
 use crate::prune::{mask::FinalMask, slice};
 
+/// The `slice` stage kind.
 pub struct Slice;
+
+crate::stage_params! {
+    /// The `slice` stage's parameters.
+    pub struct SliceParams {
+        /// pad every layer to the same shapes (zero-gated units) so the config is the standard one that transformers and vLLM load
+        uniform: bool = false => ParamType::Bool,
+        /// with uniform: round channel counts up to this multiple
+        multiple: usize = 1 => int_in(1, 1 << 16),
+    }
+}
 
 impl StageKind for Slice {
     fn name(&self) -> &'static str {
@@ -23,10 +35,7 @@ impl StageKind for Slice {
         "Fold surviving gate values into the weights, cut removed heads, KV groups and channels, and write the smaller model (model/: safetensors, config.json, tokenizer.json)."
     }
     fn params(&self) -> Vec<ParamSpec> {
-        vec![
-            ParamSpec { name: "uniform", ty: ParamType::Bool, default: Some(Value::Boolean(false)), doc: "pad every layer to the same shapes (zero-gated units) so the config is the standard one that transformers and vLLM load" },
-            ParamSpec { name: "multiple", ty: ParamType::Int { min: 1, max: 1 << 16 }, default: Some(Value::Integer(1)), doc: "with uniform: round channel counts up to this multiple" },
-        ]
+        SliceParams::specs()
     }
     fn inputs(&self) -> Vec<InputSpec> {
         vec![InputSpec {
@@ -42,15 +51,16 @@ impl StageKind for Slice {
     fn run(&self, ctx: &StageContext) -> Result<Metrics> {
         let input = ctx.input("mask")?;
         let files = io::open_model(&model_path(input, ctx.cache_root)?)?;
-        let mask: FinalMask = read_json(&input.dir.join("mask.json"))?;
+        let mask: FinalMask = read_json(&input.dir.join(MASK))?;
+        let p = ctx.typed::<SliceParams>()?;
         let s = slice::slice(
             &files.config,
             files.weights.as_ref(),
             &mask,
-            ctx.bool("uniform"),
-            ctx.int("multiple") as usize,
+            p.uniform,
+            p.multiple,
         )?;
-        let dir = ctx.out_dir.join("model");
+        let dir = ctx.out_dir.join(MODEL_DIR);
         export::write_hf_dir(&dir, &s.config, &s.tensors, files.tokenizer.as_ref())?;
         let before = accounting::count(&files.config);
         let after = accounting::count(&s.config);
@@ -64,11 +74,11 @@ impl StageKind for Slice {
         // model.json for downstream stages: the sliced model, inside this entry.
         let rel = ctx.out_dir.strip_prefix(ctx.cache_root).ok();
         let location = match rel {
-            Some(_) => serde_json::json!({"entry_relative": "model"}),
+            Some(_) => serde_json::json!({"entry_relative": MODEL_DIR}),
             None => serde_json::json!({"path": dir}),
         };
         std::fs::write(
-            ctx.out_dir.join("model.json"),
+            ctx.out_dir.join(MODEL),
             serde_json::to_string_pretty(
                 &serde_json::json!({"location": location, "config": s.config}),
             )?,

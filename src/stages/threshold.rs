@@ -1,17 +1,41 @@
 //! `threshold`: trained gates -> final mask (which units survive, with which scale).
 
 use anyhow::Result;
-use toml::Value;
 
+use super::artifacts::{GATES, MASK};
 use super::common::{forward_model_json, model_path, read_json, write_json};
-use crate::engine::stage::{InputSpec, Metrics, ParamSpec, ParamType, StageContext, StageKind};
+use crate::engine::params::{choice, int_in, StageParams};
+use crate::engine::stage::{InputSpec, Metrics, ParamSpec, StageContext, StageKind};
 use crate::io;
 use crate::model::accounting::{self, LayerUnits};
 use crate::model::config::LayerShape;
 use crate::prune::mask::{self, expand_groups, FinalMask, LayerMask};
 use crate::prune::train::{deployed_values, GateState, HeadGates};
 
+/// The `threshold` stage kind.
 pub struct Threshold;
+
+crate::choice_enum! {
+    /// How `threshold` turns gates into a mask.
+    pub enum Rule {
+        /// Keep ReLU(z) > 0 (the paper).
+        Relu = "relu",
+        /// Remove exactly the budget, smallest first.
+        Topk = "topk",
+        /// The same count in every layer (a standard config).
+        Uniform = "uniform",
+    }
+}
+
+crate::stage_params! {
+    /// The `threshold` stage's parameters.
+    pub struct ThresholdParams {
+        /// relu: keep ReLU(z) > 0; topk: remove exactly the budget, smallest first; uniform: same count per layer
+        rule: Rule = "relu" => choice::<Rule>(),
+        /// uniform rule: channels kept per layer rounded to a multiple of this (e.g. 64)
+        multiple: usize = 1 => int_in(1, 1 << 16),
+    }
+}
 
 impl StageKind for Threshold {
     fn name(&self) -> &'static str {
@@ -24,10 +48,7 @@ impl StageKind for Threshold {
         "Turn trained gates into the final mask: relu (the paper: keep z > 0), topk (exactly the budget) or uniform (the same count in every layer, channels rounded to a multiple: a standard config)."
     }
     fn params(&self) -> Vec<ParamSpec> {
-        vec![
-            ParamSpec { name: "rule", ty: ParamType::Choice(&["relu", "topk", "uniform"]), default: Some(Value::String("relu".into())), doc: "relu: keep ReLU(z) > 0; topk: remove exactly the budget, smallest first; uniform: same count per layer" },
-            ParamSpec { name: "multiple", ty: ParamType::Int { min: 1, max: 1 << 16 }, default: Some(Value::Integer(1)), doc: "uniform rule: channels kept per layer rounded to a multiple of this (e.g. 64)" },
-        ]
+        ThresholdParams::specs()
     }
     fn inputs(&self) -> Vec<InputSpec> {
         vec![InputSpec {
@@ -42,11 +63,10 @@ impl StageKind for Threshold {
     }
     fn run(&self, ctx: &StageContext) -> Result<Metrics> {
         let input = ctx.input("trained")?;
-        let state: GateState = read_json(&input.dir.join("gates.json"))?;
+        let state: GateState = read_json(&input.dir.join(GATES))?;
         let files = io::open_model(&model_path(input, ctx.cache_root)?)?;
         let c = &files.config;
-        let rule = ctx.str("rule");
-        let multiple = ctx.int("multiple") as usize;
+        let ThresholdParams { rule, multiple } = ctx.typed()?;
         let mut metrics = Metrics::new();
         let units: Vec<LayerUnits> = (0..c.num_hidden_layers)
             .map(|i| accounting::units(c, i))
@@ -57,7 +77,7 @@ impl StageKind for Threshold {
             .iter()
             .map(|u| vec![1.0; u.experts * u.expert_width])
             .collect();
-        if state.scored_by.is_some() && rule == "relu" {
+        if state.scored_by.is_some() && rule == Rule::Relu {
             anyhow::bail!(
                 "stage {}: one-shot scores ({}) have no threshold of their own: use rule = \"topk\" or \"uniform\"",
                 ctx.instance,
@@ -69,8 +89,8 @@ impl StageKind for Threshold {
             // What the parameters mean at deployment (ReLU(z), or deterministic hard-concrete gates).
             let values = deployed_values(state.method, &f.z);
             let kept = match rule {
-                "topk" => mask::topk(&values, (f.target * total as f64).round() as usize),
-                "uniform" => {
+                Rule::Topk => mask::topk(&values, (f.target * total as f64).round() as usize),
+                Rule::Uniform => {
                     // Heads and channels: the same count in every layer; expert channels: the
                     // same count in every expert.
                     let groups: Vec<usize> = units
@@ -92,7 +112,7 @@ impl StageKind for Threshold {
                         keep.clamp(1, n)
                     })
                 }
-                _ => mask::relu(&values),
+                Rule::Relu => mask::relu(&values),
             };
             // One-shot survivors keep their weights as they are.
             let kept: Vec<Vec<f32>> = if state.scored_by.is_some() {
@@ -186,7 +206,7 @@ impl StageKind for Threshold {
             "flops_kept".into(),
             accounting::flops_per_token(&pruned, 512) / accounting::flops_per_token(c, 512),
         );
-        write_json(&ctx.out_dir.join("mask.json"), &final_mask)?;
+        write_json(&ctx.out_dir.join(MASK), &final_mask)?;
         forward_model_json(input, ctx.out_dir)?;
         Ok(metrics)
     }
