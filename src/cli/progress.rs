@@ -1,8 +1,11 @@
-//! Progress bars on a terminal (hidden when stderr is not one, so logs stay clean).
+//! Progress on a terminal (bars hidden when stderr is not one, so logs stay clean): loading,
+//! benchmark rounds, scored sequences, and the stages of a recipe run.
 
 use std::io::IsTerminal;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use ddp::engine::{Done, LogLines, Observer};
 
 use ddp::io::ModelFiles;
 use ddp::model::load;
@@ -49,4 +52,59 @@ pub fn sequences() -> ProgressBar {
         true,
         "{msg:>10} {pos}/{len} sequences [{bar:30}] {per_sec} eta {eta}",
     )
+}
+
+/// How a recipe run shows its stages: a bar per running stage on a terminal, else
+/// the engine's log lines.
+pub struct Stages {
+    multi: MultiProgress,
+    tty: bool,
+}
+
+impl Stages {
+    /// Bars if stderr is a terminal.
+    pub fn new() -> Self {
+        let tty = std::io::stderr().is_terminal();
+        let target = if tty {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        Self {
+            multi: MultiProgress::with_draw_target(target),
+            tty,
+        }
+    }
+}
+
+impl Observer for Stages {
+    fn bar(&self, instance: &str) -> ProgressBar {
+        if !self.tty {
+            return ProgressBar::hidden();
+        }
+        let bar = self.multi.add(ProgressBar::new(0));
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {prefix:<40} [{bar:25}] {pos}/{len} {per_sec} eta {eta} {msg}",
+            )
+            .expect("valid progress template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(instance.to_string());
+        bar
+    }
+    fn running(&self, instance: &str, key: &str) {
+        if !self.tty {
+            LogLines.running(instance, key);
+        }
+    }
+    fn finished(&self, done: &Done, bar: &ProgressBar) {
+        bar.finish_and_clear();
+        if !self.tty {
+            LogLines.finished(done, bar);
+        }
+    }
+    fn warn(&self, message: &str) {
+        self.multi.suspend(|| eprintln!("warning: {message}"));
+    }
 }

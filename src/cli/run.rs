@@ -106,7 +106,8 @@ pub fn run(a: RunArgs, g: &Global) -> Result<ExitCode> {
         out_root: Some(a.out),
         device: g.device.to_string(),
     };
-    let summary = engine::run(&recipe, &stages::registry(), &cache, &opts)?;
+    let obs = super::progress::Stages::new();
+    let summary = engine::run_observed(&recipe, &stages::registry(), &cache, &opts, &obs)?;
     println!("| stage | key | result | seconds | headline |");
     println!("|---|---|---|---|---|");
     for d in &summary.results {

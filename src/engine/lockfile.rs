@@ -1,7 +1,7 @@
 //! `<recipe>.lock`: the resolved parameters, key and headline metrics of every stage instance
 //! of the last run, written next to the recipe so runs are reproducible and diffable in git.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -64,4 +64,42 @@ impl LockFile {
         std::fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))?;
         Ok(())
     }
+}
+
+/// Records a run in the recipe's lock file: every completed instance with its kind, key,
+/// parameters, input keys and metrics; instances no longer in the recipe are dropped.
+pub(crate) fn record(
+    recipe: &super::Recipe,
+    planned: &[super::Planned],
+    ordered: &[super::Done],
+) -> Result<()> {
+    let mut lock = LockFile::read(&recipe.path).unwrap_or_default();
+    lock.recipe = recipe.name.clone();
+    lock.tool_version = env!("CARGO_PKG_VERSION").into();
+    let current: BTreeSet<&str> = planned.iter().map(|p| p.instance.name.as_str()).collect();
+    lock.stages.retain(|k, _| current.contains(k.as_str()));
+    let key_of = |name: &String| {
+        ordered
+            .iter()
+            .find(|x| &x.name == name)
+            .map(|x| x.key.clone())
+            .unwrap_or_default()
+    };
+    for (p, d) in planned.iter().zip(ordered).filter(|(_, d)| d.completed()) {
+        let inputs = p
+            .instance
+            .inputs
+            .iter()
+            .map(|(n, up)| (n.clone(), key_of(up)))
+            .collect();
+        let stage = LockedStage {
+            kind: d.kind.clone(),
+            key: d.key.clone(),
+            params: p.instance.params.clone(),
+            inputs,
+            metrics: d.metrics.clone(),
+        };
+        lock.stages.insert(d.name.clone(), stage);
+    }
+    lock.write(&recipe.path)
 }

@@ -1,0 +1,106 @@
+//! Running one instance: under its key's lock (another process may have finished it meanwhile),
+//! into its temporary directory, then committing the entry with its manifest.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::Result;
+use indicatif::ProgressBar;
+
+use super::cache::{Cache, Manifest};
+use super::observer::Observer;
+use super::plan::{Planned, Reason, Status};
+use super::registry::Registry;
+use super::stage::{Input, Metrics, StageContext};
+use super::{Done, Outcome};
+
+pub(crate) fn not_run(p: &Planned, why: &str) -> Done {
+    Done {
+        name: p.instance.name.clone(),
+        kind: p.instance.kind.clone(),
+        key: p.key.clone(),
+        outcome: Outcome::NotRun(why.into()),
+        seconds: 0.0,
+        metrics: Metrics::new(),
+        headline: None,
+        out: None,
+    }
+}
+
+/// Runs one instance under its key lock, into its temp dir, and commits the entry.
+pub(crate) fn execute(
+    p: &Planned,
+    registry: &Registry,
+    cache: &Cache,
+    inputs: BTreeMap<String, Input>,
+    bar: &ProgressBar,
+    obs: &dyn Observer,
+    device: &str,
+) -> Done {
+    let kind = registry.get(&p.instance.kind).unwrap().clone();
+    let name = p.instance.name.clone();
+    let t0 = Instant::now();
+    let mut done = not_run(p, "");
+    let result = (|| -> Result<Outcome> {
+        let _lock = cache.lock(&p.key)?;
+        // Another process may have finished it while we waited.
+        if let Some(m) = cache.manifest(kind.name(), &p.key) {
+            if cache.check(&m)?.is_none() && p.status != Status::Run(Reason::Forced) {
+                done.metrics = m.metrics;
+                return Ok(Outcome::Reused);
+            }
+        }
+        let tmp = cache.temp_dir(kind.name(), &p.key);
+        std::fs::create_dir_all(&tmp)?;
+        obs.running(&name, &p.key);
+        let started_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let ctx = StageContext {
+            instance: &name,
+            params: &p.instance.params,
+            inputs: inputs.clone(),
+            out_dir: &tmp,
+            cache_root: &cache.root,
+            progress: bar,
+            device,
+        };
+        let metrics = kind.run(&ctx)?;
+        let files = cache.digest_outputs(&tmp)?;
+        let m = Manifest {
+            key: p.key.clone(),
+            kind: kind.name().into(),
+            version: kind.version(),
+            instance: name.clone(),
+            params: serde_json::to_value(&p.instance.params)?,
+            inputs: inputs
+                .iter()
+                .map(|(n, i)| (n.clone(), i.key.clone()))
+                .collect(),
+            files,
+            metrics: metrics.clone(),
+            started_unix,
+            seconds: t0.elapsed().as_secs_f64(),
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            host: hostname(),
+        };
+        cache.commit(&tmp, &m)?;
+        done.metrics = metrics;
+        Ok(Outcome::Ran)
+    })();
+    done.seconds = t0.elapsed().as_secs_f64();
+    done.outcome = match result {
+        Ok(o) => o,
+        Err(e) => Outcome::Failed(format!("{e:#}")),
+    };
+    done.headline = kind
+        .headline()
+        .and_then(|h| done.metrics.get(h).map(|v| (h.to_string(), *v)));
+    done
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}

@@ -1,0 +1,196 @@
+//! Planning: every instance's key (kind, version, parameters, input keys, external files) and
+//! whether it is cached or must run, with the reason; `--force`, `--only` and `--until`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use super::cache::Cache;
+use super::graph::{Instance, Recipe};
+use super::key;
+use super::lockfile::LockFile;
+use super::registry::Registry;
+use super::Options;
+
+/// Why an instance will run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reason {
+    NoEntry,
+    ParamsChanged(Vec<String>),
+    InputChanged(String),
+    VersionOrFilesChanged,
+    Forced,
+    Damaged(String),
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::NoEntry => write!(f, "no entry"),
+            Reason::ParamsChanged(p) => write!(f, "params changed: {}", p.join(", ")),
+            Reason::InputChanged(s) => write!(f, "input changed: {s}"),
+            Reason::VersionOrFilesChanged => write!(f, "stage version or input files changed"),
+            Reason::Forced => write!(f, "forced"),
+            Reason::Damaged(w) => write!(f, "cache entry damaged ({w})"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Status {
+    Cached,
+    Run(Reason),
+    /// Not selected by --only / --until.
+    Skipped,
+}
+
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub instance: Instance,
+    pub key: String,
+    pub version: u32,
+    pub status: Status,
+}
+
+pub(crate) fn matches_stage(sel: &str, inst: &Instance) -> bool {
+    sel == inst.stage || sel == inst.name
+}
+
+/// Keys and statuses of every instance, in topological order.
+pub fn plan(
+    recipe: &Recipe,
+    registry: &Registry,
+    cache: &Cache,
+    opts: &Options,
+) -> Result<Vec<Planned>> {
+    let previous = LockFile::read(&recipe.path);
+    let mut keys: BTreeMap<String, String> = BTreeMap::new();
+    let mut forced: BTreeSet<String> = BTreeSet::new();
+    let mut out = vec![];
+    for inst in &recipe.instances {
+        let kind = registry
+            .get(&inst.kind)
+            .ok_or_else(|| anyhow!(registry.unknown_kind_message(&inst.kind)))?;
+        let input_keys: BTreeMap<String, String> = inst
+            .inputs
+            .iter()
+            .map(|(n, up)| (n.clone(), keys[up].clone()))
+            .collect();
+        let mut files = vec![];
+        for f in kind
+            .external_files(&inst.params, &cache.root)
+            .with_context(|| format!("stage {}", inst.name))?
+        {
+            let d = cache
+                .memo
+                .digest(&f)
+                .with_context(|| format!("stage {}: reading {}", inst.name, f.display()))?;
+            files.push((
+                f.file_name()
+                    .map_or(String::new(), |n| n.to_string_lossy().into_owned()),
+                d,
+            ));
+        }
+        let key = key::stage_key(
+            kind.name(),
+            kind.version(),
+            &inst.params,
+            &input_keys,
+            &files,
+        );
+        keys.insert(inst.name.clone(), key.clone());
+        let is_forced = opts.force.iter().any(|f| matches_stage(f, inst))
+            || inst.inputs.values().any(|u| forced.contains(u));
+        if is_forced {
+            forced.insert(inst.name.clone());
+        }
+        let status = if is_forced {
+            Status::Run(Reason::Forced)
+        } else if let Some(m) = cache.manifest(kind.name(), &key) {
+            match cache.check(&m)? {
+                None => Status::Cached,
+                Some(what) => Status::Run(Reason::Damaged(what)),
+            }
+        } else {
+            let prev = previous.as_ref().and_then(|l| l.stages.get(&inst.name));
+            Status::Run(match prev {
+                None => Reason::NoEntry,
+                Some(p) if p.key == key => Reason::NoEntry,
+                Some(p) => {
+                    let mut changed: Vec<String> = inst
+                        .params
+                        .iter()
+                        .filter(|(k, v)| p.params.get(*k) != Some(v))
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    changed.extend(
+                        p.params
+                            .keys()
+                            .filter(|k| !inst.params.contains_key(*k))
+                            .cloned(),
+                    );
+                    if !changed.is_empty() {
+                        Reason::ParamsChanged(changed)
+                    } else if let Some((_, up)) = inst
+                        .inputs
+                        .iter()
+                        .find(|(n, _)| p.inputs.get(*n) != input_keys.get(*n))
+                    {
+                        Reason::InputChanged(up.clone())
+                    } else {
+                        Reason::VersionOrFilesChanged
+                    }
+                }
+            })
+        };
+        out.push(Planned {
+            instance: inst.clone(),
+            key,
+            version: kind.version(),
+            status,
+        });
+    }
+    select(&mut out, opts)?;
+    Ok(out)
+}
+
+/// Applies --only / --until.
+fn select(plan: &mut [Planned], opts: &Options) -> Result<()> {
+    fn check(plan: &[Planned], sel: &str) -> Result<()> {
+        if plan.iter().any(|p| matches_stage(sel, &p.instance)) {
+            Ok(())
+        } else {
+            bail!("no stage or instance named `{sel}` in this recipe")
+        }
+    }
+    for f in &opts.force {
+        check(plan, f)?;
+    }
+    if let Some(only) = &opts.only {
+        check(plan, only)?;
+        for p in plan.iter_mut() {
+            if !matches_stage(only, &p.instance) && p.status != Status::Cached {
+                p.status = Status::Skipped;
+            }
+        }
+    }
+    if let Some(until) = &opts.until {
+        check(plan, until)?;
+        let mut needed: BTreeSet<String> = plan
+            .iter()
+            .filter(|p| matches_stage(until, &p.instance))
+            .map(|p| p.instance.name.clone())
+            .collect();
+        for p in plan.iter().rev() {
+            if needed.contains(&p.instance.name) {
+                needed.extend(p.instance.inputs.values().cloned());
+            }
+        }
+        for p in plan.iter_mut() {
+            if !needed.contains(&p.instance.name) && p.status != Status::Cached {
+                p.status = Status::Skipped;
+            }
+        }
+    }
+    Ok(())
+}
