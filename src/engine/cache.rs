@@ -38,6 +38,10 @@ pub struct Manifest {
     pub params: serde_json::Value,
     /// Input name -> key.
     pub inputs: BTreeMap<String, String>,
+    /// Input name -> the input's stage kind, so lineage is followed without searching
+    /// (empty in entries written before it was recorded).
+    #[serde(default)]
+    pub input_kinds: BTreeMap<String, String>,
     /// Output files, relative to the entry directory.
     pub files: BTreeMap<String, FileRecord>,
     /// Headline metrics the stage returned.

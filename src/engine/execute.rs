@@ -77,6 +77,10 @@ pub(crate) fn execute(
                 .iter()
                 .map(|(n, i)| (n.clone(), i.key.clone()))
                 .collect(),
+            input_kinds: inputs
+                .iter()
+                .map(|(n, i)| (n.clone(), i.kind.clone()))
+                .collect(),
             files,
             metrics: metrics.clone(),
             started_unix,

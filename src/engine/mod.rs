@@ -8,6 +8,7 @@ mod expose;
 pub mod gc;
 pub mod graph;
 pub mod key;
+pub mod lineage;
 pub mod lockfile;
 pub mod observer;
 pub mod params;

@@ -1,13 +1,14 @@
 //! The rows of a run's report: one per evaluated model, joined with its benchmark and with
-//! what made it (method, target sparsity, training log, final mask), found by following the
-//! manifests' input keys up the cache.
+//! what made it (method, target sparsity, training log, final mask), found through the engine's
+//! lineage of the evaluation's entry.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::engine::cache::{Manifest, MANIFEST};
+use crate::engine::cache::Manifest;
+use crate::engine::lineage::{ancestors, manifest_at as read_manifest};
 use crate::engine::stage::{Input, Metrics};
 
 /// One evaluated model of a report.
@@ -36,38 +37,6 @@ impl Row {
     pub fn is_dense(&self) -> bool {
         self.method == "dense"
     }
-}
-
-fn read_manifest(dir: &Path) -> Option<Manifest> {
-    serde_json::from_str(&std::fs::read_to_string(dir.join(MANIFEST)).ok()?).ok()
-}
-
-/// The entry directory of `key`, whatever its kind.
-fn find_entry(cache: &Path, key: &str) -> Option<PathBuf> {
-    std::fs::read_dir(cache)
-        .ok()?
-        .flatten()
-        .map(|e| e.path().join(key))
-        .find(|p| p.join(MANIFEST).is_file())
-}
-
-/// Every ancestor entry (kind, dir, manifest) of an entry, nearest first.
-fn ancestors(cache: &Path, dir: &Path) -> Vec<(PathBuf, Manifest)> {
-    let mut out = vec![];
-    let mut seen = BTreeSet::new();
-    let mut todo: Vec<PathBuf> = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        let Some(m) = read_manifest(&d) else { continue };
-        for k in m.inputs.values() {
-            if seen.insert(k.clone()) {
-                if let Some(up) = find_entry(cache, k) {
-                    todo.insert(0, up);
-                }
-            }
-        }
-        out.push((d, m));
-    }
-    out
 }
 
 fn param_str(m: &Manifest, k: &str) -> Option<String> {
