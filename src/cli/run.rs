@@ -104,10 +104,10 @@ pub fn run(a: RunArgs, g: &Global) -> Result<ExitCode> {
         dry_run: a.dry_run,
         copy_out: a.copy_out,
         out_root: Some(a.out),
-        device: g.device.to_string(),
     };
     let obs = super::progress::Stages::new();
-    let summary = engine::run_observed(&recipe, &stages::registry(), &cache, &opts, &obs)?;
+    let registry = stages::registry_on(g.device);
+    let summary = engine::run_observed(&recipe, &registry, &cache, &opts, &obs)?;
     println!("| stage | key | result | seconds | headline |");
     println!("|---|---|---|---|---|");
     for d in &summary.results {

@@ -35,7 +35,6 @@ pub(crate) fn execute(
     inputs: BTreeMap<String, Input>,
     bar: &ProgressBar,
     obs: &dyn Observer,
-    device: &str,
 ) -> Done {
     let kind = registry.get(&p.instance.kind).unwrap().clone();
     let name = p.instance.name.clone();
@@ -63,7 +62,6 @@ pub(crate) fn execute(
             out_dir: &tmp,
             cache_root: &cache.root,
             progress: bar,
-            device,
         };
         let metrics = kind.run(&ctx)?;
         let files = cache.digest_outputs(&tmp)?;

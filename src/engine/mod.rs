@@ -29,6 +29,7 @@ pub use plan::{plan, Planned, Reason, Status};
 use registry::Registry;
 use stage::Metrics;
 
+/// How to run a recipe (the `run` command's flags).
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Stages (or instances) to rerun, with everything downstream.
@@ -37,51 +38,69 @@ pub struct Options {
     pub only: Option<String>,
     /// Run this stage and what it needs, nothing after.
     pub until: Option<String>,
+    /// After a failure, keep running the branches that do not depend on it.
     pub keep_going: bool,
+    /// Independent instances to run at once (0 counts as 1).
     pub jobs: usize,
+    /// Plan and report, run nothing, write no lock file.
     pub dry_run: bool,
+    /// Copy results into the out root instead of linking into the cache.
     pub copy_out: bool,
     /// Where `out/<recipe>/<instance>/` links go (default `out`).
     pub out_root: Option<PathBuf>,
-    /// Compute device for stages that run models (`cpu` when empty).
-    pub device: String,
 }
 
 /// What happened to one instance in a run.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
+    /// Its entry was already in the cache.
     Cached,
+    /// It ran and its entry was committed.
     Ran,
     /// Another process finished it while we waited for its lock.
     Reused,
+    /// It failed; the error with its causes.
     Failed(String),
     /// Not run: an input failed, or not selected.
     NotRun(String),
 }
 
+/// One instance's result.
 #[derive(Debug, Clone)]
 pub struct Done {
+    /// Instance name.
     pub name: String,
+    /// Stage kind.
     pub kind: String,
+    /// Stage key (its cache entry's directory name).
     pub key: String,
+    /// What happened.
     pub outcome: Outcome,
+    /// Wall-clock seconds spent (0 when cached).
     pub seconds: f64,
+    /// The metrics of its entry (empty when it has none).
     pub metrics: Metrics,
+    /// The kind's headline metric and its value, when present.
     pub headline: Option<(String, f64)>,
+    /// Where the result was exposed (`out/<recipe>/<instance>`), when it completed.
     pub out: Option<PathBuf>,
 }
 
+/// A run's results.
 #[derive(Debug)]
 pub struct Summary {
+    /// One per instance, in plan (topological) order.
     pub results: Vec<Done>,
 }
 
 impl Summary {
+    /// Whether any instance failed.
     pub fn failed(&self) -> bool {
         self.results
             .iter()
             .any(|d| matches!(d.outcome, Outcome::Failed(_)))
     }
+    /// How many instances ran (not cached, not reused).
     pub fn executed(&self) -> usize {
         self.results
             .iter()

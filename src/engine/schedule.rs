@@ -63,11 +63,6 @@ pub(crate) fn run_pending<'a>(
     c: &Ctx<'a>,
 ) {
     let jobs = c.opts.jobs.max(1);
-    let device = if c.opts.device.is_empty() {
-        "cpu"
-    } else {
-        c.opts.device.as_str()
-    };
     let (tx, rx) = mpsc::channel::<Done>();
     let mut running: BTreeSet<String> = BTreeSet::new();
     let mut stop = false;
@@ -86,7 +81,7 @@ pub(crate) fn run_pending<'a>(
             let tx = tx.clone();
             let (registry, cache, obs) = (c.registry, c.cache, c.obs);
             scope.spawn(move || {
-                let done = execute(p, registry, cache, inputs, &bar, obs, device);
+                let done = execute(p, registry, cache, inputs, &bar, obs);
                 obs.finished(&done, &bar);
                 let _ = tx.send(done);
             });

@@ -19,7 +19,10 @@ use crate::prune::teacher::TopK;
 use crate::prune::train::{self, GateState, Method, TrainConfig};
 
 /// The `anneal-train` stage kind.
-pub struct AnnealTrain;
+pub struct AnnealTrain {
+    /// Where its models run (the `--device` the registry was built for).
+    pub device: DeviceSpec,
+}
 
 crate::choice_enum! {
     /// The training method of `anneal-train` (see [`Method`]).
@@ -155,7 +158,7 @@ impl StageKind for AnnealTrain {
             mu_end: p.mu_end,
             seed: p.seed,
         };
-        let device: DeviceSpec = ctx.device.parse()?;
+        let device = self.device;
         let task = Task {
             ctx,
             files: &files,

@@ -12,7 +12,10 @@ use crate::engine::stage::{InputSpec, Metrics, ParamSpec, ParamType, StageContex
 use crate::io;
 
 /// The `benchmark` stage kind.
-pub struct Benchmark;
+pub struct Benchmark {
+    /// Where its models run (the `--device` the registry was built for).
+    pub device: DeviceSpec,
+}
 
 crate::stage_params! {
     /// The `benchmark` stage's parameters.
@@ -81,13 +84,13 @@ impl StageKind for Benchmark {
             models.push(("dense", d));
         }
         models.push(("pruned", &cand));
-        let device: DeviceSpec = ctx.device.parse()?;
+        let device = self.device;
         let c = run_on(
             device,
             CompareTask {
                 models,
                 protocol: &protocol,
-                device: ctx.device,
+                device: &self.device.to_string(),
                 bar: ctx.progress,
             },
         )?;

@@ -16,7 +16,10 @@ use crate::prune::oneshot::{self, LayerStats};
 use crate::prune::teacher::{self, TopK};
 
 /// The `calibrate` stage kind.
-pub struct Calibrate;
+pub struct Calibrate {
+    /// Where its models run (the `--device` the registry was built for).
+    pub device: DeviceSpec,
+}
 
 crate::stage_params! {
     /// The `calibrate` stage's parameters.
@@ -88,7 +91,7 @@ impl StageKind for Calibrate {
         let n_stats = p.activation_stats.min(b.train.len());
         let topk = p.teacher_topk;
         if n_stats > 0 || topk > 0 {
-            let device: DeviceSpec = ctx.device.parse()?;
+            let device = self.device;
             let (stats, teacher) = run_on(
                 device,
                 DenseTask {

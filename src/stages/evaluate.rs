@@ -21,7 +21,10 @@ use crate::io;
 use crate::model::accounting;
 
 /// The `evaluate` stage kind.
-pub struct Evaluate;
+pub struct Evaluate {
+    /// Where its models run (the `--device` the registry was built for).
+    pub device: DeviceSpec,
+}
 
 crate::stage_params! {
     /// The `evaluate` stage's parameters.
@@ -194,7 +197,7 @@ impl StageKind for Evaluate {
             let blocks: Blocks = read_json(&cal.dir.join(BLOCKS))?;
             check_disjoint(ids, &blocks, &format!("stage {}", cal.stage))?;
         }
-        let device: DeviceSpec = ctx.device.parse()?;
+        let device = self.device;
         let results = run_on(
             device,
             EvalTask {
