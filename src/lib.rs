@@ -1,4 +1,5 @@
 //! ddp: structured pruning of LLMs by Deterministic Differentiable Pruning.
+#![warn(missing_docs)]
 //!
 //! Layers, from the top: [`engine`] runs [`recipe`]s of [`stages`]; stages call [`bench`](mod@bench) (and
 //! the pruning and evaluation modules to come); [`model`] runs transformers in burn; [`io`]

@@ -220,7 +220,7 @@ pub fn explain(a: ExplainArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The sweep table: printed, and written as Markdown, CSV and JSON under OUT/<recipe>/.
+/// The sweep table: printed, and written as Markdown, CSV and JSON under `OUT/<recipe>/`.
 pub fn compare(a: CompareArgs) -> Result<ExitCode> {
     let recipe = load_recipe(&a.recipe)?;
     let lock = lockfile::LockFile::read(&recipe.path).ok_or_else(|| {

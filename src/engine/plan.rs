@@ -15,11 +15,17 @@ use super::Options;
 /// Why an instance will run.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reason {
+    /// Nothing in the cache under its key (new, or the lock file's key is the same).
     NoEntry,
+    /// Parameters differ from the lock file's record (their names).
     ParamsChanged(Vec<String>),
+    /// An input's key differs from the lock file's record (the upstream instance).
     InputChanged(String),
+    /// Same parameters and inputs: the kind's version or an external file changed.
     VersionOrFilesChanged,
+    /// `--force` named it or an upstream of it.
     Forced,
+    /// Its entry exists but does not match its manifest (what is wrong).
     Damaged(String),
 }
 
@@ -36,19 +42,27 @@ impl std::fmt::Display for Reason {
     }
 }
 
+/// What the plan says of an instance.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Status {
+    /// Its entry is in the cache and intact.
     Cached,
+    /// It must run, and why.
     Run(Reason),
     /// Not selected by --only / --until.
     Skipped,
 }
 
+/// One instance of the plan.
 #[derive(Debug, Clone)]
 pub struct Planned {
+    /// The instance as the recipe expanded it.
     pub instance: Instance,
+    /// Its stage key.
     pub key: String,
+    /// Its kind's version (part of the key).
     pub version: u32,
+    /// Cached, to run, or skipped.
     pub status: Status,
 }
 
