@@ -1,7 +1,6 @@
 //! The DDP pipeline end to end on stories260k through the engine: load -> gate-insert ->
 //! calibrate -> anneal-train -> threshold -> slice, and the sliced model loads and runs.
 
-
 use crate::common::*;
 
 use std::fs;
@@ -12,56 +11,11 @@ use ddp::engine::{self, cache::Cache, Options, Outcome};
 use ddp::model::Logits;
 use ddp::prune::mask::FinalMask;
 
-fn recipe(rule: &str, uniform: bool) -> String {
-    format!(
-        r#"
-name = "stories"
-[model]
-source = "{model}"
-[data]
-calibration = "{data}"
-[stages.load]
-kind = "load"
-model = "${{model.source}}"
-[stages.gate-insert]
-kind = "gate-insert"
-after = ["load"]
-sparsity = 0.4
-[stages.calibrate]
-kind = "calibrate"
-after = ["load"]
-data = "${{data.calibration}}"
-seq_len = 64
-max_tokens = 8000
-[stages.anneal-train]
-kind = "anneal-train"
-after = ["gate-insert", "calibrate"]
-steps = 30
-warmup = 3
-lr_lambda = 0.1
-mu_end = 0.5
-checkpoint_every = 10
-[stages.threshold]
-kind = "threshold"
-after = ["anneal-train"]
-rule = "{rule}"
-multiple = 8
-[stages.slice]
-kind = "slice"
-after = ["threshold"]
-uniform = {uniform}
-multiple = 8
-"#,
-        model = fixtures().join("stories260k").display(),
-        data = fixtures().join("corpora/sotu/*.txt").display(),
-    )
-}
-
 #[test]
 fn stories260k_pipeline_runs_end_to_end_and_the_result_loads() {
     let d = tempfile::tempdir().unwrap();
     let path = d.path().join("stories.toml");
-    fs::write(&path, recipe("topk", false)).unwrap();
+    fs::write(&path, recipes::stories("topk", false)).unwrap();
     let reg = ddp::stages::registry();
     let r = ddp::recipe::load(&path, &reg).unwrap_or_else(|e| panic!("{e}"));
     let cache = Cache::open(&d.path().join("cache")).unwrap();
@@ -102,7 +56,7 @@ fn stories260k_pipeline_runs_end_to_end_and_the_result_loads() {
     // A second run is entirely cached; a changed threshold rule reruns only threshold and slice.
     let s2 = engine::run(&r, &reg, &cache, &opts).unwrap();
     assert_eq!(s2.executed(), 0);
-    fs::write(&path, recipe("uniform", true)).unwrap();
+    fs::write(&path, recipes::stories("uniform", true)).unwrap();
     let r = ddp::recipe::load(&path, &reg).unwrap();
     let s3 = engine::run(&r, &reg, &cache, &opts).unwrap();
     let ran: Vec<&str> = s3
@@ -145,57 +99,7 @@ fn moe_pipeline_trains_expert_gates_and_slices_exactly() {
     let d = tempfile::tempdir().unwrap();
     let model_dir = d.path().join("tiny-moe");
     tiny_moe_dir(&model_dir);
-    let recipe = format!(
-        r#"
-name = "moe"
-[model]
-source = "{model}"
-[stages.load]
-kind = "load"
-model = "${{model.source}}"
-[stages.gate-insert]
-kind = "gate-insert"
-after = ["load"]
-sparsity = 0.4
-[stages.calibrate]
-kind = "calibrate"
-after = ["load"]
-data = "{data}"
-seq_len = 32
-max_tokens = 3000
-activation_stats = 4
-[stages.anneal-train]
-kind = "anneal-train"
-after = ["gate-insert", "calibrate"]
-steps = 25
-warmup = 3
-lr_lambda = 0.1
-mu_end = 0.5
-[stages.threshold]
-kind = "threshold"
-after = ["anneal-train"]
-rule = "topk"
-[stages.slice]
-kind = "slice"
-after = ["threshold"]
-[stages.oneshot]
-kind = "oneshot"
-after = ["gate-insert", "calibrate"]
-method = "wanda-sp"
-[stages.threshold-oneshot]
-kind = "threshold"
-after = ["oneshot"]
-rule = "uniform"
-multiple = 4
-[stages.slice-oneshot]
-kind = "slice"
-after = ["threshold-oneshot"]
-uniform = true
-multiple = 4
-"#,
-        model = model_dir.display(),
-        data = fixtures().join("corpora/sotu/*.txt").display(),
-    );
+    let recipe = recipes::moe(&model_dir);
     let path = d.path().join("moe.toml");
     fs::write(&path, recipe).unwrap();
     let reg = ddp::stages::registry();

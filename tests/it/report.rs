@@ -1,109 +1,11 @@
 //! A stories260k sweep through evaluate, benchmark and report: the report renders, its table
 //! has a row per model with deltas against dense, and its plots are valid PNG images.
 
-
 use crate::common::*;
 
 use std::fs;
 
 use ddp::engine::{self, cache::Cache, Options};
-
-fn recipe(eval_data: &str) -> String {
-    format!(
-        r#"
-name = "sweep"
-[model]
-source = "{model}"
-[data]
-calibration = "{calib}"
-evaluation = "{eval}"
-[sweep]
-sparsity = [0.3, 0.5]
-oneshot = {{ param = "method", values = ["wanda-sp", "magnitude"], stages = ["oneshot"] }}
-[stages.load]
-kind = "load"
-model = "${{model.source}}"
-[stages.gate-insert]
-kind = "gate-insert"
-after = ["load"]
-[stages.calibrate]
-kind = "calibrate"
-after = ["load"]
-data = "${{data.calibration}}"
-seq_len = 64
-max_tokens = 4000
-activation_stats = 8
-[stages.anneal-train]
-kind = "anneal-train"
-after = ["gate-insert", "calibrate"]
-steps = 12
-warmup = 2
-lr_lambda = 0.1
-mu_end = 0.5
-[stages.oneshot]
-kind = "oneshot"
-after = ["gate-insert", "calibrate"]
-[stages.threshold]
-kind = "threshold"
-after = ["anneal-train"]
-rule = "topk"
-[stages.threshold-oneshot]
-kind = "threshold"
-after = ["oneshot"]
-rule = "topk"
-[stages.slice]
-kind = "slice"
-after = ["threshold"]
-[stages.slice-oneshot]
-kind = "slice"
-after = ["threshold-oneshot"]
-[stages.evaluate-dense]
-kind = "evaluate"
-after = ["load", "calibrate"]
-data = "${{data.evaluation}}"
-seq_len = 128
-max_tokens = 1024
-cloze_items = 8
-max_len = 64
-[stages.evaluate]
-kind = "evaluate"
-after = ["slice", "calibrate", "evaluate-dense"]
-data = "${{data.evaluation}}"
-seq_len = 128
-max_tokens = 1024
-cloze_items = 8
-max_len = 64
-[stages.evaluate-oneshot]
-kind = "evaluate"
-after = ["slice-oneshot", "calibrate", "evaluate-dense"]
-data = "${{data.evaluation}}"
-seq_len = 128
-max_tokens = 1024
-cloze_items = 8
-max_len = 64
-[stages.benchmark]
-kind = "benchmark"
-inputs = {{ model = "slice", dense = "load" }}
-prompt_lens = [16]
-batches = [1]
-decode_tokens = 4
-repeats = 2
-[stages.benchmark-oneshot]
-kind = "benchmark"
-inputs = {{ model = "slice-oneshot", dense = "load" }}
-prompt_lens = [16]
-batches = [1]
-decode_tokens = 4
-repeats = 2
-[stages.report]
-kind = "report"
-after = ["evaluate-dense", "evaluate", "evaluate-oneshot", "benchmark", "benchmark-oneshot"]
-"#,
-        model = fixtures().join("stories260k").display(),
-        calib = fixtures().join("corpora/sotu/*.txt").display(),
-        eval = eval_data,
-    )
-}
 
 fn png_size(path: &std::path::Path) -> (u32, u32) {
     let dec = png::Decoder::new(std::io::BufReader::new(fs::File::open(path).unwrap()));
@@ -131,7 +33,7 @@ fn a_stories260k_sweep_reports_every_model_with_plots() {
     };
     let path = root.join("sweep.toml");
     let moby = fixtures().join("corpora/moby-dick.txt");
-    fs::write(&path, recipe(&moby.to_string_lossy())).unwrap();
+    fs::write(&path, recipes::sweep(&moby.to_string_lossy())).unwrap();
     let reg = ddp::stages::registry();
     let r = ddp::recipe::load(&path, &reg).unwrap_or_else(|e| panic!("{e}"));
     let cache = Cache::open(&root.as_path().join("cache")).unwrap();
@@ -210,7 +112,7 @@ fn evaluation_text_that_is_the_calibration_text_is_refused() {
     let d = tempfile::tempdir().unwrap();
     let path = d.path().join("sweep.toml");
     let sotu = fixtures().join("corpora/sotu/*.txt");
-    fs::write(&path, recipe(&sotu.to_string_lossy())).unwrap();
+    fs::write(&path, recipes::sweep(&sotu.to_string_lossy())).unwrap();
     let e = ddp::recipe::load(&path, &ddp::stages::registry())
         .unwrap_err()
         .to_string();
