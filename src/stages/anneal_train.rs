@@ -7,7 +7,7 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 
-use super::artifacts::{BLOCKS, CHECKPOINT, GATES, TEACHER_HEADER, TRAIN_LOG};
+use crate::artifacts::{BLOCKS, CHECKPOINT, GATES, TEACHER_HEADER, TRAIN_LOG};
 use super::common::{forward_model_json, model_path, read_json, write_json};
 use crate::backend::{run_autodiff_on, AutodiffTask, DeviceSpec};
 use crate::data::Blocks;

@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 
-use super::artifacts::{BENCH, BENCH_MD};
+use crate::artifacts::{BENCH, BENCH_MD};
 use super::common::{model_path, write_json};
 use crate::backend::{run_on, DeviceSpec};
 use crate::bench::{CompareTask, Protocol};

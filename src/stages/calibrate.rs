@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 
-use super::artifacts::{ACTIVATION_STATS, BLOCKS};
+use crate::artifacts::{ACTIVATION_STATS, BLOCKS};
 use super::common::{forward_model_json, model_path, write_json};
 use crate::backend::{run_on, BackendTask, DeviceSpec};
 use crate::data;

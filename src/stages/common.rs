@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::artifacts::MODEL;
+use crate::artifacts::MODEL;
 use crate::engine::stage::Input;
 
 /// Copies `model.json` from an input entry into this stage's output.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use toml::Value;
 
-use super::artifacts::{BLOCKS, EVAL, EVAL_MD};
+use crate::artifacts::{BLOCKS, EVAL, EVAL_MD};
 use super::common::{model_path, read_json, write_json};
 use crate::backend::{run_on, DeviceSpec};
 use crate::data::{self, Blocks};

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde_json::json;
 
-use super::artifacts::MODEL;
+use crate::artifacts::MODEL;
 use crate::engine::params::StageParams;
 use crate::engine::stage::{Metrics, ParamSpec, ParamType, Params, StageContext, StageKind};
 use crate::io::{self, source};

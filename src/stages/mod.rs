@@ -1,7 +1,6 @@
 //! The product's stage kinds: small adapters from parameters and inputs to library calls.
 
 pub mod anneal_train;
-pub mod artifacts;
 pub mod benchmark;
 pub mod calibrate;
 pub mod common;

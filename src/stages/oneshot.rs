@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 
-use super::artifacts::{ACTIVATION_STATS, GATES};
+use crate::artifacts::{ACTIVATION_STATS, GATES};
 use super::common::{forward_model_json, model_path, read_json, write_json};
 use crate::engine::params::{choice, StageParams};
 use crate::engine::stage::{InputSpec, Metrics, ParamSpec, StageContext, StageKind};

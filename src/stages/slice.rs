@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 
-use super::artifacts::{MASK, MODEL, MODEL_DIR};
+use crate::artifacts::{MASK, MODEL, MODEL_DIR};
 use super::common::{model_path, read_json};
 use crate::engine::params::{int_in, StageParams};
 use crate::engine::stage::{InputSpec, Metrics, ParamSpec, ParamType, StageContext, StageKind};

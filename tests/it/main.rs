@@ -9,6 +9,7 @@ mod errors;
 mod eval;
 mod formats;
 mod golden;
+mod layers;
 mod model;
 mod pipeline;
 mod quants;

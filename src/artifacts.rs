@@ -1,5 +1,7 @@
 //! The names of the files stages write into their cache entries and read from their inputs'
-//! entries, in one place: what each holds, which stage kind writes it and which read it.
+//! entries, in one place: what each holds, which stage kind writes it and which read it. A leaf
+//! module, so that `stages` and `report` (which reads entries too) share it without depending
+//! on each other.
 
 /// `model.json`: where the model is (`location`: `cache_relative`, `entry_relative` or `path`)
 /// and its config. Written by `load` (with the source, format, dtype and parameter counts) and
