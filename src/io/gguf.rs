@@ -222,6 +222,126 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A tensor's index entry before placement: name, dims (ggml order), type, offset relative to
+/// the data section.
+type RawInfo = (String, Vec<usize>, GgmlType, usize);
+
+impl Reader<'_> {
+    /// Checks the magic and version; returns the version.
+    fn header(&mut self) -> Result<u32> {
+        let magic = self.take(4, "magic")?;
+        if magic != b"GGUF" {
+            return Err(Error::bad_file(
+                self.path,
+                format!("not a GGUF file: magic is {magic:?}, expected \"GGUF\""),
+            ));
+        }
+        let version = self.u32("version")?;
+        if !(2..=3).contains(&version) {
+            return Err(Error::bad_file(
+                self.path,
+                format!("GGUF version {version} is not supported (expected 2 or 3)"),
+            ));
+        }
+        Ok(version)
+    }
+
+    /// `n_kv` metadata key/values.
+    fn metadata(&mut self, n_kv: u64) -> Result<BTreeMap<String, Value>> {
+        let mut metadata = BTreeMap::new();
+        for _ in 0..n_kv {
+            let key = self.string("metadata key")?;
+            let ty = self.u32(&key)?;
+            let v = self.value(ty, &key, 0)?;
+            metadata.insert(key, v);
+        }
+        Ok(metadata)
+    }
+
+    /// One tensor info: name, dims, type and relative offset.
+    fn tensor_info(&mut self) -> Result<RawInfo> {
+        let name = self.string("tensor name")?;
+        let nd = self.u32(&name)? as usize;
+        if nd == 0 || nd > 4 {
+            return Err(Error::bad_tensor(
+                self.path,
+                &name,
+                format!("{nd} dimensions (expected 1 to 4)"),
+            ));
+        }
+        let mut ne = Vec::with_capacity(nd);
+        for _ in 0..nd {
+            ne.push(self.u64(&name)? as usize);
+        }
+        let tid = self.u32(&name)?;
+        let ty = GgmlType::from_id(tid).ok_or_else(|| {
+            Error::bad_tensor(
+                self.path,
+                &name,
+                format!("ggml type id {tid} is not supported (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K)"),
+            )
+        })?;
+        let offset = self.u64(&name)? as usize;
+        Ok((name, ne, ty, offset))
+    }
+}
+
+/// `general.alignment` (default 32), which must be a power of two.
+fn alignment(path: &Path, metadata: &BTreeMap<String, Value>) -> Result<usize> {
+    let align = metadata
+        .get("general.alignment")
+        .and_then(Value::as_u64)
+        .unwrap_or(32) as usize;
+    if align == 0 || !align.is_power_of_two() {
+        return Err(Error::bad_config(
+            path,
+            "general.alignment",
+            format!("{align} is not a power of two"),
+        ));
+    }
+    Ok(align)
+}
+
+/// Places a tensor whose data starts at `data_start + rel`, checking its size against its
+/// type's blocks and its extent against `file_len`.
+fn place_tensor(
+    path: &Path,
+    (name, ne, ty, rel): RawInfo,
+    data_start: usize,
+    file_len: usize,
+) -> Result<TensorInfo> {
+    let numel: usize = ne.iter().product();
+    let n_bytes = ty.bytes_for(numel).ok_or_else(|| {
+        Error::bad_tensor(
+            path,
+            &name,
+            format!(
+                "{numel} elements is not a whole number of {} blocks",
+                ty.name()
+            ),
+        )
+    })?;
+    let offset = data_start + rel;
+    if offset + n_bytes > file_len {
+        return Err(Error::bad_tensor(
+            path,
+            &name,
+            format!(
+                "data runs past the end of the file (needs bytes {offset}..{}, file has {}): truncated download?",
+                offset + n_bytes,
+                file_len
+            ),
+        ));
+    }
+    Ok(TensorInfo {
+        name,
+        ne,
+        ty,
+        offset,
+        n_bytes,
+    })
+}
+
 impl GgufFile {
     /// Maps the file and parses its header, checking every tensor's type and extent.
     pub fn open(path: &Path) -> Result<Self> {
@@ -234,104 +354,21 @@ impl GgufFile {
             pos: 0,
             path,
         };
-        let magic = r.take(4, "magic")?;
-        if magic != b"GGUF" {
-            return Err(Error::bad_file(
-                path,
-                format!("not a GGUF file: magic is {magic:?}, expected \"GGUF\""),
-            ));
-        }
-        let version = r.u32("version")?;
-        if !(2..=3).contains(&version) {
-            return Err(Error::bad_file(
-                path,
-                format!("GGUF version {version} is not supported (expected 2 or 3)"),
-            ));
-        }
+        let version = r.header()?;
         let n_tensors = r.u64("tensor count")?;
         let n_kv = r.u64("metadata count")?;
-        let mut metadata = BTreeMap::new();
-        for _ in 0..n_kv {
-            let key = r.string("metadata key")?;
-            let ty = r.u32(&key)?;
-            let v = r.value(ty, &key, 0)?;
-            metadata.insert(key, v);
-        }
-        let mut infos = Vec::new();
-        for _ in 0..n_tensors {
-            let name = r.string("tensor name")?;
-            let nd = r.u32(&name)? as usize;
-            if nd == 0 || nd > 4 {
-                return Err(Error::bad_tensor(
-                    path,
-                    &name,
-                    format!("{nd} dimensions (expected 1 to 4)"),
-                ));
-            }
-            let mut ne = Vec::with_capacity(nd);
-            for _ in 0..nd {
-                ne.push(r.u64(&name)? as usize);
-            }
-            let tid = r.u32(&name)?;
-            let ty = GgmlType::from_id(tid).ok_or_else(|| {
-                Error::bad_tensor(
-                    path,
-                    &name,
-                    format!("ggml type id {tid} is not supported (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K)"),
-                )
-            })?;
-            let offset = r.u64(&name)? as usize;
-            infos.push((name, ne, ty, offset));
-        }
-        let align = metadata
-            .get("general.alignment")
-            .and_then(Value::as_u64)
-            .unwrap_or(32) as usize;
-        if align == 0 || !align.is_power_of_two() {
-            return Err(Error::bad_config(
-                path,
-                "general.alignment",
-                format!("{align} is not a power of two"),
-            ));
-        }
+        let metadata = r.metadata(n_kv)?;
+        let infos = (0..n_tensors)
+            .map(|_| r.tensor_info())
+            .collect::<Result<Vec<_>>>()?;
+        let align = alignment(path, &metadata)?;
         let data_start = r.pos.div_ceil(align) * align;
         let mut tensors = BTreeMap::new();
         let mut order = Vec::new();
-        for (name, ne, ty, rel) in infos {
-            let numel: usize = ne.iter().product();
-            let n_bytes = ty.bytes_for(numel).ok_or_else(|| {
-                Error::bad_tensor(
-                    path,
-                    &name,
-                    format!(
-                        "{numel} elements is not a whole number of {} blocks",
-                        ty.name()
-                    ),
-                )
-            })?;
-            let offset = data_start + rel;
-            if offset + n_bytes > mmap.len() {
-                return Err(Error::bad_tensor(
-                    path,
-                    &name,
-                    format!(
-                        "data runs past the end of the file (needs bytes {offset}..{}, file has {}): truncated download?",
-                        offset + n_bytes,
-                        mmap.len()
-                    ),
-                ));
-            }
-            order.push(name.clone());
-            tensors.insert(
-                name.clone(),
-                TensorInfo {
-                    name,
-                    ne,
-                    ty,
-                    offset,
-                    n_bytes,
-                },
-            );
+        for raw in infos {
+            let info = place_tensor(path, raw, data_start, mmap.len())?;
+            order.push(info.name.clone());
+            tensors.insert(info.name.clone(), info);
         }
         Ok(Self {
             path: path.to_path_buf(),

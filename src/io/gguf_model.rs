@@ -7,9 +7,9 @@ use std::path::Path;
 
 use super::gguf::{GgufFile, TensorInfo, Value};
 use super::quants;
-use crate::model::weights::{summarize_dtypes, HostTensor, WeightSource};
 use crate::error::{Error, Result};
-use crate::model::config::{Arch, LayerShape, ModelConfig, MoeConfig, RopeScaling};
+use crate::model::config::{Arch, LayerShape, ModelConfig, MoeConfig, MoeNames, RopeScaling};
+use crate::model::weights::{summarize_dtypes, HostTensor, WeightSource};
 
 /// How one HF tensor is read from the GGUF.
 #[derive(Debug, Clone)]
@@ -87,14 +87,83 @@ impl GgufModel {
     }
 }
 
+/// The `{arch}.*` metadata keys of one architecture, read with file/key/expectation errors.
+struct ArchMeta<'a> {
+    f: &'a GgufFile,
+    /// `general.architecture`, the prefix of every key.
+    arch: &'a str,
+}
+
+impl ArchMeta<'_> {
+    fn key(&self, s: &str) -> String {
+        format!("{}.{s}", self.arch)
+    }
+    fn get(&self, s: &str) -> Option<&Value> {
+        self.f.get(&self.key(s))
+    }
+    fn usize(&self, s: &str) -> Result<usize> {
+        meta_usize(self.f, &self.key(s))
+    }
+    fn usize_or(&self, s: &str, default: usize) -> Result<usize> {
+        meta_usize_or(self.f, &self.key(s), default)
+    }
+    fn f64_or(&self, s: &str, default: f64) -> Result<f64> {
+        meta_f64_or(self.f, &self.key(s), default)
+    }
+    fn bad(&self, s: &str, what: impl Into<String>) -> Error {
+        Error::bad_config(&self.f.path, self.key(s), what)
+    }
+}
+
 fn config_from_metadata(f: &GgufFile) -> Result<ModelConfig> {
     let a = f
         .get("general.architecture")
         .and_then(Value::as_str)
         .ok_or_else(|| Error::bad_config(&f.path, "general.architecture", "missing"))?;
-    let k = |s: &str| format!("{a}.{s}");
-    let n_experts = meta_usize_or(f, &k("expert_count"), 0)?;
-    let arch = match (a, n_experts > 0) {
+    let m = ArchMeta { f, arch: a };
+    let n_experts = m.usize_or("expert_count", 0)?;
+    let arch = arch_of(f, a, n_experts)?;
+    let hidden = m.usize("embedding_length")?;
+    let layers = m.usize("block_count")?;
+    let heads = m.usize("attention.head_count")?;
+    let kv = m.usize_or("attention.head_count_kv", heads)?;
+    let head_dim = m.usize_or("attention.key_length", hidden / heads.max(1))?;
+    let (intermediate, per_layer_ffn) = feed_forward_length(&m, n_experts)?;
+    let vocab = vocab_size(&m)?;
+    let rope_scaling = gguf_rope_scaling(&m)?;
+    // Its error, if any, is reported after those of the keys read in the struct below.
+    let moe = (n_experts > 0).then(|| moe_config(&m, arch, n_experts, intermediate, layers));
+    let tok = |key: &str| f.get(key).and_then(Value::as_u64).map(|x| x as u32);
+    let cfg = ModelConfig {
+        arch,
+        vocab_size: vocab,
+        hidden_size: hidden,
+        intermediate_size: intermediate,
+        num_hidden_layers: layers,
+        num_attention_heads: heads,
+        num_key_value_heads: kv,
+        head_dim,
+        rms_norm_eps: m.f64_or("attention.layer_norm_rms_epsilon", 1e-6)?,
+        rope_theta: m.f64_or("rope.freq_base", 10000.0)?,
+        rope_scaling,
+        max_position_embeddings: m.usize_or("context_length", 2048)?,
+        tie_word_embeddings: !f.tensors.contains_key("output.weight"),
+        attention_bias: f.tensors.contains_key("blk.0.attn_q.bias"),
+        moe: moe.transpose()?,
+        bos_token_id: tok("tokenizer.ggml.bos_token_id"),
+        eos_token_id: tok("tokenizer.ggml.eos_token_id"),
+        layer_shapes: per_layer_shapes(per_layer_ffn, heads, kv),
+        sliding_window: None,
+        sliding_layers_from: 0,
+    };
+    cfg.validate()
+        .map_err(|what| Error::bad_config(&f.path, "metadata", what))?;
+    Ok(cfg)
+}
+
+/// The [`Arch`] of `general.architecture` = `a` (llama with experts is Mixtral).
+fn arch_of(f: &GgufFile, a: &str, n_experts: usize) -> Result<Arch> {
+    Ok(match (a, n_experts > 0) {
         ("llama", false) => Arch::Llama,
         ("llama", true) => Arch::Mixtral,
         ("qwen2", _) => Arch::Qwen2,
@@ -110,16 +179,13 @@ fn config_from_metadata(f: &GgufFile) -> Result<ModelConfig> {
                 ),
             ))
         }
-    };
-    let spec = arch.spec();
-    let hidden = meta_usize(f, &k("embedding_length"))?;
-    let layers = meta_usize(f, &k("block_count"))?;
-    let heads = meta_usize(f, &k("attention.head_count"))?;
-    let kv = meta_usize_or(f, &k("attention.head_count_kv"), heads)?;
-    let head_dim = meta_usize_or(f, &k("attention.key_length"), hidden / heads.max(1))?;
-    // feed_forward_length is a scalar, or one value per layer in some files.
-    let ffn_key = k("feed_forward_length");
-    let (intermediate, per_layer_ffn) = match f.get(&ffn_key) {
+    })
+}
+
+/// The FFN width, and the per-layer widths when `feed_forward_length` is a list (as in some
+/// files). MoE models may omit it.
+fn feed_forward_length(m: &ArchMeta, n_experts: usize) -> Result<(usize, Option<Vec<usize>>)> {
+    Ok(match m.get("feed_forward_length") {
         Some(Value::Array(a)) => {
             let v: Vec<usize> = a
                 .iter()
@@ -128,73 +194,89 @@ fn config_from_metadata(f: &GgufFile) -> Result<ModelConfig> {
                 .collect();
             (v.first().copied().unwrap_or(0), Some(v))
         }
-        Some(_) => (meta_usize(f, &ffn_key)?, None),
+        Some(_) => (m.usize("feed_forward_length")?, None),
         None if n_experts > 0 => (0, None),
-        None => {
-            return Err(Error::bad_config(
-                &f.path,
-                &ffn_key,
-                "missing from the GGUF metadata",
-            ))
-        }
-    };
-    let vocab = match f.get(&k("vocab_size")) {
-        Some(_) => meta_usize(f, &k("vocab_size"))?,
-        None => match f.get("tokenizer.ggml.tokens").and_then(Value::as_array) {
+        None => return Err(m.bad("feed_forward_length", "missing from the GGUF metadata")),
+    })
+}
+
+/// `{arch}.vocab_size`, else the length of the token list, else the embedding's rows.
+fn vocab_size(m: &ArchMeta) -> Result<usize> {
+    let f = m.f;
+    if m.get("vocab_size").is_some() {
+        return m.usize("vocab_size");
+    }
+    Ok(
+        match f.get("tokenizer.ggml.tokens").and_then(Value::as_array) {
             Some(t) => t.len(),
             None => f
                 .tensors
                 .get("token_embd.weight")
                 .map(|t| t.ne[1])
-                .ok_or_else(|| {
-                    Error::bad_config(&f.path, k("vocab_size"), "missing, and no token list")
-                })?,
+                .ok_or_else(|| m.bad("vocab_size", "missing, and no token list"))?,
         },
-    };
-    let rope_scaling = if let Some(t) = f.tensors.get("rope_freqs.weight") {
+    )
+}
+
+/// Per-frequency factors from a `rope_freqs.weight` tensor, else `{arch}.rope.scaling.*`.
+fn gguf_rope_scaling(m: &ArchMeta) -> Result<Option<RopeScaling>> {
+    let f = m.f;
+    if let Some(t) = f.tensors.get("rope_freqs.weight") {
         let (_, v) = f.dequantize(&t.name)?;
-        Some(RopeScaling::Factors {
+        return Ok(Some(RopeScaling::Factors {
             factors: v.into_iter().map(|x| x as f64).collect(),
-        })
-    } else {
-        match f.get(&k("rope.scaling.type")).and_then(Value::as_str) {
-            None | Some("none") => None,
-            Some("linear") => Some(RopeScaling::Linear {
-                factor: meta_f64_or(f, &k("rope.scaling.factor"), 1.0)?,
-            }),
-            Some(other) => {
-                return Err(Error::bad_config(
-                    &f.path,
-                    k("rope.scaling.type"),
-                    format!("{other:?} is not supported (expected none or linear)"),
-                ))
-            }
+        }));
+    }
+    Ok(match m.get("rope.scaling.type").and_then(Value::as_str) {
+        None | Some("none") => None,
+        Some("linear") => Some(RopeScaling::Linear {
+            factor: m.f64_or("rope.scaling.factor", 1.0)?,
+        }),
+        Some(other) => {
+            return Err(m.bad(
+                "rope.scaling.type",
+                format!("{other:?} is not supported (expected none or linear)"),
+            ))
         }
-    };
-    let moe = (n_experts > 0).then(|| -> Result<MoeConfig> {
-        let shared = meta_usize_or(f, &k("expert_shared_feed_forward_length"), 0)?;
-        Ok(MoeConfig {
-            num_experts: n_experts,
-            num_experts_per_tok: meta_usize(f, &k("expert_used_count"))?,
-            moe_intermediate_size: meta_usize_or(
-                f,
-                &k("expert_feed_forward_length"),
-                intermediate,
-            )?,
-            norm_topk_prob: f
-                .get(&k("expert_weights_norm"))
-                .and_then(Value::as_bool)
-                .unwrap_or(spec.norm_topk_default),
-            shared_expert_intermediate_size: (shared > 0).then_some(shared),
-            dense_layers: (0..layers)
-                .filter(|i| {
-                    !f.tensors
-                        .contains_key(&format!("blk.{i}.ffn_gate_inp.weight"))
-                })
-                .collect(),
-        })
-    });
-    let layer_shapes = per_layer_ffn
+    })
+}
+
+/// The routed-experts config of a model with `n_experts` experts; layers without a router
+/// tensor are dense.
+fn moe_config(
+    m: &ArchMeta,
+    arch: Arch,
+    n_experts: usize,
+    intermediate: usize,
+    layers: usize,
+) -> Result<MoeConfig> {
+    let f = m.f;
+    let shared = m.usize_or("expert_shared_feed_forward_length", 0)?;
+    Ok(MoeConfig {
+        num_experts: n_experts,
+        num_experts_per_tok: m.usize("expert_used_count")?,
+        moe_intermediate_size: m.usize_or("expert_feed_forward_length", intermediate)?,
+        norm_topk_prob: m
+            .get("expert_weights_norm")
+            .and_then(Value::as_bool)
+            .unwrap_or(arch.spec().norm_topk_default),
+        shared_expert_intermediate_size: (shared > 0).then_some(shared),
+        dense_layers: (0..layers)
+            .filter(|i| {
+                !f.tensors
+                    .contains_key(&format!("blk.{i}.ffn_gate_inp.weight"))
+            })
+            .collect(),
+    })
+}
+
+/// Layer shapes for per-layer FFN widths, when they are not all the same.
+fn per_layer_shapes(
+    per_layer_ffn: Option<Vec<usize>>,
+    heads: usize,
+    kv: usize,
+) -> Option<Vec<LayerShape>> {
+    per_layer_ffn
         .filter(|v| v.iter().any(|&x| x != v[0]))
         .map(|v| {
             v.into_iter()
@@ -205,150 +287,139 @@ fn config_from_metadata(f: &GgufFile) -> Result<ModelConfig> {
                     ..Default::default()
                 })
                 .collect()
-        });
-    let tok = |key: &str| f.get(key).and_then(Value::as_u64).map(|x| x as u32);
-    let cfg = ModelConfig {
-        arch,
-        vocab_size: vocab,
-        hidden_size: hidden,
-        intermediate_size: intermediate,
-        num_hidden_layers: layers,
-        num_attention_heads: heads,
-        num_key_value_heads: kv,
-        head_dim,
-        rms_norm_eps: meta_f64_or(f, &k("attention.layer_norm_rms_epsilon"), 1e-6)?,
-        rope_theta: meta_f64_or(f, &k("rope.freq_base"), 10000.0)?,
-        rope_scaling,
-        max_position_embeddings: meta_usize_or(f, &k("context_length"), 2048)?,
-        tie_word_embeddings: !f.tensors.contains_key("output.weight"),
-        attention_bias: f.tensors.contains_key("blk.0.attn_q.bias"),
-        moe: moe.transpose()?,
-        bos_token_id: tok("tokenizer.ggml.bos_token_id"),
-        eos_token_id: tok("tokenizer.ggml.eos_token_id"),
-        layer_shapes,
-        sliding_window: None,
-        sliding_layers_from: 0,
-    };
-    cfg.validate()
-        .map_err(|what| Error::bad_config(&f.path, "metadata", what))?;
-    Ok(cfg)
+        })
+}
+
+impl Entry {
+    /// The whole GGUF tensor `g`, as stored.
+    fn plain(g: &str) -> Self {
+        Entry {
+            gguf: g.to_string(),
+            expert: None,
+            unpermute_heads: None,
+        }
+    }
 }
 
 fn name_map(f: &GgufFile, cfg: &ModelConfig) -> Result<BTreeMap<String, Entry>> {
-    let spec = cfg.spec();
     let mut map = BTreeMap::new();
-    let plain = |g: &str| Entry {
-        gguf: g.to_string(),
-        expert: None,
-        unpermute_heads: None,
-    };
     for name in &f.order {
-        let mut add = |hf: String, e: Entry| {
-            map.insert(hf, e);
-        };
-        match name.as_str() {
-            "token_embd.weight" => add("model.embed_tokens.weight".into(), plain(name)),
-            "output_norm.weight" => add("model.norm.weight".into(), plain(name)),
-            "output.weight" => add("lm_head.weight".into(), plain(name)),
-            "rope_freqs.weight" => {}
+        let hf = match name.as_str() {
+            "token_embd.weight" => "model.embed_tokens.weight",
+            "output_norm.weight" => "model.norm.weight",
+            "output.weight" => "lm_head.weight",
+            "rope_freqs.weight" => continue,
             _ => {
-                let Some(rest) = name.strip_prefix("blk.") else {
-                    continue;
-                };
-                let Some((idx, tail)) = rest.split_once('.') else {
-                    continue;
-                };
-                let Ok(i) = idx.parse::<usize>() else {
-                    continue;
-                };
-                let p = format!("model.layers.{i}");
-                let shape = cfg.layer(i);
-                let (base, suffix) = tail.rsplit_once('.').unwrap_or((tail, ""));
-                let moe = spec.moe;
-                let blk = moe.map(|m| m.block).unwrap_or("mlp");
-                let hf_base: Option<String> = match base {
-                    "attn_norm" => Some(format!("{p}.input_layernorm")),
-                    "ffn_norm" => Some(format!("{p}.post_attention_layernorm")),
-                    "attn_q" | "attn_k" => {
-                        let which = &base[5..];
-                        let heads = if which == "q" {
-                            shape.num_attention_heads
-                        } else {
-                            shape.num_key_value_heads
-                        };
-                        add(
-                            format!("{p}.self_attn.{which}_proj.{suffix}"),
-                            Entry {
-                                gguf: name.clone(),
-                                expert: None,
-                                unpermute_heads: spec.gguf_permutes_qk.then_some(heads),
-                            },
-                        );
-                        None
-                    }
-                    "attn_v" => Some(format!("{p}.self_attn.v_proj")),
-                    "attn_output" => Some(format!("{p}.self_attn.o_proj")),
-                    "attn_q_norm" => Some(format!("{p}.self_attn.q_norm")),
-                    "attn_k_norm" => Some(format!("{p}.self_attn.k_norm")),
-                    "ffn_gate" | "ffn_up" | "ffn_down" => {
-                        Some(format!("{p}.mlp.{}_proj", &base[4..]))
-                    }
-                    "ffn_gate_inp" => moe.map(|m| format!("{p}.{blk}.{}", m.router)),
-                    "ffn_gate_inp_shexp" => Some(format!("{p}.mlp.shared_expert_gate")),
-                    "ffn_gate_shexp" | "ffn_up_shexp" | "ffn_down_shexp" => Some(format!(
-                        "{p}.mlp.shared_expert.{}_proj",
-                        base.trim_start_matches("ffn_").trim_end_matches("_shexp")
-                    )),
-                    "ffn_gate_exps" | "ffn_up_exps" | "ffn_down_exps" => {
-                        if let Some(m) = moe {
-                            let proj = match base {
-                                "ffn_gate_exps" => m.gate,
-                                "ffn_up_exps" => m.up,
-                                _ => m.down,
-                            };
-                            let n = f.tensors[name].ne.last().copied().unwrap_or(0);
-                            for e in 0..n {
-                                add(
-                                    format!("{p}.{blk}.experts.{e}.{proj}.{suffix}"),
-                                    Entry {
-                                        gguf: name.clone(),
-                                        expert: Some(e),
-                                        unpermute_heads: None,
-                                    },
-                                );
-                            }
-                        }
-                        None
-                    }
-                    _ => None,
-                };
-                if let Some(b) = hf_base {
-                    add(format!("{b}.{suffix}"), plain(name));
+                let block = name
+                    .strip_prefix("blk.")
+                    .and_then(|rest| rest.split_once('.'))
+                    .and_then(|(idx, tail)| Some((idx.parse::<usize>().ok()?, tail)));
+                if let Some((i, tail)) = block {
+                    map_block_tensor(f, cfg, name, i, tail, &mut map);
                 }
+                continue;
             }
-        }
+        };
+        map.insert(hf.into(), Entry::plain(name));
     }
     // Older Mixtral GGUFs store experts one tensor each: blk.N.ffn_gate.E.weight.
-    if let Some(m) = spec.moe {
-        for name in &f.order {
-            let parts: Vec<&str> = name.split('.').collect();
-            if let ["blk", i, base @ ("ffn_gate" | "ffn_up" | "ffn_down"), e, "weight"] = parts[..]
-            {
-                if let Ok(e) = e.parse::<usize>() {
-                    let proj = match base {
-                        "ffn_gate" => m.gate,
-                        "ffn_up" => m.up,
-                        _ => m.down,
+    if let Some(m) = cfg.spec().moe {
+        map_per_expert_tensors(f, m, &mut map);
+    }
+    Ok(map)
+}
+
+/// Maps `blk.{i}.{tail}` (GGUF tensor `name`) to its HF name(s).
+fn map_block_tensor(
+    f: &GgufFile,
+    cfg: &ModelConfig,
+    name: &str,
+    i: usize,
+    tail: &str,
+    map: &mut BTreeMap<String, Entry>,
+) {
+    let spec = cfg.spec();
+    let p = format!("model.layers.{i}");
+    let shape = cfg.layer(i);
+    let (base, suffix) = tail.rsplit_once('.').unwrap_or((tail, ""));
+    let moe = spec.moe;
+    let blk = moe.map(|m| m.block).unwrap_or("mlp");
+    let hf_base: Option<String> = match base {
+        "attn_norm" => Some(format!("{p}.input_layernorm")),
+        "ffn_norm" => Some(format!("{p}.post_attention_layernorm")),
+        "attn_q" | "attn_k" => {
+            let which = &base[5..];
+            let heads = if which == "q" {
+                shape.num_attention_heads
+            } else {
+                shape.num_key_value_heads
+            };
+            let e = Entry {
+                unpermute_heads: spec.gguf_permutes_qk.then_some(heads),
+                ..Entry::plain(name)
+            };
+            map.insert(format!("{p}.self_attn.{which}_proj.{suffix}"), e);
+            None
+        }
+        "attn_v" => Some(format!("{p}.self_attn.v_proj")),
+        "attn_output" => Some(format!("{p}.self_attn.o_proj")),
+        "attn_q_norm" => Some(format!("{p}.self_attn.q_norm")),
+        "attn_k_norm" => Some(format!("{p}.self_attn.k_norm")),
+        "ffn_gate" | "ffn_up" | "ffn_down" => Some(format!("{p}.mlp.{}_proj", &base[4..])),
+        "ffn_gate_inp" => moe.map(|m| format!("{p}.{blk}.{}", m.router)),
+        "ffn_gate_inp_shexp" => Some(format!("{p}.mlp.shared_expert_gate")),
+        "ffn_gate_shexp" | "ffn_up_shexp" | "ffn_down_shexp" => Some(format!(
+            "{p}.mlp.shared_expert.{}_proj",
+            base.trim_start_matches("ffn_").trim_end_matches("_shexp")
+        )),
+        "ffn_gate_exps" | "ffn_up_exps" | "ffn_down_exps" => {
+            if let Some(m) = moe {
+                let proj = expert_proj(m, base.trim_end_matches("_exps"));
+                // The outermost dimension indexes the experts.
+                let n = f.tensors[name].ne.last().copied().unwrap_or(0);
+                for e in 0..n {
+                    let entry = Entry {
+                        expert: Some(e),
+                        ..Entry::plain(name)
                     };
-                    map.insert(
-                        format!("model.layers.{i}.{}.experts.{e}.{proj}.weight", m.block),
-                        plain(name),
-                    );
+                    map.insert(format!("{p}.{blk}.experts.{e}.{proj}.{suffix}"), entry);
                 }
+            }
+            None
+        }
+        _ => None,
+    };
+    if let Some(b) = hf_base {
+        map.insert(format!("{b}.{suffix}"), Entry::plain(name));
+    }
+}
+
+/// The HF name of an expert's projection for `ffn_gate`, `ffn_up` or (otherwise) `ffn_down`.
+fn expert_proj(m: MoeNames, base: &str) -> &'static str {
+    match base {
+        "ffn_gate" => m.gate,
+        "ffn_up" => m.up,
+        _ => m.down,
+    }
+}
+
+/// Maps one-tensor-per-expert weights, `blk.N.ffn_gate.E.weight`, to their HF names.
+fn map_per_expert_tensors(f: &GgufFile, m: MoeNames, map: &mut BTreeMap<String, Entry>) {
+    for name in &f.order {
+        let parts: Vec<&str> = name.split('.').collect();
+        if let ["blk", i, base @ ("ffn_gate" | "ffn_up" | "ffn_down"), e, "weight"] = parts[..] {
+            if let Ok(e) = e.parse::<usize>() {
+                map.insert(
+                    format!(
+                        "model.layers.{i}.{}.experts.{e}.{}.weight",
+                        m.block,
+                        expert_proj(m, base)
+                    ),
+                    Entry::plain(name),
+                );
             }
         }
     }
-    Ok(map)
 }
 
 impl GgufModel {

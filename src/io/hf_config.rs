@@ -118,19 +118,7 @@ pub fn parse(text: &str, path: &Path) -> Result<ModelConfig> {
     let v: Value = serde_json::from_str(text)
         .map_err(|e| Error::bad_file(path, format!("invalid JSON: {e}")))?;
     let j = Json { v: &v, path };
-    let model_type = j.get("model_type").and_then(Value::as_str).ok_or_else(|| {
-        Error::bad_config(path, "model_type", "missing (expected e.g. \"llama\")")
-    })?;
-    let arch = Arch::from_model_type(model_type).ok_or_else(|| {
-        Error::bad_config(
-            path,
-            "model_type",
-            format!(
-                "{model_type:?} is not supported (supported: {})",
-                Arch::known_model_types()
-            ),
-        )
-    })?;
+    let arch = arch_of(&j)?;
     let spec = arch.spec();
     let hidden_size = j.usize("hidden_size")?;
     let num_attention_heads = j.usize("num_attention_heads")?;
@@ -139,81 +127,15 @@ pub fn parse(text: &str, path: &Path) -> Result<ModelConfig> {
         None if num_attention_heads > 0 => hidden_size / num_attention_heads,
         None => 0,
     };
-    // transformers 5 keeps theta and scaling in `rope_parameters`; 4.x in rope_theta/rope_scaling.
-    let (rope_theta, rope_scaling) = match j.get("rope_parameters") {
-        Some(p) => {
-            let pj = Json { v: p, path };
-            (
-                pj.f64_or("rope_theta", 10000.0)?,
-                rope_scaling(&j, p, "rope_parameters")?,
-            )
-        }
-        None => (
-            j.f64_or("rope_theta", 10000.0)?,
-            match j.get("rope_scaling") {
-                Some(s) => rope_scaling(&j, s, "rope_scaling")?,
-                None => None,
-            },
-        ),
-    };
+    let (rope_theta, rope_scaling) = rope(&j)?;
     let intermediate_size = j.usize_or("intermediate_size", 0)?;
     let num_hidden_layers = j.usize("num_hidden_layers")?;
-    let moe = if spec.moe.is_some() {
-        let num_experts = match j.get("num_local_experts") {
-            Some(_) => j.usize("num_local_experts")?,
-            None => j.usize("num_experts")?,
-        };
-        let step = j.usize_or("decoder_sparse_step", 1)?.max(1);
-        let mut dense_layers: Vec<usize> = match j.get("mlp_only_layers") {
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(|x| x.as_u64())
-                .map(|x| x as usize)
-                .collect(),
-            _ => Vec::new(),
-        };
-        dense_layers.extend((0..num_hidden_layers).filter(|i| (i + 1) % step != 0));
-        dense_layers.sort_unstable();
-        dense_layers.dedup();
-        let shared = j.usize_or("shared_expert_intermediate_size", 0)?;
-        Some(MoeConfig {
-            num_experts,
-            num_experts_per_tok: j.usize("num_experts_per_tok")?,
-            moe_intermediate_size: j.usize_or("moe_intermediate_size", intermediate_size)?,
-            norm_topk_prob: j.bool_or("norm_topk_prob", spec.norm_topk_default)?,
-            shared_expert_intermediate_size: (shared > 0).then_some(shared),
-            dense_layers,
-        })
-    } else {
-        None
-    };
-    let layer_shapes = match j.get("ddp_layer_shapes") {
+    let moe = match spec.moe {
+        Some(_) => Some(moe_config(&j, arch, intermediate_size, num_hidden_layers)?),
         None => None,
-        Some(s) => Some(
-            serde_json::from_value::<Vec<LayerShape>>(s.clone()).map_err(|e| {
-                Error::bad_config(
-                    path,
-                    "ddp_layer_shapes",
-                    format!("expected a list of layer shapes: {e}"),
-                )
-            })?,
-        ),
     };
-    // Mistral/Mixtral: `sliding_window` applies to every layer when set. Qwen: only with
-    // `use_sliding_window`, from layer `max_window_layers` on.
-    let (sliding_window, sliding_layers_from) = match arch {
-        Arch::Mistral | Arch::Mixtral => (
-            j.get("sliding_window")
-                .map(|_| j.usize("sliding_window"))
-                .transpose()?,
-            0,
-        ),
-        _ if j.bool_or("use_sliding_window", false)? => (
-            Some(j.usize("sliding_window")?),
-            j.usize_or("max_window_layers", 0)?,
-        ),
-        _ => (None, 0),
-    };
+    let layer_shapes = ddp_layer_shapes(&j)?;
+    let (sliding_window, sliding_layers_from) = sliding_window(&j, arch)?;
     let cfg = ModelConfig {
         arch,
         vocab_size: j.usize("vocab_size")?,
@@ -239,6 +161,113 @@ pub fn parse(text: &str, path: &Path) -> Result<ModelConfig> {
     cfg.validate()
         .map_err(|what| Error::bad_config(path, "config", what))?;
     Ok(cfg)
+}
+
+/// The [`Arch`] of `model_type`.
+fn arch_of(j: &Json) -> Result<Arch> {
+    let model_type = j.get("model_type").and_then(Value::as_str).ok_or_else(|| {
+        Error::bad_config(j.path, "model_type", "missing (expected e.g. \"llama\")")
+    })?;
+    Arch::from_model_type(model_type).ok_or_else(|| {
+        Error::bad_config(
+            j.path,
+            "model_type",
+            format!(
+                "{model_type:?} is not supported (supported: {})",
+                Arch::known_model_types()
+            ),
+        )
+    })
+}
+
+/// RoPE theta and scaling. transformers 5 keeps them in `rope_parameters`; 4.x in
+/// `rope_theta`/`rope_scaling`.
+fn rope(j: &Json) -> Result<(f64, Option<RopeScaling>)> {
+    Ok(match j.get("rope_parameters") {
+        Some(p) => {
+            let pj = Json { v: p, path: j.path };
+            (
+                pj.f64_or("rope_theta", 10000.0)?,
+                rope_scaling(j, p, "rope_parameters")?,
+            )
+        }
+        None => (
+            j.f64_or("rope_theta", 10000.0)?,
+            match j.get("rope_scaling") {
+                Some(s) => rope_scaling(j, s, "rope_scaling")?,
+                None => None,
+            },
+        ),
+    })
+}
+
+/// The routed-experts config of a MoE architecture. Dense layers are those in
+/// `mlp_only_layers` and those off the `decoder_sparse_step` grid.
+fn moe_config(
+    j: &Json,
+    arch: Arch,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+) -> Result<MoeConfig> {
+    let num_experts = match j.get("num_local_experts") {
+        Some(_) => j.usize("num_local_experts")?,
+        None => j.usize("num_experts")?,
+    };
+    let step = j.usize_or("decoder_sparse_step", 1)?.max(1);
+    let mut dense_layers: Vec<usize> = match j.get("mlp_only_layers") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as usize)
+            .collect(),
+        _ => Vec::new(),
+    };
+    dense_layers.extend((0..num_hidden_layers).filter(|i| (i + 1) % step != 0));
+    dense_layers.sort_unstable();
+    dense_layers.dedup();
+    let shared = j.usize_or("shared_expert_intermediate_size", 0)?;
+    Ok(MoeConfig {
+        num_experts,
+        num_experts_per_tok: j.usize("num_experts_per_tok")?,
+        moe_intermediate_size: j.usize_or("moe_intermediate_size", intermediate_size)?,
+        norm_topk_prob: j.bool_or("norm_topk_prob", arch.spec().norm_topk_default)?,
+        shared_expert_intermediate_size: (shared > 0).then_some(shared),
+        dense_layers,
+    })
+}
+
+/// Per-layer shapes of a pruned model (`ddp_layer_shapes`, written by this crate).
+fn ddp_layer_shapes(j: &Json) -> Result<Option<Vec<LayerShape>>> {
+    j.get("ddp_layer_shapes")
+        .map(|s| {
+            serde_json::from_value::<Vec<LayerShape>>(s.clone()).map_err(|e| {
+                Error::bad_config(
+                    j.path,
+                    "ddp_layer_shapes",
+                    format!("expected a list of layer shapes: {e}"),
+                )
+            })
+        })
+        .transpose()
+}
+
+/// The sliding window and the first layer it applies to. Mistral/Mixtral: `sliding_window`
+/// applies to every layer when set. Qwen: only with `use_sliding_window`, from layer
+/// `max_window_layers` on.
+fn sliding_window(j: &Json, arch: Arch) -> Result<(Option<usize>, usize)> {
+    Ok(match arch {
+        Arch::Mistral | Arch::Mixtral => (
+            j.get("sliding_window")
+                .map(|_| j.usize("sliding_window"))
+                .transpose()?,
+            0,
+        ),
+        _ if j.bool_or("use_sliding_window", false)? => (
+            Some(j.usize("sliding_window")?),
+            j.usize_or("max_window_layers", 0)?,
+        ),
+        _ => (None, 0),
+    })
 }
 
 /// Reads and parses a `config.json` file.

@@ -76,151 +76,198 @@ impl Tokenizer {
             origin: origin.clone(),
             what,
         };
+        let v = GgufVocab::read(f).map_err(err)?;
+        let (add_bos, spec) = v.spec(f).map_err(err)?;
+        let inner = tokenizers::Tokenizer::from_str(&spec.to_string())
+            .map_err(|e| err(format!("could not build the tokenizer: {e}")))?;
+        Ok(Self {
+            inner,
+            bos_id: v.bos_id,
+            eos_id: v.eos_id,
+            add_bos,
+            origin,
+        })
+    }
+}
+
+/// The result of a step of [`Tokenizer::from_gguf`]; the error is the `what` of an
+/// [`Error::Tokenizer`].
+type Built<T> = std::result::Result<T, String>;
+
+/// A token id stored under `key` in the GGUF metadata.
+fn meta_token_id(f: &GgufFile, key: &str) -> Option<u32> {
+    f.get(key).and_then(Value::as_u64).map(|x| x as u32)
+}
+
+/// The vocabulary part of a GGUF's `tokenizer.ggml.*` metadata.
+struct GgufVocab<'a> {
+    /// `tokenizer.ggml.model`: `llama` (sentencepiece BPE) or `gpt2` (byte-level BPE).
+    model: &'a str,
+    tokens: Vec<String>,
+    /// Token types: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
+    types: Vec<u64>,
+    bos_id: Option<u32>,
+    eos_id: Option<u32>,
+}
+
+impl<'a> GgufVocab<'a> {
+    /// Reads the model kind, tokens, token types and BOS/EOS ids.
+    fn read(f: &'a GgufFile) -> Built<Self> {
         let model = f
             .get("tokenizer.ggml.model")
             .and_then(Value::as_str)
-            .ok_or_else(|| {
-                err("tokenizer.ggml.model is missing: the GGUF carries no tokenizer".into())
-            })?;
+            .ok_or("tokenizer.ggml.model is missing: the GGUF carries no tokenizer")?;
         let tokens: Vec<String> = f
             .get("tokenizer.ggml.tokens")
             .and_then(Value::as_array)
-            .ok_or_else(|| err("tokenizer.ggml.tokens is missing".into()))?
+            .ok_or("tokenizer.ggml.tokens is missing")?
             .iter()
             .map(|v| v.as_str().map(str::to_string))
             .collect::<Option<_>>()
-            .ok_or_else(|| err("tokenizer.ggml.tokens holds a non-string".into()))?;
+            .ok_or("tokenizer.ggml.tokens holds a non-string")?;
         let types: Vec<u64> = f
             .get("tokenizer.ggml.token_type")
             .and_then(Value::as_array)
             .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(1)).collect())
             .unwrap_or_else(|| vec![1; tokens.len()]);
-        let id = |k: &str| f.get(k).and_then(Value::as_u64).map(|x| x as u32);
-        let bos_id = id("tokenizer.ggml.bos_token_id");
-        let eos_id = id("tokenizer.ggml.eos_token_id");
+        Ok(Self {
+            model,
+            tokens,
+            types,
+            bos_id: meta_token_id(f, "tokenizer.ggml.bos_token_id"),
+            eos_id: meta_token_id(f, "tokenizer.ggml.eos_token_id"),
+        })
+    }
+
+    /// Whether BOS is prepended, and the `tokenizer.json` value for this vocabulary.
+    fn spec(&self, f: &GgufFile) -> Built<(bool, Json)> {
         let flag = |k: &str, d: bool| f.get(k).and_then(Value::as_bool).unwrap_or(d);
-        // Token types: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
-        let added: Vec<Json> = tokens
+        let (add_bos, mut spec) = match self.model {
+            "llama" => (
+                flag("tokenizer.ggml.add_bos_token", true),
+                self.sentencepiece_spec(f)?,
+            ),
+            "gpt2" => (
+                flag("tokenizer.ggml.add_bos_token", false),
+                self.byte_level_spec(f)?,
+            ),
+            other => {
+                return Err(format!(
+                    "tokenizer.ggml.model = {other:?} is not supported (supported: llama, gpt2)"
+                ))
+            }
+        };
+        if add_bos {
+            spec["post_processor"] = self.bos_post_processor()?;
+        }
+        Ok((add_bos, spec))
+    }
+
+    /// Unknown, control and user-defined tokens, as `added_tokens` entries.
+    fn added_tokens(&self) -> Vec<Json> {
+        self.tokens
             .iter()
-            .zip(&types)
+            .zip(&self.types)
             .enumerate()
             .filter(|(_, (_, &t))| t == 2 || t == 3 || t == 4)
             .map(|(i, (tok, _))| {
                 json!({"id": i, "content": tok, "single_word": false, "lstrip": false,
                        "rstrip": false, "normalized": false, "special": true})
             })
-            .collect();
-        let vocab: serde_json::Map<String, Json> = {
-            let mut m = serde_json::Map::new();
-            for (i, t) in tokens.iter().enumerate() {
-                m.entry(t.clone()).or_insert(json!(i));
-            }
-            m
-        };
-        let (add_bos, spec) = match model {
-            "llama" => {
-                let scores: Vec<f64> = f
-                    .get("tokenizer.ggml.scores")
-                    .and_then(Value::as_array)
-                    .ok_or_else(|| {
-                        err(
-                            "tokenizer.ggml.scores is missing (needed for a sentencepiece BPE)"
-                                .into(),
-                        )
-                    })?
-                    .iter()
-                    .map(|v| v.as_f64().unwrap_or(0.0))
-                    .collect();
-                let unk_id = id("tokenizer.ggml.unknown_token_id")
-                    .or_else(|| types.iter().position(|&t| t == 2).map(|x| x as u32))
-                    .unwrap_or(0) as usize;
-                let merges = sentencepiece_merges(&tokens, &scores);
-                let add_bos = flag("tokenizer.ggml.add_bos_token", true);
-                let spec = json!({
-                    "version": "1.0", "truncation": null, "padding": null,
-                    "added_tokens": added,
-                    "normalizer": {"type": "Sequence", "normalizers": [
-                        {"type": "Prepend", "prepend": "\u{2581}"},
-                        {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}]},
-                    "pre_tokenizer": null,
-                    "post_processor": null,
-                    "decoder": {"type": "Sequence", "decoders": [
-                        {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
-                        {"type": "ByteFallback"}, {"type": "Fuse"},
-                        {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
-                    "model": {"type": "BPE", "dropout": null, "unk_token": tokens.get(unk_id),
-                        "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                        "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
-                        "vocab": vocab, "merges": merges}
-                });
-                (add_bos, spec)
-            }
-            "gpt2" => {
-                let merges: Vec<Json> = f
-                    .get("tokenizer.ggml.merges")
-                    .and_then(Value::as_array)
-                    .ok_or_else(|| {
-                        err("tokenizer.ggml.merges is missing (needed for a byte-level BPE)".into())
-                    })?
-                    .iter()
-                    .filter_map(|v| v.as_str())
-                    .filter_map(|m| m.split_once(' '))
-                    .map(|(a, b)| json!([a, b]))
-                    .collect();
-                let pre = f
-                    .get("tokenizer.ggml.pre")
-                    .and_then(Value::as_str)
-                    .unwrap_or("default");
-                let pre_tokenizer = byte_level_pre_tokenizer(pre).ok_or_else(|| {
-                    err(format!(
-                        "tokenizer.ggml.pre = {pre:?} is not supported (supported: default, gpt-2, smollm, llama-bpe, qwen2)"
-                    ))
-                })?;
-                let add_bos = flag("tokenizer.ggml.add_bos_token", false);
-                let spec = json!({
-                    "version": "1.0", "truncation": null, "padding": null,
-                    "added_tokens": added,
-                    "normalizer": null,
-                    "pre_tokenizer": pre_tokenizer,
-                    "post_processor": null,
-                    "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-                    "model": {"type": "BPE", "dropout": null, "unk_token": null,
-                        "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                        "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                        "vocab": vocab, "merges": merges}
-                });
-                (add_bos, spec)
-            }
-            other => {
-                return Err(err(format!(
-                    "tokenizer.ggml.model = {other:?} is not supported (supported: llama, gpt2)"
-                )))
-            }
-        };
-        let mut spec = spec;
-        if add_bos {
-            let bos = bos_id
-                .ok_or_else(|| err("add_bos_token is set but bos_token_id is missing".into()))?;
-            let bos_tok = tokens
-                .get(bos as usize)
-                .ok_or_else(|| err(format!("bos_token_id {bos} is outside the vocabulary")))?;
-            spec["post_processor"] = json!({
-                "type": "TemplateProcessing",
-                "single": [{"SpecialToken": {"id": bos_tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-                "pair": [{"SpecialToken": {"id": bos_tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                         {"SpecialToken": {"id": bos_tok, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
-                "special_tokens": {bos_tok.as_str(): {"id": bos_tok, "ids": [bos], "tokens": [bos_tok]}}
-            });
+            .collect()
+    }
+
+    /// Token -> id; a token listed twice keeps its first id.
+    fn vocab(&self) -> serde_json::Map<String, Json> {
+        let mut m = serde_json::Map::new();
+        for (i, t) in self.tokens.iter().enumerate() {
+            m.entry(t.clone()).or_insert(json!(i));
         }
-        let inner = tokenizers::Tokenizer::from_str(&spec.to_string())
-            .map_err(|e| err(format!("could not build the tokenizer: {e}")))?;
-        Ok(Self {
-            inner,
-            bos_id,
-            eos_id,
-            add_bos,
-            origin,
-        })
+        m
+    }
+
+    /// A sentencepiece BPE (`llama`): merges derived from `tokenizer.ggml.scores`.
+    fn sentencepiece_spec(&self, f: &GgufFile) -> Built<Json> {
+        let scores: Vec<f64> = f
+            .get("tokenizer.ggml.scores")
+            .and_then(Value::as_array)
+            .ok_or("tokenizer.ggml.scores is missing (needed for a sentencepiece BPE)")?
+            .iter()
+            .map(|v| v.as_f64().unwrap_or(0.0))
+            .collect();
+        let unk_id = meta_token_id(f, "tokenizer.ggml.unknown_token_id")
+            .or_else(|| self.types.iter().position(|&t| t == 2).map(|x| x as u32))
+            .unwrap_or(0) as usize;
+        let merges = sentencepiece_merges(&self.tokens, &scores);
+        Ok(json!({
+            "version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": self.added_tokens(),
+            "normalizer": {"type": "Sequence", "normalizers": [
+                {"type": "Prepend", "prepend": "\u{2581}"},
+                {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}]},
+            "pre_tokenizer": null,
+            "post_processor": null,
+            "decoder": {"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+                {"type": "ByteFallback"}, {"type": "Fuse"},
+                {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+            "model": {"type": "BPE", "dropout": null, "unk_token": self.tokens.get(unk_id),
+                "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                "vocab": self.vocab(), "merges": merges}
+        }))
+    }
+
+    /// A byte-level BPE (`gpt2`): `tokenizer.ggml.merges`, pre-tokenizer from `tokenizer.ggml.pre`.
+    fn byte_level_spec(&self, f: &GgufFile) -> Built<Json> {
+        let merges: Vec<Json> = f
+            .get("tokenizer.ggml.merges")
+            .and_then(Value::as_array)
+            .ok_or("tokenizer.ggml.merges is missing (needed for a byte-level BPE)")?
+            .iter()
+            .filter_map(|v| v.as_str())
+            .filter_map(|m| m.split_once(' '))
+            .map(|(a, b)| json!([a, b]))
+            .collect();
+        let pre = f
+            .get("tokenizer.ggml.pre")
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        let pre_tokenizer = byte_level_pre_tokenizer(pre).ok_or_else(|| {
+            format!(
+                "tokenizer.ggml.pre = {pre:?} is not supported (supported: default, gpt-2, smollm, llama-bpe, qwen2)"
+            )
+        })?;
+        Ok(json!({
+            "version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": self.added_tokens(),
+            "normalizer": null,
+            "pre_tokenizer": pre_tokenizer,
+            "post_processor": null,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                "vocab": self.vocab(), "merges": merges}
+        }))
+    }
+
+    /// The post-processor that prepends BOS to every sequence.
+    fn bos_post_processor(&self) -> Built<Json> {
+        let bos = self
+            .bos_id
+            .ok_or("add_bos_token is set but bos_token_id is missing")?;
+        let bos_tok = self
+            .tokens
+            .get(bos as usize)
+            .ok_or_else(|| format!("bos_token_id {bos} is outside the vocabulary"))?;
+        Ok(json!({
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": bos_tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": bos_tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": bos_tok, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {bos_tok.as_str(): {"id": bos_tok, "ids": [bos], "tokens": [bos_tok]}}
+        }))
     }
 }
 
