@@ -524,24 +524,6 @@ pub fn compare<B: Backend>(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Tight repeats give no warning; wide ones name both spreads and the ratio's uncertainty.
-    #[test]
-    fn spread_warning_speaks_only_when_the_ratio_is_unsure() {
-        let tight = Stats::of(vec![99.0, 100.0, 101.0]);
-        assert_eq!(spread_warning(&tight, &tight), None);
-        let wide = Stats::of(vec![80.0, 100.0, 120.0]);
-        let w = spread_warning(&wide, &tight).expect("±20 % is too wide");
-        assert!(
-            w.contains("±20 %") && w.contains("±1 %") && w.contains("±21 %"),
-            "{w}"
-        );
-    }
-}
-
 /// Loads the models and compares them (the `benchmark` stage and `ddp-run bench --vs`).
 pub struct CompareTask<'a> {
     /// The models by label, measured in this order in every round.
@@ -566,5 +548,23 @@ impl BackendTask for CompareTask<'_> {
         Ok(compare(loaded, self.protocol, self.device, || {
             self.bar.inc(1)
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tight repeats give no warning; wide ones name both spreads and the ratio's uncertainty.
+    #[test]
+    fn spread_warning_speaks_only_when_the_ratio_is_unsure() {
+        let tight = Stats::of(vec![99.0, 100.0, 101.0]);
+        assert_eq!(spread_warning(&tight, &tight), None);
+        let wide = Stats::of(vec![80.0, 100.0, 120.0]);
+        let w = spread_warning(&wide, &tight).expect("±20 % is too wide");
+        assert!(
+            w.contains("±20 %") && w.contains("±1 %") && w.contains("±21 %"),
+            "{w}"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Pruning: the gate surrogates and annealing, mask-only training with the Lagrangian,
 //! final-mask rules and slicing.
 
+pub mod budget;
 pub mod distill;
 pub mod mask;
 pub mod oneshot;

@@ -4,12 +4,13 @@
 
 use anyhow::{bail, Result};
 
-use super::artifacts::GATES;
+use crate::artifacts::GATES;
 use super::common::{forward_model_json, model_path, write_json};
 use crate::engine::params::{choice, float, int, StageParams};
 use crate::engine::stage::{InputSpec, Metrics, ParamSpec, ParamType, StageContext, StageKind};
 use crate::io;
 use crate::model::accounting;
+use crate::prune::budget;
 use crate::prune::train::{GateState, HeadGates, Scope};
 
 /// The `gate-insert` stage kind.
@@ -34,6 +35,15 @@ crate::choice_enum! {
         PerHead = "per-head",
         /// No attention gates.
         None = "none",
+    }
+}
+
+impl From<Budget> for budget::Basis {
+    fn from(b: Budget) -> Self {
+        match b {
+            Budget::Params => budget::Basis::Params,
+            Budget::Units => budget::Basis::Units,
+        }
     }
 }
 
@@ -116,65 +126,26 @@ impl StageKind for GateInsert {
         let c = &files.config;
         let params = ctx.typed::<GateInsertParams>()?;
         let heads: HeadGates = params.heads.into();
-        let alpha = params.sparsity;
-        let p = accounting::count(c);
-        let layers: Vec<_> = (0..c.num_hidden_layers)
-            .map(|i| accounting::units(c, i))
-            .collect();
-        // Families: (name, units per layer, the parameters they cover). `channels` are the dense
-        // FFNs' (and MoE shared experts') channels, `experts` the routed experts' channels.
-        let mut fams: Vec<(&str, Vec<usize>, usize)> = vec![];
-        if heads != HeadGates::None {
-            let per = layers
-                .iter()
-                .map(|u| {
-                    if heads == HeadGates::PerGroup {
-                        u.kv_heads
-                    } else {
-                        u.heads
-                    }
-                })
-                .collect();
-            fams.push(("heads", per, p.attention));
-        }
-        if params.channels {
-            fams.push((
-                "channels",
-                layers.iter().map(|u| u.channels).collect(),
-                p.ffn - p.experts,
-            ));
-        }
-        if params.experts {
-            fams.push((
-                "experts",
-                layers.iter().map(|u| u.experts * u.expert_width).collect(),
-                p.experts,
-            ));
-        }
-        // A family with no units in this model (experts of a dense model, channels of a MoE
-        // model without shared experts) is left out.
-        fams.retain(|f| f.1.iter().sum::<usize>() > 0);
+        let fams = budget::families(c, heads, params.channels, params.experts);
         if fams.is_empty() {
             bail!("gate-insert: nothing to prune (no heads, channels or expert channels are gated in this model)");
         }
-        // Targets per family. With every family at the same unit fraction the removed share of
-        // prunable parameters equals that fraction; families left out leave their share to the
-        // gated ones.
-        let covered: usize = fams.iter().map(|f| f.2).sum();
-        let target = match params.budget {
-            Budget::Params => (alpha * p.prunable() as f64 / covered.max(1) as f64).min(0.95),
-            Budget::Units => alpha,
-        };
-        let fams: Vec<(String, f64, Vec<usize>)> = fams
-            .into_iter()
-            .map(|(n, per, _)| (n.to_string(), target, per))
+        let target = budget::target(
+            params.sparsity,
+            params.budget.into(),
+            &accounting::count(c),
+            &fams,
+        );
+        let rows: Vec<(String, f64, Vec<usize>)> = fams
+            .iter()
+            .map(|f| (f.kind.to_string(), target, f.units.clone()))
             .collect();
-        let units: usize = fams.iter().map(|f| f.2.iter().sum::<usize>()).sum();
-        let state = GateState::init(&fams, heads, params.scope.into(), params.seed);
+        let units: usize = fams.iter().map(|f| f.units.iter().sum::<usize>()).sum();
+        let state = GateState::init(&rows, heads, params.scope.into(), params.seed);
         write_json(&ctx.out_dir.join(GATES), &state)?;
         forward_model_json(input, ctx.out_dir)?;
         let mut metrics = Metrics::from([("units".into(), units as f64)]);
-        for (name, t, _) in &fams {
+        for (name, t, _) in &rows {
             metrics.insert(format!("target_{name}"), *t);
         }
         Ok(metrics)

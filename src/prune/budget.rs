@@ -1,0 +1,141 @@
+//! Budget maths: which gate families a model gets, how many units each gates per layer, and
+//! the fraction of its units each must remove for a sparsity budget.
+
+use super::mask::FamilyKind;
+use super::train::HeadGates;
+use crate::model::accounting::{self, ParamCounts};
+use crate::model::config::ModelConfig;
+
+/// What a sparsity budget is a fraction of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Basis {
+    /// The model's prunable parameters (what users mean by 50 %).
+    Params,
+    /// Every gated family's units (the paper).
+    Units,
+}
+
+/// One gate family to insert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GateFamily {
+    /// What its gates remove.
+    pub kind: FamilyKind,
+    /// Gated units per layer (0 where a layer has none).
+    pub units: Vec<usize>,
+    /// Prunable parameters its units cover, over the whole model.
+    pub params: usize,
+}
+
+/// The gate families of `cfg`: attention (one gate per KV group or per query head, none with
+/// [`HeadGates::None`]), dense-FFN and shared-expert channels (`channels`), routed-expert
+/// channels (`experts`), in that order. A family with no units in this model (experts of a
+/// dense model, channels of a MoE model without shared experts) is left out.
+pub fn families(
+    cfg: &ModelConfig,
+    heads: HeadGates,
+    channels: bool,
+    experts: bool,
+) -> Vec<GateFamily> {
+    let p = accounting::count(cfg);
+    let layers: Vec<_> = (0..cfg.num_hidden_layers)
+        .map(|i| accounting::units(cfg, i))
+        .collect();
+    let mut fams = vec![];
+    let per_head = match heads {
+        HeadGates::PerGroup => Some(layers.iter().map(|u| u.kv_heads).collect()),
+        HeadGates::PerHead => Some(layers.iter().map(|u| u.heads).collect()),
+        HeadGates::None => None,
+    };
+    if let Some(units) = per_head {
+        fams.push(GateFamily {
+            kind: FamilyKind::Heads,
+            units,
+            params: p.attention,
+        });
+    }
+    if channels {
+        fams.push(GateFamily {
+            kind: FamilyKind::Channels,
+            units: layers.iter().map(|u| u.channels).collect(),
+            params: p.ffn - p.experts,
+        });
+    }
+    if experts {
+        fams.push(GateFamily {
+            kind: FamilyKind::Experts,
+            units: layers.iter().map(|u| u.experts * u.expert_width).collect(),
+            params: p.experts,
+        });
+    }
+    fams.retain(|f| f.units.iter().sum::<usize>() > 0);
+    fams
+}
+
+/// The unit fraction every family of `fams` is to remove for a budget of `sparsity` of
+/// `basis`, `counts` being the model's. Of units: `sparsity` itself. Of parameters: with every
+/// family at the same unit fraction the removed share of the parameters they cover equals
+/// that fraction, so families left out leave their share to the gated ones:
+/// `sparsity * prunable / covered`, at most 0.95.
+pub fn target(sparsity: f64, basis: Basis, counts: &ParamCounts, fams: &[GateFamily]) -> f64 {
+    match basis {
+        Basis::Params => {
+            let covered: usize = fams.iter().map(|f| f.params).sum();
+            (sparsity * counts.prunable() as f64 / covered.max(1) as f64).min(0.95)
+        }
+        Basis::Units => sparsity,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2 dense layers of 4 query heads (2 KV groups) and 16 channels: attention 2 * 192 = 384
+    /// parameters, FFN 2 * 16 * 24 = 768 (see `model::accounting`'s tests).
+    fn dense() -> ModelConfig {
+        let j = r#"{"model_type": "llama", "vocab_size": 10, "hidden_size": 8,
+            "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "head_dim": 2}"#;
+        crate::io::hf_config::parse(j, "config.json".as_ref()).unwrap()
+    }
+
+    #[test]
+    fn families_of_a_dense_model() {
+        let c = dense();
+        let f = families(&c, HeadGates::PerGroup, true, true);
+        // No routed experts: that family is left out.
+        assert_eq!(
+            f,
+            [
+                GateFamily {
+                    kind: FamilyKind::Heads,
+                    units: vec![2, 2],
+                    params: 384
+                },
+                GateFamily {
+                    kind: FamilyKind::Channels,
+                    units: vec![16, 16],
+                    params: 768
+                },
+            ]
+        );
+        let f = families(&c, HeadGates::PerHead, false, false);
+        assert_eq!((f.len(), &f[0].units[..]), (1, &[4, 4][..]));
+        assert!(families(&c, HeadGates::None, false, true).is_empty());
+    }
+
+    #[test]
+    fn targets_of_a_parameter_budget_cover_what_is_not_gated() {
+        let c = dense();
+        let p = accounting::count(&c);
+        let all = families(&c, HeadGates::PerGroup, true, true);
+        // Everything prunable is gated: the unit fraction is the parameter fraction.
+        assert_eq!(target(0.5, Basis::Params, &p, &all), 0.5);
+        // Channels alone cover 768 of 1152: 0.5 * 1152 / 768 = 0.75.
+        let ch = families(&c, HeadGates::None, true, false);
+        assert_eq!(target(0.5, Basis::Params, &p, &ch), 0.75);
+        // 0.8 * 1.5 = 1.2: capped.
+        assert_eq!(target(0.8, Basis::Params, &p, &ch), 0.95);
+        assert_eq!(target(0.5, Basis::Units, &p, &ch), 0.5);
+    }
+}
