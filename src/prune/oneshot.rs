@@ -236,88 +236,28 @@ pub fn score(
     stats: Option<&[LayerStats]>,
     state: &mut GateState,
 ) -> Result<()> {
-    let (h, hd) = (cfg.hidden_size, cfg.head_dim);
     let mut per_family: Vec<Vec<Vec<f64>>> = vec![vec![]; state.families.len()];
     for i in 0..cfg.num_hidden_layers {
-        let u = accounting::units(cfg, i);
-        let (nh, nkv) = (u.heads, u.kv_heads);
-        let p = format!("model.layers.{i}");
-        let st = stats.and_then(|s| s.get(i));
+        let layer = LayerScorer {
+            method,
+            cfg,
+            w,
+            i,
+            units: accounting::units(cfg, i),
+            prefix: format!("model.layers.{i}"),
+            stats: stats.and_then(|s| s.get(i)),
+        };
         for (fi, f) in state.families.iter().enumerate() {
             let scores = if f.name == "heads" {
-                let o = Mat::load(w, &format!("{p}.self_attn.o_proj.weight"), h, nh * hd)?;
-                let cols = column_scores(method, &o, st.map(|s| &s.o))?;
-                let mut head: Vec<f64> = (0..nh)
-                    .map(|q| cols[q * hd..(q + 1) * hd].iter().sum())
-                    .collect();
-                if method == "magnitude" {
-                    let qw = Mat::load(w, &format!("{p}.self_attn.q_proj.weight"), nh * hd, h)?;
-                    for (q, s) in head.iter_mut().enumerate() {
-                        *s += (q * hd..(q + 1) * hd).map(|r| qw.row_sq(r)).sum::<f64>();
-                    }
-                }
-                if state.heads == HeadGates::PerGroup {
-                    let g = nh / nkv.max(1);
-                    let mut grp: Vec<f64> = head.chunks(g.max(1)).map(|c| c.iter().sum()).collect();
-                    if method == "magnitude" {
-                        let k = Mat::load(w, &format!("{p}.self_attn.k_proj.weight"), nkv * hd, h)?;
-                        let v = Mat::load(w, &format!("{p}.self_attn.v_proj.weight"), nkv * hd, h)?;
-                        for (gi, s) in grp.iter_mut().enumerate() {
-                            *s += (gi * hd..(gi + 1) * hd)
-                                .map(|r| k.row_sq(r) + v.row_sq(r))
-                                .sum::<f64>();
-                        }
-                    }
-                    grp
-                } else {
-                    head
-                }
+                layer.heads(state.heads)?
             } else if f.name == "experts" {
-                let Some(nm) = cfg.spec().moe.filter(|_| u.experts > 0) else {
+                let Some(scores) = layer.experts()? else {
                     per_family[fi].push(vec![]);
                     continue;
                 };
-                let mut all = Vec::with_capacity(u.experts * u.expert_width);
-                for e in 0..u.experts {
-                    let pre = format!("{p}.{}.experts.{e}", nm.block);
-                    let st = match st.map(|s| s.experts.get(e)) {
-                        // Statistics for this layer, none for its experts: stats from before
-                        // experts were probed.
-                        Some(None) => return Err(Error::Invalid(format!(
-                            "layer {i}: the activation statistics have no entry for expert {e}: compute them again (calibrate `activation_stats`)"
-                        ))),
-                        Some(Some(s)) => Some(s),
-                        None => None,
-                    };
-                    all.extend(unit_scores(
-                        method,
-                        w,
-                        [nm.gate, nm.up, nm.down].map(|n| format!("{pre}.{n}.weight")),
-                        h,
-                        u.expert_width,
-                        st,
-                        true,
-                    )?);
-                }
-                all
+                scores
             } else {
-                let pre = match cfg.spec().moe.filter(|_| u.experts > 0) {
-                    Some(nm) => format!("{p}.{}.shared_expert", nm.block),
-                    None => format!("{p}.mlp"),
-                };
-                if u.channels == 0 {
-                    vec![]
-                } else {
-                    unit_scores(
-                        method,
-                        w,
-                        ["gate_proj", "up_proj", "down_proj"].map(|n| format!("{pre}.{n}.weight")),
-                        h,
-                        u.channels,
-                        st.map(|s| &s.down),
-                        false,
-                    )?
-                }
+                layer.channels()?
             };
             if scores.len() != f.z[i].len() {
                 return Err(Error::Invalid(format!(
@@ -330,25 +270,132 @@ pub fn score(
             per_family[fi].push(scores);
         }
     }
-    for (f, mut layers) in state.families.iter_mut().zip(per_family) {
-        if method == "flap" {
-            layers.iter_mut().for_each(|l| standardise(l));
-        } else if method == "magnitude" {
-            // Norms, not squared norms, so heads and channels rank on one scale of weight size.
-            layers.iter_mut().flatten().for_each(|x| *x = x.sqrt());
-        }
-        // Strictly positive, order kept: threshold treats 0 as removed.
-        let min = layers
-            .iter()
-            .flatten()
-            .copied()
-            .fold(f64::INFINITY, f64::min);
-        let shift = if min <= 0.0 { 1e-3 - min } else { 0.0 };
-        f.z = layers
-            .into_iter()
-            .map(|l| l.into_iter().map(|x| (x + shift) as f32).collect())
-            .collect();
+    for (f, layers) in state.families.iter_mut().zip(per_family) {
+        f.z = finish(method, layers);
     }
     state.scored_by = Some(method.to_string());
     Ok(())
+}
+
+/// What scoring one layer needs.
+struct LayerScorer<'a> {
+    method: &'a str,
+    cfg: &'a ModelConfig,
+    w: &'a dyn WeightSource,
+    /// The layer's index.
+    i: usize,
+    units: accounting::LayerUnits,
+    /// `model.layers.{i}`.
+    prefix: String,
+    stats: Option<&'a LayerStats>,
+}
+
+impl LayerScorer<'_> {
+    /// Scores of the query heads (or, per group, of the KV groups): o_proj column scores
+    /// summed over each head, plus for `magnitude` the q (and k, v) row norms.
+    fn heads(&self, gates: HeadGates) -> Result<Vec<f64>> {
+        let (method, w, p) = (self.method, self.w, &self.prefix);
+        let (h, hd) = (self.cfg.hidden_size, self.cfg.head_dim);
+        let (nh, nkv) = (self.units.heads, self.units.kv_heads);
+        let o = Mat::load(w, &format!("{p}.self_attn.o_proj.weight"), h, nh * hd)?;
+        let cols = column_scores(method, &o, self.stats.map(|s| &s.o))?;
+        let mut head: Vec<f64> = (0..nh)
+            .map(|q| cols[q * hd..(q + 1) * hd].iter().sum())
+            .collect();
+        if method == "magnitude" {
+            let qw = Mat::load(w, &format!("{p}.self_attn.q_proj.weight"), nh * hd, h)?;
+            for (q, s) in head.iter_mut().enumerate() {
+                *s += (q * hd..(q + 1) * hd).map(|r| qw.row_sq(r)).sum::<f64>();
+            }
+        }
+        if gates != HeadGates::PerGroup {
+            return Ok(head);
+        }
+        let g = nh / nkv.max(1);
+        let mut grp: Vec<f64> = head.chunks(g.max(1)).map(|c| c.iter().sum()).collect();
+        if method == "magnitude" {
+            let k = Mat::load(w, &format!("{p}.self_attn.k_proj.weight"), nkv * hd, h)?;
+            let v = Mat::load(w, &format!("{p}.self_attn.v_proj.weight"), nkv * hd, h)?;
+            for (gi, s) in grp.iter_mut().enumerate() {
+                *s += (gi * hd..(gi + 1) * hd)
+                    .map(|r| k.row_sq(r) + v.row_sq(r))
+                    .sum::<f64>();
+            }
+        }
+        Ok(grp)
+    }
+
+    /// Scores of every routed expert's channels, expert after expert; `None` in a dense layer.
+    fn experts(&self) -> Result<Option<Vec<f64>>> {
+        let (u, i) = (self.units, self.i);
+        let Some(nm) = self.cfg.spec().moe.filter(|_| u.experts > 0) else {
+            return Ok(None);
+        };
+        let mut all = Vec::with_capacity(u.experts * u.expert_width);
+        for e in 0..u.experts {
+            let pre = format!("{}.{}.experts.{e}", self.prefix, nm.block);
+            let st = match self.stats.map(|s| s.experts.get(e)) {
+                // Statistics for this layer, none for its experts: stats from before
+                // experts were probed.
+                Some(None) => return Err(Error::Invalid(format!(
+                    "layer {i}: the activation statistics have no entry for expert {e}: compute them again (calibrate `activation_stats`)"
+                ))),
+                Some(Some(s)) => Some(s),
+                None => None,
+            };
+            all.extend(unit_scores(
+                self.method,
+                self.w,
+                [nm.gate, nm.up, nm.down].map(|n| format!("{pre}.{n}.weight")),
+                self.cfg.hidden_size,
+                u.expert_width,
+                st,
+                true,
+            )?);
+        }
+        Ok(Some(all))
+    }
+
+    /// Scores of the dense FFN's channels, or of the shared expert's (none without one).
+    fn channels(&self) -> Result<Vec<f64>> {
+        let (u, p) = (self.units, &self.prefix);
+        let pre = match self.cfg.spec().moe.filter(|_| u.experts > 0) {
+            Some(nm) => format!("{p}.{}.shared_expert", nm.block),
+            None => format!("{p}.mlp"),
+        };
+        if u.channels == 0 {
+            return Ok(vec![]);
+        }
+        unit_scores(
+            self.method,
+            self.w,
+            ["gate_proj", "up_proj", "down_proj"].map(|n| format!("{pre}.{n}.weight")),
+            self.cfg.hidden_size,
+            u.channels,
+            self.stats.map(|s| &s.down),
+            false,
+        )
+    }
+}
+
+/// One family's final `z` from its raw per-layer scores: standardised per layer (`flap`) or
+/// square-rooted (`magnitude`), then shifted to be strictly positive.
+fn finish(method: &str, mut layers: Vec<Vec<f64>>) -> Vec<Vec<f32>> {
+    if method == "flap" {
+        layers.iter_mut().for_each(|l| standardise(l));
+    } else if method == "magnitude" {
+        // Norms, not squared norms, so heads and channels rank on one scale of weight size.
+        layers.iter_mut().flatten().for_each(|x| *x = x.sqrt());
+    }
+    // Strictly positive, order kept: threshold treats 0 as removed.
+    let min = layers
+        .iter()
+        .flatten()
+        .copied()
+        .fold(f64::INFINITY, f64::min);
+    let shift = if min <= 0.0 { 1e-3 - min } else { 0.0 };
+    layers
+        .into_iter()
+        .map(|l| l.into_iter().map(|x| (x + shift) as f32).collect())
+        .collect()
 }

@@ -12,10 +12,10 @@
 
 use std::collections::BTreeMap;
 
-use super::mask::FinalMask;
+use super::mask::{FinalMask, LayerMask};
 use crate::error::{Error, Result};
 use crate::model::accounting::{self, LayerUnits};
-use crate::model::config::{Arch, LayerShape, ModelConfig};
+use crate::model::config::{Arch, LayerShape, ModelConfig, MoeNames};
 use crate::model::weights::{HostTensor, WeightSource};
 
 /// The sliced model: its config and every tensor (HF names and layout).
@@ -74,31 +74,6 @@ fn alive(v: &[f32]) -> Vec<usize> {
     (0..v.len()).filter(|&i| v[i] != 0.0).collect()
 }
 
-/// Alive units of one layer, and what it has.
-struct Plan {
-    units: LayerUnits,
-    /// Alive query heads of each KV group.
-    groups: Vec<Vec<usize>>,
-    /// Dense FFN channels, or the shared expert's.
-    channels: Vec<usize>,
-    /// Alive channels of each routed expert (empty in a dense layer).
-    experts: Vec<Vec<usize>>,
-}
-
-impl Plan {
-    fn per_group(&self) -> usize {
-        self.groups.iter().map(Vec::len).max().unwrap_or(0)
-    }
-    fn live_groups(&self) -> usize {
-        self.groups.iter().filter(|g| !g.is_empty()).count()
-    }
-    /// The width every expert of the layer needs: its widest expert's (at least 1, so the
-    /// shape stays a MoE block).
-    fn expert_width(&self) -> usize {
-        self.experts.iter().map(Vec::len).max().unwrap_or(0).max(1)
-    }
-}
-
 /// Copies, cuts and scales the three projections of one SwiGLU MLP: rows `keep` of gate and
 /// up, the same columns of down scaled by `scale`.
 fn slice_mlp(
@@ -118,6 +93,154 @@ fn slice_mlp(
     Ok(())
 }
 
+/// Alive units of one layer, and what it has.
+struct Plan<'a> {
+    units: LayerUnits,
+    /// The layer's gate values.
+    mask: &'a LayerMask,
+    /// Alive query heads of each KV group.
+    groups: Vec<Vec<usize>>,
+    /// Dense FFN channels, or the shared expert's.
+    channels: Vec<usize>,
+    /// Alive channels of each routed expert (empty in a dense layer).
+    experts: Vec<Vec<usize>>,
+}
+
+impl Plan<'_> {
+    fn is_moe(&self) -> bool {
+        self.units.experts > 0
+    }
+    fn per_group(&self) -> usize {
+        self.groups.iter().map(Vec::len).max().unwrap_or(0)
+    }
+    fn live_groups(&self) -> usize {
+        self.groups.iter().filter(|g| !g.is_empty()).count()
+    }
+    /// The width every expert of the layer needs: its widest expert's (at least 1, so the
+    /// shape stays a MoE block).
+    fn expert_width(&self) -> usize {
+        self.experts.iter().map(Vec::len).max().unwrap_or(0).max(1)
+    }
+    /// The sizes this layer needs on its own (no uniform shapes).
+    fn own_sizes(&self) -> Sizes {
+        Sizes {
+            groups: self.live_groups(),
+            per_group: self.per_group(),
+            channels: if self.is_moe() {
+                self.channels.len().max(1).min(self.units.channels)
+            } else {
+                self.channels.len()
+            },
+            expert: self.expert_width(),
+        }
+    }
+    /// The dense (or shared-expert) channels kept, `n` of them, and their gate values.
+    fn kept_channels(&self, n: usize) -> (Vec<usize>, Vec<f32>) {
+        let channels = pick(&self.channels, 0..self.units.channels, n);
+        let scale = channels.iter().map(|&c| self.mask.channels[c]).collect();
+        (channels, scale)
+    }
+}
+
+/// Checks layer `i`'s mask against the model and finds its alive units.
+fn plan_layer<'a>(cfg: &ModelConfig, i: usize, lm: &'a LayerMask) -> Result<Plan<'a>> {
+    let u = accounting::units(cfg, i);
+    if lm.heads.len() != u.heads
+        || lm.channels.len() != u.channels
+        || lm.experts.len() != u.experts * u.expert_width
+    {
+        return Err(Error::Invalid(format!(
+            "layer {i}: the mask has {} heads / {} channels / {} expert channels, the model {} / {} / {} ({} experts x {})",
+            lm.heads.len(),
+            lm.channels.len(),
+            lm.experts.len(),
+            u.heads,
+            u.channels,
+            u.experts * u.expert_width,
+            u.experts,
+            u.expert_width
+        )));
+    }
+    let g = u.heads / u.kv_heads.max(1);
+    Ok(Plan {
+        units: u,
+        mask: lm,
+        groups: (0..u.kv_heads)
+            .map(|k| {
+                (k * g..(k + 1) * g)
+                    .filter(|&h| lm.heads[h] != 0.0)
+                    .collect()
+            })
+            .collect(),
+        channels: alive(&lm.channels),
+        experts: lm
+            .experts
+            .chunks(u.expert_width.max(1))
+            .map(alive)
+            .collect(),
+    })
+}
+
+/// How many units of each kind one sliced layer keeps.
+#[derive(Clone, Copy)]
+struct Sizes {
+    /// KV groups.
+    groups: usize,
+    /// Query heads per KV group.
+    per_group: usize,
+    /// Dense FFN (or shared-expert) channels.
+    channels: usize,
+    /// Channels of every routed expert.
+    expert: usize,
+}
+
+/// Uniform sizes: the largest any layer needs, dense FFNs and shared experts apart.
+struct Widest {
+    groups: usize,
+    per_group: usize,
+    dense: usize,
+    shared: usize,
+    expert: usize,
+}
+
+impl Widest {
+    fn of(plans: &[Plan]) -> Self {
+        let widest = |moe: bool, f: &dyn Fn(&Plan) -> usize| {
+            plans
+                .iter()
+                .filter(|p| p.is_moe() == moe)
+                .map(f)
+                .max()
+                .unwrap_or(0)
+        };
+        Self {
+            groups: plans.iter().map(Plan::live_groups).max().unwrap_or(0),
+            per_group: plans.iter().map(Plan::per_group).max().unwrap_or(0),
+            dense: widest(false, &|p| p.channels.len()),
+            shared: widest(true, &|p| p.channels.len().max(1)),
+            expert: widest(true, &|p| p.expert_width()),
+        }
+    }
+    /// The uniform sizes of layer `p`, channel counts rounded up to `channel_multiple` but no
+    /// wider than the layer.
+    fn sizes(&self, p: &Plan, channel_multiple: usize) -> Sizes {
+        let round = |n: usize| {
+            if channel_multiple > 1 {
+                n.div_ceil(channel_multiple) * channel_multiple
+            } else {
+                n
+            }
+        };
+        let channels = if p.is_moe() { self.shared } else { self.dense };
+        Sizes {
+            groups: self.groups,
+            per_group: self.per_group,
+            channels: round(channels).min(p.units.channels),
+            expert: round(self.expert).min(p.units.expert_width),
+        }
+    }
+}
+
 /// Slices a model. `channel_multiple`: with `uniform`, channel counts (FFN, shared-expert and
 /// expert widths) are rounded up to a multiple of it (e.g. 64) so the result has a standard,
 /// kernel-friendly width.
@@ -135,196 +258,183 @@ pub fn slice(
             cfg.num_hidden_layers
         )));
     }
-    let hd = cfg.head_dim;
-    let mut plans = vec![];
-    for (i, lm) in mask.layers.iter().enumerate() {
-        let u = accounting::units(cfg, i);
-        if lm.heads.len() != u.heads
-            || lm.channels.len() != u.channels
-            || lm.experts.len() != u.experts * u.expert_width
-        {
-            return Err(Error::Invalid(format!(
-                "layer {i}: the mask has {} heads / {} channels / {} expert channels, the model {} / {} / {} ({} experts x {})",
-                lm.heads.len(),
-                lm.channels.len(),
-                lm.experts.len(),
-                u.heads,
-                u.channels,
-                u.experts * u.expert_width,
-                u.experts,
-                u.expert_width
-            )));
-        }
-        let g = u.heads / u.kv_heads.max(1);
-        plans.push(Plan {
-            units: u,
-            groups: (0..u.kv_heads)
-                .map(|k| {
-                    (k * g..(k + 1) * g)
-                        .filter(|&h| lm.heads[h] != 0.0)
-                        .collect()
-                })
-                .collect(),
-            channels: alive(&lm.channels),
-            experts: lm
-                .experts
-                .chunks(u.expert_width.max(1))
-                .map(alive)
-                .collect(),
-        });
-    }
-    let round = |n: usize| {
-        if channel_multiple > 1 {
-            n.div_ceil(channel_multiple) * channel_multiple
-        } else {
-            n
-        }
-    };
-    let moe_layers: Vec<bool> = plans.iter().map(|p| p.units.experts > 0).collect();
-    // Uniform sizes: the largest any layer needs, dense FFNs and shared experts apart.
-    let widest = |moe: bool, f: &dyn Fn(&Plan) -> usize| {
-        plans
-            .iter()
-            .zip(&moe_layers)
-            .filter(|(_, &m)| m == moe)
-            .map(|(p, _)| f(p))
-            .max()
-            .unwrap_or(0)
-    };
-    let (u_groups, u_per_group) = (
-        plans.iter().map(Plan::live_groups).max().unwrap_or(0),
-        plans.iter().map(Plan::per_group).max().unwrap_or(0),
-    );
-    let u_dense = widest(false, &|p| p.channels.len());
-    let u_shared = widest(true, &|p| p.channels.len().max(1));
-    let u_expert = widest(true, &Plan::expert_width);
-    let names = cfg.spec().moe;
+    let plans = mask
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, lm)| plan_layer(cfg, i, lm))
+        .collect::<Result<Vec<_>>>()?;
+    let moe_layers: Vec<bool> = plans.iter().map(Plan::is_moe).collect();
+    let widest = Widest::of(&plans);
     let mut tensors = BTreeMap::new();
     let mut shapes = vec![];
     for (i, p) in plans.iter().enumerate() {
-        let u = p.units;
-        let lm = &mask.layers[i];
-        let g = u.heads / u.kv_heads.max(1);
-        let is_moe = moe_layers[i];
-        let (n_groups, n_per_group, n_channels, n_expert) = if uniform {
-            (
-                u_groups,
-                u_per_group,
-                round(if is_moe { u_shared } else { u_dense }).min(u.channels),
-                round(u_expert).min(u.expert_width),
-            )
+        let sizes = if uniform {
+            widest.sizes(p, channel_multiple)
         } else {
-            (
-                p.live_groups(),
-                p.per_group(),
-                if is_moe {
-                    p.channels.len().max(1).min(u.channels)
-                } else {
-                    p.channels.len()
-                },
-                p.expert_width(),
-            )
+            p.own_sizes()
         };
-        let alive_groups: Vec<usize> = (0..p.groups.len())
-            .filter(|&k| !p.groups[k].is_empty())
-            .collect();
-        let kv_keep = pick(&alive_groups, 0..u.kv_heads, n_groups);
-        let mut heads = vec![];
-        for &k in &kv_keep {
-            heads.extend(pick(&p.groups[k], k * g..(k + 1) * g, n_per_group));
-        }
-        let head_scale: Vec<f32> = heads.iter().map(|&h| lm.heads[h]).collect();
-        let channels = pick(&p.channels, 0..u.channels, n_channels);
-        let chan_scale: Vec<f32> = channels.iter().map(|&c| lm.channels[c]).collect();
-        let pre = format!("model.layers.{i}");
-        let load = |n: &str| w.load(&format!("{pre}.{n}"));
-        for (proj, units, block) in [
-            ("q_proj", &heads, hd),
-            ("k_proj", &kv_keep, hd),
-            ("v_proj", &kv_keep, hd),
-        ] {
-            tensors.insert(
-                format!("{pre}.self_attn.{proj}.weight"),
-                take_rows(&load(&format!("self_attn.{proj}.weight"))?, block, units),
-            );
-            if cfg.attention_bias {
-                tensors.insert(
-                    format!("{pre}.self_attn.{proj}.bias"),
-                    take_rows(&load(&format!("self_attn.{proj}.bias"))?, block, units),
-                );
-            }
-        }
-        tensors.insert(
-            format!("{pre}.self_attn.o_proj.weight"),
-            take_cols(&load("self_attn.o_proj.weight")?, hd, &heads, &head_scale),
-        );
-        let mlp_names = ["gate_proj", "up_proj", "down_proj"];
-        let mut shape = LayerShape {
-            num_attention_heads: heads.len(),
-            num_key_value_heads: kv_keep.len(),
-            intermediate_size: cfg.layer(i).intermediate_size,
-            ..Default::default()
-        };
-        match names.filter(|_| is_moe) {
-            Some(nm) => {
-                let b = format!("{pre}.{}", nm.block);
-                let router = format!("{b}.{}.weight", nm.router);
-                tensors.insert(router.clone(), w.load(&router)?);
-                for (e, alive_e) in p.experts.iter().enumerate() {
-                    let keep = pick(alive_e, 0..u.expert_width, n_expert);
-                    let scale: Vec<f32> = keep
-                        .iter()
-                        .map(|&c| lm.experts[e * u.expert_width + c])
-                        .collect();
-                    slice_mlp(
-                        w,
-                        &format!("{b}.experts.{e}"),
-                        [nm.gate, nm.up, nm.down],
-                        &keep,
-                        &scale,
-                        &mut tensors,
-                    )?;
-                }
-                if u.channels > 0 {
-                    slice_mlp(
-                        w,
-                        &format!("{b}.shared_expert"),
-                        mlp_names,
-                        &channels,
-                        &chan_scale,
-                        &mut tensors,
-                    )?;
-                    let gate = format!("{b}.shared_expert_gate.weight");
-                    tensors.insert(gate.clone(), w.load(&gate)?);
-                }
-                shape.moe_intermediate_size = n_expert;
-                shape.shared_expert_intermediate_size = channels.len();
-            }
-            None => {
-                slice_mlp(
-                    w,
-                    &format!("{pre}.mlp"),
-                    mlp_names,
-                    &channels,
-                    &chan_scale,
-                    &mut tensors,
-                )?;
-                shape.intermediate_size = channels.len();
-            }
-        }
-        for n in [
-            "input_layernorm.weight",
-            "post_attention_layernorm.weight",
-            "self_attn.q_norm.weight",
-            "self_attn.k_norm.weight",
-        ] {
-            let name = format!("{pre}.{n}");
-            if w.has(&name) {
-                tensors.insert(name.clone(), w.load(&name)?);
-            }
-        }
-        shapes.push(shape);
+        shapes.push(slice_layer(cfg, w, i, p, sizes, &mut tensors)?);
     }
+    copy_globals(cfg, w, &mut tensors)?;
+    let config = sliced_config(cfg, &shapes, &moe_layers);
+    config
+        .validate()
+        .map_err(|e| Error::Invalid(format!("the sliced model's config is invalid: {e}")))?;
+    Ok(Sliced { config, tensors })
+}
+
+/// The projection names of a dense FFN and of a shared expert.
+const MLP_NAMES: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
+
+/// Slices layer `i` (attention, FFN, norms) into `tensors` and returns its shape.
+fn slice_layer(
+    cfg: &ModelConfig,
+    w: &dyn WeightSource,
+    i: usize,
+    p: &Plan,
+    sizes: Sizes,
+    tensors: &mut BTreeMap<String, HostTensor>,
+) -> Result<LayerShape> {
+    let pre = format!("model.layers.{i}");
+    let (num_attention_heads, num_key_value_heads) =
+        slice_attention(cfg, w, &pre, p, sizes, tensors)?;
+    let mut shape = LayerShape {
+        num_attention_heads,
+        num_key_value_heads,
+        intermediate_size: cfg.layer(i).intermediate_size,
+        ..Default::default()
+    };
+    match cfg.spec().moe.filter(|_| p.is_moe()) {
+        Some(nm) => {
+            shape.shared_expert_intermediate_size = slice_moe(w, &pre, nm, p, sizes, tensors)?;
+            shape.moe_intermediate_size = sizes.expert;
+        }
+        None => {
+            let (channels, scale) = p.kept_channels(sizes.channels);
+            slice_mlp(
+                w,
+                &format!("{pre}.mlp"),
+                MLP_NAMES,
+                &channels,
+                &scale,
+                tensors,
+            )?;
+            shape.intermediate_size = channels.len();
+        }
+    }
+    for n in [
+        "input_layernorm.weight",
+        "post_attention_layernorm.weight",
+        "self_attn.q_norm.weight",
+        "self_attn.k_norm.weight",
+    ] {
+        let name = format!("{pre}.{n}");
+        if w.has(&name) {
+            tensors.insert(name.clone(), w.load(&name)?);
+        }
+    }
+    Ok(shape)
+}
+
+/// Cuts the attention of the layer at `pre` down to `sizes.groups` KV groups of
+/// `sizes.per_group` query heads each, folding the head gates into o_proj's columns; returns
+/// the query and KV heads kept.
+fn slice_attention(
+    cfg: &ModelConfig,
+    w: &dyn WeightSource,
+    pre: &str,
+    p: &Plan,
+    sizes: Sizes,
+    tensors: &mut BTreeMap<String, HostTensor>,
+) -> Result<(usize, usize)> {
+    let (u, hd) = (p.units, cfg.head_dim);
+    let g = u.heads / u.kv_heads.max(1);
+    let alive_groups: Vec<usize> = (0..p.groups.len())
+        .filter(|&k| !p.groups[k].is_empty())
+        .collect();
+    let kv_keep = pick(&alive_groups, 0..u.kv_heads, sizes.groups);
+    let mut heads = vec![];
+    for &k in &kv_keep {
+        heads.extend(pick(&p.groups[k], k * g..(k + 1) * g, sizes.per_group));
+    }
+    let head_scale: Vec<f32> = heads.iter().map(|&h| p.mask.heads[h]).collect();
+    let load = |n: &str| w.load(&format!("{pre}.{n}"));
+    for (proj, units, block) in [
+        ("q_proj", &heads, hd),
+        ("k_proj", &kv_keep, hd),
+        ("v_proj", &kv_keep, hd),
+    ] {
+        tensors.insert(
+            format!("{pre}.self_attn.{proj}.weight"),
+            take_rows(&load(&format!("self_attn.{proj}.weight"))?, block, units),
+        );
+        if cfg.attention_bias {
+            tensors.insert(
+                format!("{pre}.self_attn.{proj}.bias"),
+                take_rows(&load(&format!("self_attn.{proj}.bias"))?, block, units),
+            );
+        }
+    }
+    tensors.insert(
+        format!("{pre}.self_attn.o_proj.weight"),
+        take_cols(&load("self_attn.o_proj.weight")?, hd, &heads, &head_scale),
+    );
+    Ok((heads.len(), kv_keep.len()))
+}
+
+/// Slices the MoE block of the layer at `pre`: the router as is, every routed expert cut to
+/// `sizes.expert` channels, the shared expert (if any) to `sizes.channels`, gates folded into
+/// the down projections; returns the shared expert's width.
+fn slice_moe(
+    w: &dyn WeightSource,
+    pre: &str,
+    nm: MoeNames,
+    p: &Plan,
+    sizes: Sizes,
+    tensors: &mut BTreeMap<String, HostTensor>,
+) -> Result<usize> {
+    let u = p.units;
+    let b = format!("{pre}.{}", nm.block);
+    let router = format!("{b}.{}.weight", nm.router);
+    tensors.insert(router.clone(), w.load(&router)?);
+    for (e, alive_e) in p.experts.iter().enumerate() {
+        let keep = pick(alive_e, 0..u.expert_width, sizes.expert);
+        let scale: Vec<f32> = keep
+            .iter()
+            .map(|&c| p.mask.experts[e * u.expert_width + c])
+            .collect();
+        slice_mlp(
+            w,
+            &format!("{b}.experts.{e}"),
+            [nm.gate, nm.up, nm.down],
+            &keep,
+            &scale,
+            tensors,
+        )?;
+    }
+    let (channels, scale) = p.kept_channels(sizes.channels);
+    if u.channels > 0 {
+        slice_mlp(
+            w,
+            &format!("{b}.shared_expert"),
+            MLP_NAMES,
+            &channels,
+            &scale,
+            tensors,
+        )?;
+        let gate = format!("{b}.shared_expert_gate.weight");
+        tensors.insert(gate.clone(), w.load(&gate)?);
+    }
+    Ok(channels.len())
+}
+
+/// Copies the embeddings, the final norm and (unless tied) the LM head.
+fn copy_globals(
+    cfg: &ModelConfig,
+    w: &dyn WeightSource,
+    tensors: &mut BTreeMap<String, HostTensor>,
+) -> Result<()> {
     for n in [
         "model.embed_tokens.weight",
         "model.norm.weight",
@@ -334,11 +444,7 @@ pub fn slice(
             tensors.insert(n.to_string(), w.load(n)?);
         }
     }
-    let config = sliced_config(cfg, &shapes, &moe_layers);
-    config
-        .validate()
-        .map_err(|e| Error::Invalid(format!("the sliced model's config is invalid: {e}")))?;
-    Ok(Sliced { config, tensors })
+    Ok(())
 }
 
 /// The config of the sliced layers: the standard form when every layer has the same attention
