@@ -202,12 +202,12 @@ pub fn flops_per_token(cfg: &ModelConfig, context: usize) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// 2 dense layers: hidden 8, 4 query heads of width 2 in 2 KV groups, 16 FFN channels.
     /// One query head's q and o: 2 * 8 * 2 = 32; one KV head's k and v: 32; a channel: 24.
-    fn dense() -> ModelConfig {
+    pub(crate) fn dense() -> ModelConfig {
         let j = r#"{"model_type": "llama", "vocab_size": 10, "hidden_size": 8,
             "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4,
             "num_key_value_heads": 2, "head_dim": 2}"#;

@@ -90,14 +90,9 @@ pub fn target(sparsity: f64, basis: Basis, counts: &ParamCounts, fams: &[GateFam
 mod tests {
     use super::*;
 
-    /// 2 dense layers of 4 query heads (2 KV groups) and 16 channels: attention 2 * 192 = 384
-    /// parameters, FFN 2 * 16 * 24 = 768 (see `model::accounting`'s tests).
-    fn dense() -> ModelConfig {
-        let j = r#"{"model_type": "llama", "vocab_size": 10, "hidden_size": 8,
-            "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "num_key_value_heads": 2, "head_dim": 2}"#;
-        crate::io::hf_config::parse(j, "config.json".as_ref()).unwrap()
-    }
+    // 2 dense layers of 4 query heads (2 KV groups) and 16 channels: attention 2 * 192 = 384
+    // parameters, FFN 2 * 16 * 24 = 768.
+    use crate::model::accounting::tests::dense;
 
     #[test]
     fn families_of_a_dense_model() {
