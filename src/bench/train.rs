@@ -230,8 +230,7 @@ impl crate::backend::AutodiffTask for Task<'_> {
     type Output = TrainReport;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<TrainReport> {
         let f = self.files;
-        let model =
-            crate::model::load::load_model::<B>(&f.config, f.weights.as_ref(), &device, None)?;
+        let model = f.load::<B>(&device, None)?;
         let mut skipped = None;
         let mut trainer = None;
         let _dir = if self.torch {

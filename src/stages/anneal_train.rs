@@ -7,14 +7,13 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 
+use super::common::{forward_model_json, open_input, read_json, write_json};
 use crate::artifacts::{BLOCKS, CHECKPOINT, GATES, TEACHER_HEADER, TRAIN_LOG};
-use super::common::{forward_model_json, model_path, read_json, write_json};
 use crate::backend::{run_autodiff_on, AutodiffTask, DeviceSpec};
 use crate::data::Blocks;
 use crate::engine::params::{choice, float, int, StageParams};
 use crate::engine::stage::{InputSpec, Metrics, ParamSpec, StageContext, StageKind};
-use crate::io::{self, ModelFiles};
-use crate::model::load::load_model;
+use crate::io::ModelFiles;
 use crate::prune::teacher::TopK;
 use crate::prune::train::{self, GateState, Method, TrainConfig};
 
@@ -125,7 +124,7 @@ impl StageKind for AnnealTrain {
     }
     fn run(&self, ctx: &StageContext) -> Result<Metrics> {
         let gates_in = ctx.input("gates")?;
-        let files = io::open_model(&model_path(gates_in, ctx.cache_root)?)?;
+        let files = open_input(gates_in, ctx.cache_root)?;
         let data_dir = &ctx.input("data")?.dir;
         let blocks: Blocks = read_json(&data_dir.join(BLOCKS))?;
         let p = ctx.typed::<AnnealTrainParams>()?;
@@ -207,12 +206,7 @@ impl AutodiffTask for Task<'_> {
     /// The last step's log and the training throughput (tokens per second of this run's steps).
     type Output = Option<(train::StepLog, f64)>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> crate::Result<Self::Output> {
-        let model = load_model::<B>(
-            &self.files.config,
-            self.files.weights.as_ref(),
-            &device,
-            None,
-        )?;
+        let model = self.files.load::<B>(&device, None)?;
         let bar = self.ctx.progress;
         bar.set_length(self.cfg.steps as u64);
         bar.set_position(self.state.step as u64);

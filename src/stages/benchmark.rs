@@ -3,13 +3,12 @@
 
 use anyhow::Result;
 
+use super::common::{open_input, write_json};
 use crate::artifacts::{BENCH, BENCH_MD};
-use super::common::{model_path, write_json};
 use crate::backend::{run_on, DeviceSpec};
 use crate::bench::{CompareTask, Protocol};
 use crate::engine::params::{int_in, StageParams};
 use crate::engine::stage::{InputSpec, Metrics, ParamSpec, ParamType, StageContext, StageKind};
-use crate::io;
 
 /// The `benchmark` stage kind.
 pub struct Benchmark {
@@ -66,9 +65,9 @@ impl StageKind for Benchmark {
         Some("speedup.decode.b1")
     }
     fn run(&self, ctx: &StageContext) -> Result<Metrics> {
-        let cand = io::open_model(&model_path(ctx.input("model")?, ctx.cache_root)?)?;
+        let cand = open_input(ctx.input("model")?, ctx.cache_root)?;
         let dense = match ctx.inputs.get("dense") {
-            Some(d) => Some(io::open_model(&model_path(d, ctx.cache_root)?)?),
+            Some(d) => Some(open_input(d, ctx.cache_root)?),
             None => None,
         };
         let p = ctx.typed::<BenchmarkParams>()?;

@@ -2,16 +2,15 @@
 
 use anyhow::{Context, Result};
 
+use super::common::{forward_model_json, open_input, write_json};
 use crate::artifacts::{ACTIVATION_STATS, BLOCKS};
-use super::common::{forward_model_json, model_path, write_json};
 use crate::backend::{run_on, BackendTask, DeviceSpec};
 use crate::data;
 use crate::engine::params::{int, int_in, StageParams};
 use crate::engine::stage::{
     InputSpec, Metrics, ParamSpec, ParamType, Params, StageContext, StageKind,
 };
-use crate::io::{self, ModelFiles};
-use crate::model::load::load_model;
+use crate::io::ModelFiles;
 use crate::prune::oneshot::{self, LayerStats};
 use crate::prune::teacher::{self, TopK};
 
@@ -79,7 +78,7 @@ impl StageKind for Calibrate {
     }
     fn run(&self, ctx: &StageContext) -> Result<Metrics> {
         let input = ctx.input("model")?;
-        let files = io::open_model(&model_path(input, ctx.cache_root)?)?;
+        let files = open_input(input, ctx.cache_root)?;
         let tok = files
             .tokenizer
             .as_ref()
@@ -136,12 +135,7 @@ impl BackendTask for DenseTask<'_> {
         self,
         device: B::Device,
     ) -> crate::Result<Self::Output> {
-        let mut model = load_model::<B>(
-            &self.files.config,
-            self.files.weights.as_ref(),
-            &device,
-            None,
-        )?;
+        let mut model = self.files.load::<B>(&device, None)?;
         let (n, topk) = (self.n_stats, self.topk);
         let work = if topk > 0 { self.blocks.len() } else { n };
         self.bar.set_length(work as u64);

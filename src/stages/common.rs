@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 
 use crate::artifacts::MODEL;
 use crate::engine::stage::Input;
+use crate::io::ModelFiles;
 
 /// Copies `model.json` from an input entry into this stage's output.
 pub fn forward_model_json(input: &Input, out_dir: &Path) -> Result<()> {
@@ -19,6 +20,12 @@ pub fn forward_model_json(input: &Input, out_dir: &Path) -> Result<()> {
 /// The model file/directory recorded in an input entry's `model.json`.
 pub fn model_path(input: &Input, cache_root: &Path) -> Result<PathBuf> {
     super::load::model_path(&input.dir, cache_root)
+}
+
+/// Opens the model an input entry's `model.json` points at: the one preamble of every stage
+/// that works on a model.
+pub fn open_input(input: &Input, cache_root: &Path) -> Result<ModelFiles> {
+    Ok(crate::io::open_model(&model_path(input, cache_root)?)?)
 }
 
 /// Reads a JSON file into `T`, naming the file in the error.

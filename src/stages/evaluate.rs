@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use toml::Value;
 
+use super::common::{open_input, read_json, write_json};
 use crate::artifacts::{BLOCKS, EVAL, EVAL_MD};
-use super::common::{model_path, read_json, write_json};
 use crate::backend::{run_on, DeviceSpec};
 use crate::data::{self, Blocks};
 use crate::engine::params::{int, StageParams};
@@ -17,7 +17,6 @@ use crate::engine::stage::{
     InputSpec, Metrics, ParamSpec, ParamType, Params, StageContext, StageKind,
 };
 use crate::eval::suite::{build_suite, task_spec, EvalTask, SuiteSpec};
-use crate::io;
 use crate::model::accounting;
 
 /// The `evaluate` stage kind.
@@ -189,7 +188,7 @@ impl StageKind for Evaluate {
     }
     fn run(&self, ctx: &StageContext) -> Result<Metrics> {
         let input = ctx.input("model")?;
-        let files = io::open_model(&model_path(input, ctx.cache_root)?)?;
+        let files = open_input(input, ctx.cache_root)?;
         let tok = files.tokenizer()?;
         let spec: SuiteSpec = ctx.typed::<EvaluateParams>()?.into();
         let suite = build_suite(&spec, tok, ctx.cache_root)?;

@@ -4,11 +4,10 @@
 
 use anyhow::{bail, Result};
 
+use super::common::{forward_model_json, open_input, write_json};
 use crate::artifacts::GATES;
-use super::common::{forward_model_json, model_path, write_json};
 use crate::engine::params::{choice, float, int, StageParams};
 use crate::engine::stage::{InputSpec, Metrics, ParamSpec, ParamType, StageContext, StageKind};
-use crate::io;
 use crate::model::accounting;
 use crate::prune::budget;
 use crate::prune::train::{GateState, HeadGates, Scope};
@@ -122,7 +121,7 @@ impl StageKind for GateInsert {
     }
     fn run(&self, ctx: &StageContext) -> Result<Metrics> {
         let input = ctx.input("model")?;
-        let files = io::open_model(&model_path(input, ctx.cache_root)?)?;
+        let files = open_input(input, ctx.cache_root)?;
         let c = &files.config;
         let params = ctx.typed::<GateInsertParams>()?;
         let heads: HeadGates = params.heads.into();

@@ -3,11 +3,10 @@
 
 use anyhow::Result;
 
+use super::common::{forward_model_json, open_input, read_json, write_json};
 use crate::artifacts::{ACTIVATION_STATS, GATES};
-use super::common::{forward_model_json, model_path, read_json, write_json};
 use crate::engine::params::{choice, StageParams};
 use crate::engine::stage::{InputSpec, Metrics, ParamSpec, StageContext, StageKind};
-use crate::io;
 use crate::prune::oneshot::{self, LayerStats};
 use crate::prune::train::GateState;
 
@@ -70,7 +69,7 @@ impl StageKind for Oneshot {
     fn run(&self, ctx: &StageContext) -> Result<Metrics> {
         let gates_in = ctx.input("gates")?;
         let mut state: GateState = read_json(&gates_in.dir.join(GATES))?;
-        let files = io::open_model(&model_path(gates_in, ctx.cache_root)?)?;
+        let files = open_input(gates_in, ctx.cache_root)?;
         let stats: Option<Vec<LayerStats>> = match ctx.inputs.get("calibration") {
             Some(c) if c.dir.join(ACTIVATION_STATS).is_file() => {
                 Some(read_json(&c.dir.join(ACTIVATION_STATS))?)

@@ -3,11 +3,11 @@
 
 use anyhow::Result;
 
+use super::common::{open_input, read_json};
 use crate::artifacts::{MASK, MODEL, MODEL_DIR};
-use super::common::{model_path, read_json};
 use crate::engine::params::{int_in, StageParams};
 use crate::engine::stage::{InputSpec, Metrics, ParamSpec, ParamType, StageContext, StageKind};
-use crate::io::{self, export};
+use crate::io::export;
 use crate::model::accounting;
 use crate::prune::{mask::FinalMask, slice};
 
@@ -50,7 +50,7 @@ impl StageKind for Slice {
     }
     fn run(&self, ctx: &StageContext) -> Result<Metrics> {
         let input = ctx.input("mask")?;
-        let files = io::open_model(&model_path(input, ctx.cache_root)?)?;
+        let files = open_input(input, ctx.cache_root)?;
         let mask: FinalMask = read_json(&input.dir.join(MASK))?;
         let p = ctx.typed::<SliceParams>()?;
         let s = slice::slice(

@@ -2,11 +2,10 @@
 
 use anyhow::Result;
 
+use super::common::{forward_model_json, open_input, read_json, write_json};
 use crate::artifacts::{GATES, MASK};
-use super::common::{forward_model_json, model_path, read_json, write_json};
 use crate::engine::params::{choice, int_in, StageParams};
 use crate::engine::stage::{InputSpec, Metrics, ParamSpec, StageContext, StageKind};
-use crate::io;
 use crate::model::accounting::{self, LayerUnits};
 use crate::prune::mask;
 use crate::prune::train::GateState;
@@ -63,7 +62,7 @@ impl StageKind for Threshold {
     fn run(&self, ctx: &StageContext) -> Result<Metrics> {
         let input = ctx.input("trained")?;
         let state: GateState = read_json(&input.dir.join(GATES))?;
-        let files = io::open_model(&model_path(input, ctx.cache_root)?)?;
+        let files = open_input(input, ctx.cache_root)?;
         let c = &files.config;
         let ThresholdParams { rule, multiple } = ctx.typed()?;
         if state.scored_by.is_some() && rule == Rule::Relu {
