@@ -7,7 +7,7 @@
 /// and its config. Written by `load` (with the source, format, dtype and parameter counts) and
 /// by `slice` (pointing at its [`MODEL_DIR`]); copied unchanged into their entries by
 /// `gate-insert`, `calibrate`, `anneal-train`, `oneshot` and `threshold`, so every stage down
-/// the chain finds its model (see `load::model_path`).
+/// the chain finds its model (`stages::common::ModelRef`, one typed shape for all writers).
 pub const MODEL: &str = "model.json";
 
 /// `model/`: the sliced model as a Hugging Face directory (safetensors, config.json,

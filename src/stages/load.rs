@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde_json::json;
 
-use crate::artifacts::MODEL;
+use super::common::{Location, ModelRef};
 use crate::engine::params::StageParams;
 use crate::engine::stage::{Metrics, ParamSpec, ParamType, Params, StageContext, StageKind};
 use crate::io::{self, source};
@@ -78,22 +78,21 @@ impl StageKind for Load {
         let c = &files.config;
         let p = accounting::count(c);
         // Paths inside the cache are stored relative to it, so the entry can move with the cache.
-        let stored = match path.strip_prefix(ctx.cache_root) {
-            Ok(rel) => json!({"cache_relative": rel}),
-            Err(_) => json!({"path": path}),
+        let location = match path.strip_prefix(ctx.cache_root) {
+            Ok(rel) => Location::CacheRelative(rel.to_path_buf()),
+            Err(_) => Location::Path(path.clone()),
         };
-        let summary = json!({
+        let about = json!({
             "source": spec,
-            "location": stored,
             "format": files.format,
             "dtype": files.weights.dtype_summary(),
             "config": c,
             "parameters": {"total": p.total, "embedding": p.embedding, "attention": p.attention, "ffn": p.ffn, "other": p.other},
         });
-        std::fs::write(
-            ctx.out_dir.join(MODEL),
-            serde_json::to_string_pretty(&summary)?,
-        )?;
+        let serde_json::Value::Object(about) = about else {
+            unreachable!("a JSON object literal")
+        };
+        ModelRef { location, about }.write(ctx.out_dir)?;
         Ok(Metrics::from([
             ("params_total".into(), p.total as f64),
             ("params_prunable".into(), p.prunable() as f64),
@@ -102,21 +101,4 @@ impl StageKind for Load {
             ("kv_heads".into(), c.num_key_value_heads as f64),
         ]))
     }
-}
-
-/// The model a `load` entry points to.
-pub fn model_path(load_dir: &Path, cache_root: &Path) -> Result<PathBuf> {
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(load_dir.join(MODEL))?)?;
-    let loc = &v["location"];
-    if let Some(rel) = loc["cache_relative"].as_str() {
-        return Ok(cache_root.join(rel));
-    }
-    if let Some(rel) = loc["entry_relative"].as_str() {
-        return Ok(load_dir.join(rel));
-    }
-    loc["path"]
-        .as_str()
-        .map(PathBuf::from)
-        .ok_or_else(|| anyhow::anyhow!("{}: {MODEL} has no location", load_dir.display()))
 }

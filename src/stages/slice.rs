@@ -3,8 +3,8 @@
 
 use anyhow::Result;
 
-use super::common::{open_input, read_json};
-use crate::artifacts::{MASK, MODEL, MODEL_DIR};
+use super::common::{open_input, read_json, Location, ModelRef};
+use crate::artifacts::{MASK, MODEL_DIR};
 use crate::engine::params::{int_in, StageParams};
 use crate::engine::stage::{InputSpec, Metrics, ParamSpec, ParamType, StageContext, StageKind};
 use crate::io::export;
@@ -74,15 +74,12 @@ impl StageKind for Slice {
         // model.json for downstream stages: the sliced model, inside this entry.
         let rel = ctx.out_dir.strip_prefix(ctx.cache_root).ok();
         let location = match rel {
-            Some(_) => serde_json::json!({"entry_relative": MODEL_DIR}),
-            None => serde_json::json!({"path": dir}),
+            Some(_) => Location::EntryRelative(MODEL_DIR.into()),
+            None => Location::Path(dir.clone()),
         };
-        std::fs::write(
-            ctx.out_dir.join(MODEL),
-            serde_json::to_string_pretty(
-                &serde_json::json!({"location": location, "config": s.config}),
-            )?,
-        )?;
+        let mut about = serde_json::Map::new();
+        about.insert("config".into(), serde_json::to_value(&s.config)?);
+        ModelRef { location, about }.write(ctx.out_dir)?;
         Ok(Metrics::from([
             ("params_total".into(), after.total as f64),
             (
