@@ -8,6 +8,7 @@ use super::torch::TorchTrainer;
 use super::Stats;
 use crate::error::Result;
 use crate::model::{accounting, Model};
+use crate::prune::family::FamilyKind;
 use crate::prune::teacher::{self, TopK};
 use crate::prune::train::{self, GateState, HeadGates, Method, Scope, StepTime, TrainConfig};
 use burn::tensor::backend::AutodiffBackend;
@@ -87,21 +88,21 @@ pub fn gate_state(model_cfg: &crate::model::ModelConfig) -> GateState {
         .collect();
     let mut fams = vec![
         (
-            "heads".to_string(),
+            FamilyKind::Heads,
             0.2,
             units.iter().map(|u| u.kv_heads).collect(),
         ),
         (
-            "channels".to_string(),
+            FamilyKind::Channels,
             0.2,
             units.iter().map(|u| u.channels).collect(),
         ),
     ];
     let experts: Vec<usize> = units.iter().map(|u| u.experts * u.expert_width).collect();
     if experts.iter().any(|&n| n > 0) {
-        fams.push(("experts".to_string(), 0.2, experts));
+        fams.push((FamilyKind::Experts, 0.2, experts));
     }
-    fams.retain(|f: &(String, f64, Vec<usize>)| f.2.iter().sum::<usize>() > 0);
+    fams.retain(|f: &(FamilyKind, f64, Vec<usize>)| f.2.iter().sum::<usize>() > 0);
     GateState::init(&fams, HeadGates::PerGroup, Scope::Global, 0)
 }
 

@@ -2,57 +2,13 @@
 //! keep (the paper's rule `ReLU(z) > 0`, an exact top-k budget, or uniform per-layer counts
 //! that give a standard config).
 
-use std::fmt;
-use std::str::FromStr;
-
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::accounting::{KeptUnits, LayerUnits};
 use crate::prune::train::{deployed_values, GateState, HeadGates};
 
-/// What a gate family's gates remove. A [`GateState`] family names its kind as a string
-/// ([`name`](Self::name)); [`FromStr`] reads it back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FamilyKind {
-    /// Attention: query heads, or whole KV groups.
-    Heads,
-    /// Channels of the dense FFN (in a MoE layer: of its shared expert).
-    Channels,
-    /// Channels of the routed experts.
-    Experts,
-}
-
-impl FamilyKind {
-    /// The family's name in a [`GateState`] and in metric names.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Heads => "heads",
-            Self::Channels => "channels",
-            Self::Experts => "experts",
-        }
-    }
-}
-
-impl fmt::Display for FamilyKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for FamilyKind {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "heads" => Ok(Self::Heads),
-            "channels" => Ok(Self::Channels),
-            "experts" => Ok(Self::Experts),
-            _ => Err(Error::Invalid(format!(
-                "unknown gate family {s:?} (expected heads, channels or experts)"
-            ))),
-        }
-    }
-}
+pub use super::family::FamilyKind;
 
 /// How a family's deployed gate values become its part of the final mask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,7 +138,7 @@ pub fn from_gates(
     let mut mask = FinalMask::keep_all(units);
     let mut report = vec![];
     for f in &state.families {
-        let kind: FamilyKind = f.name.parse()?;
+        let kind = f.name;
         let values = deployed_values(state.method, &f.z);
         let mut kept = threshold(kind, &values, f.target, rule, units);
         if state.scored_by.is_some() {
@@ -399,8 +355,8 @@ mod tests {
 
     fn state(heads: Vec<Vec<f32>>, channels: Vec<Vec<f32>>) -> GateState {
         let fams = [
-            ("heads".to_string(), 0.25, vec![2, 2]),
-            ("channels".to_string(), 0.5, vec![4, 4]),
+            (FamilyKind::Heads, 0.25, vec![2, 2]),
+            (FamilyKind::Channels, 0.5, vec![4, 4]),
         ];
         let mut s = GateState::init(&fams, HeadGates::PerGroup, Scope::Global, 0);
         s.families[0].z = heads;
@@ -457,9 +413,13 @@ mod tests {
 
     #[test]
     fn unknown_families_are_refused() {
-        let mut s = state(vec![vec![1.0; 2]; 2], vec![vec![1.0; 4]; 2]);
-        s.families[1].name = "layers".into();
-        assert!(from_gates(&s, Rule::Relu, &[DENSE, DENSE]).is_err());
+        // gates.json names families; an unknown one does not deserialise.
+        let e = serde_json::from_str::<FamilyKind>("\"layers\"").unwrap_err();
+        assert!(e.to_string().contains("heads"), "{e}");
+        assert_eq!(
+            serde_json::to_string(&FamilyKind::Experts).unwrap(),
+            "\"experts\""
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod budget;
 pub mod distill;
+pub mod family;
 pub mod mask;
 pub mod oneshot;
 pub mod slice;

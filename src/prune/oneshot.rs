@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::model::layers::{Ffn, InputStats};
 use crate::model::weights::WeightSource;
 use crate::model::{accounting, Logits, Model, ModelConfig};
+use crate::prune::family::FamilyKind;
 
 /// The scoring methods, by the names recipes use.
 pub const METHODS: &[&str] = &["magnitude", "wanda-sp", "flap"];
@@ -248,9 +249,9 @@ pub fn score(
             stats: stats.and_then(|s| s.get(i)),
         };
         for (fi, f) in state.families.iter().enumerate() {
-            let scores = if f.name == "heads" {
+            let scores = if f.name == FamilyKind::Heads {
                 layer.heads(state.heads)?
-            } else if f.name == "experts" {
+            } else if f.name == FamilyKind::Experts {
                 let Some(scores) = layer.experts()? else {
                     per_family[fi].push(vec![]);
                     continue;

@@ -10,6 +10,7 @@ use crate::engine::params::{choice, float, int, StageParams};
 use crate::engine::stage::{InputSpec, Metrics, ParamSpec, ParamType, StageContext, StageKind};
 use crate::model::accounting;
 use crate::prune::budget;
+use crate::prune::family::FamilyKind;
 use crate::prune::train::{GateState, HeadGates, Scope};
 
 /// The `gate-insert` stage kind.
@@ -135,9 +136,9 @@ impl StageKind for GateInsert {
             &accounting::count(c),
             &fams,
         );
-        let rows: Vec<(String, f64, Vec<usize>)> = fams
+        let rows: Vec<(FamilyKind, f64, Vec<usize>)> = fams
             .iter()
-            .map(|f| (f.kind.to_string(), target, f.units.clone()))
+            .map(|f| (f.kind, target, f.units.clone()))
             .collect();
         let units: usize = fams.iter().map(|f| f.units.iter().sum::<usize>()).sum();
         let state = GateState::init(&rows, heads, params.scope.into(), params.seed);

@@ -1,13 +1,13 @@
 //! Mask-only DDP training on real models: the expected sparsity moves toward the target, and a
 //! run resumed from a checkpoint ends exactly where an uninterrupted run does.
 
-
 use crate::common::*;
 
 use burn::backend::ndarray::NdArrayDevice;
 use burn::backend::{Autodiff, NdArray};
 use ddp::data;
 use ddp::model::load::load_model;
+use ddp::prune::family::FamilyKind;
 use ddp::prune::train::{self, GateState, HeadGates, Method, Scope, StepLog, TrainConfig};
 
 type A = Autodiff<NdArray>;
@@ -63,14 +63,14 @@ fn setup(spec: Option<&str>, seq: usize) -> (ddp::io::ModelFiles, data::Blocks, 
     let c = &files.config;
     let fams = vec![
         (
-            "heads".to_string(),
+            FamilyKind::Heads,
             0.34,
             (0..c.num_hidden_layers)
                 .map(|_| c.num_key_value_heads)
                 .collect(),
         ),
         (
-            "channels".to_string(),
+            FamilyKind::Channels,
             0.5,
             (0..c.num_hidden_layers)
                 .map(|_| c.intermediate_size)

@@ -6,6 +6,7 @@ use burn::tensor::{backend::AutodiffBackend, Tensor, TensorData};
 use super::optim::Grads;
 use super::{Family, Method};
 use crate::model::{Gates, LayerGates};
+use crate::prune::family::FamilyKind;
 
 /// Leaves of the graph, fresh from the host state each micro-batch.
 pub(crate) struct Leaves<B: AutodiffBackend> {
@@ -63,11 +64,13 @@ impl<B: AutodiffBackend> Leaves<B> {
             for (i, z) in zf.iter().enumerate() {
                 let Some(z) = z else { continue };
                 let m = method.mask(z.clone(), noise_seed(fi, i), dev);
-                match f.name.as_str() {
-                    "heads" => layers[i].heads = Some(m),
+                match f.name {
+                    FamilyKind::Heads => layers[i].heads = Some(m),
                     // Non-empty only where checked to match `expert_shapes`.
-                    "experts" => layers[i].experts = expert_shapes[i].map(|sh| m.reshape(sh)),
-                    _ => layers[i].channels = Some(m),
+                    FamilyKind::Experts => {
+                        layers[i].experts = expert_shapes[i].map(|sh| m.reshape(sh))
+                    }
+                    FamilyKind::Channels => layers[i].channels = Some(m),
                 }
             }
         }

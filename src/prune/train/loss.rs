@@ -185,7 +185,7 @@ pub(crate) fn sparsity<B: AutodiffBackend>(
         term = term + l3 * bin.clone();
     }
     let log = (
-        f.name.clone(),
+        f.name.to_string(),
         scalar(gaps.mean()) + target,
         f.lambdas[0],
         f.lambdas[1],

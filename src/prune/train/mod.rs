@@ -31,6 +31,7 @@ use super::teacher::TopK;
 use crate::error::{Error, Result};
 use crate::model::layers::Ffn;
 use crate::model::{Logits, Model};
+use crate::prune::family::FamilyKind;
 use leaves::Leaves;
 use loss::{FamilyLog, Rows};
 use optim::Grads;
@@ -158,7 +159,7 @@ fn check_layers<B: AutodiffBackend>(
             Ffn::Dense(_) => None,
         })
         .collect();
-    if let Some(f) = state.family("experts") {
+    if let Some(f) = state.family(FamilyKind::Experts) {
         for (i, (z, shape)) in f.z.iter().zip(&expert_shapes).enumerate() {
             let want = shape.map_or(0, |[e, w]| e * w);
             if z.len() != want {

@@ -5,6 +5,7 @@ use rand::{rngs::StdRng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::Method;
+use crate::prune::family::FamilyKind;
 
 /// Gate granularity of attention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,9 +41,9 @@ pub struct Moments {
 /// One gate family (heads or channels): `z` per layer, multipliers, optimiser state.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Family {
-    /// `heads`, `channels` (dense FFN and shared-expert channels) or `experts` (routed-expert
+    /// Heads, channels (dense FFN and shared-expert channels) or experts (routed-expert
     /// channels).
-    pub name: String,
+    pub name: FamilyKind,
     /// Target sparsity: the fraction of the family's units to remove.
     pub target: f64,
     /// Gate parameters per layer (empty where a layer has no unit of the family): DDP's `z`,
@@ -123,7 +124,7 @@ impl GateState {
     /// Gates initialised near 1: `z ~ N(1, 0.01)` (std 0.01), seeded. `unit_counts` is, per
     /// family, (name, target sparsity, units per layer); multipliers and moments start at 0.
     pub fn init(
-        unit_counts: &[(String, f64, Vec<usize>)],
+        unit_counts: &[(FamilyKind, f64, Vec<usize>)],
         heads: HeadGates,
         scope: Scope,
         seed: u64,
@@ -137,7 +138,7 @@ impl GateState {
                     .map(|&n| (0..n).map(|_| near_one(&mut rng)).collect())
                     .collect();
                 Family {
-                    name: name.clone(),
+                    name: *name,
                     target: *target,
                     z_moments: per_layer
                         .iter()
@@ -166,7 +167,7 @@ impl GateState {
     }
 
     /// The family called `name`, if gated.
-    pub fn family(&self, name: &str) -> Option<&Family> {
+    pub fn family(&self, name: FamilyKind) -> Option<&Family> {
         self.families.iter().find(|f| f.name == name)
     }
 }

@@ -1,0 +1,52 @@
+//! The gate families: what a family of gates removes (attention heads, FFN channels, routed
+//! expert channels).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// What a gate family's gates remove; written by name (`"heads"`, ...) in `gates.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FamilyKind {
+    /// Attention: query heads, or whole KV groups.
+    Heads,
+    /// Channels of the dense FFN (in a MoE layer: of its shared expert).
+    Channels,
+    /// Channels of the routed experts.
+    Experts,
+}
+
+impl FamilyKind {
+    /// The family's name in `gates.json` and in metric names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Heads => "heads",
+            Self::Channels => "channels",
+            Self::Experts => "experts",
+        }
+    }
+}
+
+impl fmt::Display for FamilyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for FamilyKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "heads" => Ok(Self::Heads),
+            "channels" => Ok(Self::Channels),
+            "experts" => Ok(Self::Experts),
+            _ => Err(Error::Invalid(format!(
+                "unknown gate family {s:?} (expected heads, channels or experts)"
+            ))),
+        }
+    }
+}
