@@ -229,8 +229,7 @@ pub fn compare(a: CompareArgs) -> Result<ExitCode> {
             recipe.path.display()
         )
     })?;
-    let c = ddp::report::compare(&recipe, &lock, a.stage.as_deref(), a.baseline.as_deref())
-        .map_err(|e| anyhow!(e))?;
+    let c = ddp::report::compare(&recipe, &lock, a.stage.as_deref(), a.baseline.as_deref())?;
     print!("{}", c.markdown());
     let dir = a.out.join(&recipe.name);
     std::fs::create_dir_all(&dir)?;

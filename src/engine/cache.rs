@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use walkdir::WalkDir;
 
+use super::error::{Error, Result};
 use super::key::DigestMemo;
 use super::stage::Metrics;
 
@@ -70,10 +70,10 @@ pub const MANIFEST: &str = "manifest.json";
 impl Cache {
     /// Opens (creating if needed) the cache at `root`, with its `.tmp` and `.locks` dirs.
     pub fn open(root: &Path) -> Result<Self> {
-        fs::create_dir_all(root)
-            .with_context(|| format!("creating the cache {}", root.display()))?;
+        fs::create_dir_all(root).map_err(|e| Error::io("creating the cache", root, e))?;
         for d in [".tmp", ".locks"] {
-            fs::create_dir_all(root.join(d))?;
+            let p = root.join(d);
+            fs::create_dir_all(&p).map_err(|e| Error::io("creating", p, e))?;
         }
         Ok(Self {
             root: root.to_path_buf(),
@@ -100,9 +100,8 @@ impl Cache {
     /// Takes the per-key lock (blocking): one process runs a key at a time.
     pub fn lock(&self, key: &str) -> Result<File> {
         let p = self.root.join(".locks").join(format!("{key}.lock"));
-        let f = File::create(&p).with_context(|| format!("creating lock {}", p.display()))?;
-        f.lock()
-            .with_context(|| format!("locking {}", p.display()))?;
+        let f = File::create(&p).map_err(|e| Error::io("creating lock", &p, e))?;
+        f.lock().map_err(|e| Error::io("locking", &p, e))?;
         Ok(f)
     }
 
@@ -131,16 +130,19 @@ impl Cache {
     /// Records every file of a finished temp dir (manifest excluded).
     pub fn digest_outputs(&self, dir: &Path) -> Result<BTreeMap<String, FileRecord>> {
         let mut files = BTreeMap::new();
+        let reading = |p: &Path, e: std::io::Error| Error::io("reading", p, e);
         for e in WalkDir::new(dir).sort_by_file_name() {
-            let e = e?;
+            let e = e.map_err(|e| {
+                let p = e.path().unwrap_or(dir).to_path_buf();
+                reading(&p, e.into())
+            })?;
             if !e.file_type().is_file() {
                 continue;
             }
-            let rel = e
-                .path()
-                .strip_prefix(dir)?
-                .to_string_lossy()
-                .replace('\\', "/");
+            let Ok(rel) = e.path().strip_prefix(dir) else {
+                continue; // WalkDir yields only paths under `dir`.
+            };
+            let rel = rel.to_string_lossy().replace('\\', "/");
             if rel == MANIFEST {
                 continue;
             }
@@ -148,7 +150,10 @@ impl Cache {
                 rel,
                 FileRecord {
                     blake3: self.memo.digest(e.path())?,
-                    size: e.metadata()?.len(),
+                    size: e
+                        .metadata()
+                        .map_err(|err| reading(e.path(), err.into()))?
+                        .len(),
                 },
             );
         }
@@ -157,17 +162,26 @@ impl Cache {
 
     /// Writes the manifest into the temp dir and renames it into place.
     pub fn commit(&self, tmp: &Path, m: &Manifest) -> Result<PathBuf> {
-        let text = serde_json::to_string_pretty(m)?;
         let mpath = tmp.join(MANIFEST);
-        fs::write(&mpath, text)?;
-        File::open(&mpath)?.sync_all()?;
+        let text = serde_json::to_string_pretty(m).map_err(|e| Error::Manifest {
+            path: mpath.clone(),
+            what: e.to_string(),
+        })?;
+        fs::write(&mpath, text).map_err(|e| Error::io("writing", &mpath, e))?;
+        File::open(&mpath)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io("syncing", &mpath, e))?;
         let dst = self.entry_dir(&m.kind, &m.key);
-        fs::create_dir_all(dst.parent().unwrap())?;
+        let kind_dir = dst.parent().unwrap();
+        fs::create_dir_all(kind_dir).map_err(|e| Error::io("creating", kind_dir, e))?;
         if dst.exists() {
             // A damaged entry being replaced.
             self.discard(&m.kind, &m.key)?;
         }
-        fs::rename(tmp, &dst).with_context(|| format!("moving {} into place", tmp.display()))?;
+        fs::rename(tmp, &dst).map_err(|source| Error::Commit {
+            path: tmp.to_path_buf(),
+            source,
+        })?;
         Ok(dst)
     }
 
@@ -175,10 +189,10 @@ impl Cache {
     pub fn discard(&self, kind: &str, key: &str) -> Result<()> {
         let dir = self.entry_dir(kind, key);
         let trash = self.root.join(".trash");
-        fs::create_dir_all(&trash)?;
+        fs::create_dir_all(&trash).map_err(|e| Error::io("creating", &trash, e))?;
         let to = trash.join(format!("{kind}-{key}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&to);
-        fs::rename(&dir, &to)?;
+        fs::rename(&dir, &to).map_err(|e| Error::io("discarding", &dir, e))?;
         let _ = fs::remove_dir_all(&to);
         Ok(())
     }

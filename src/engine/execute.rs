@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use anyhow::Result;
 use indicatif::ProgressBar;
 
-use super::cache::{Cache, Manifest};
+use super::cache::{Cache, Manifest, MANIFEST};
+use super::error::{Error, Result};
 use super::observer::Observer;
 use super::plan::{Planned, Reason, Status};
 use super::registry::Registry;
@@ -50,7 +50,7 @@ pub(crate) fn execute(
             }
         }
         let tmp = cache.temp_dir(kind.name(), &p.key);
-        std::fs::create_dir_all(&tmp)?;
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
         obs.running(&name, &p.key);
         let started_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -63,14 +63,20 @@ pub(crate) fn execute(
             cache_root: &cache.root,
             progress: bar,
         };
-        let metrics = kind.run(&ctx)?;
+        let metrics = kind.run(&ctx).map_err(|source| Error::Stage {
+            instance: name.clone(),
+            source,
+        })?;
         let files = cache.digest_outputs(&tmp)?;
         let m = Manifest {
             key: p.key.clone(),
             kind: kind.name().into(),
             version: kind.version(),
             instance: name.clone(),
-            params: serde_json::to_value(&p.instance.params)?,
+            params: serde_json::to_value(&p.instance.params).map_err(|e| Error::Manifest {
+                path: tmp.join(MANIFEST),
+                what: e.to_string(),
+            })?,
             inputs: inputs
                 .iter()
                 .map(|(n, i)| (n.clone(), i.key.clone()))
@@ -93,7 +99,9 @@ pub(crate) fn execute(
     done.seconds = t0.elapsed().as_secs_f64();
     done.outcome = match result {
         Ok(o) => o,
-        Err(e) => Outcome::Failed(format!("{e:#}")),
+        // A stage's own error reads as it always has, without the instance (the line names it).
+        Err(Error::Stage { source, .. }) => Outcome::Failed(format!("{source:#}")),
+        Err(e) => Outcome::Failed(e.chain()),
     };
     done.headline = kind
         .headline()

@@ -4,9 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-
 use super::cache::Cache;
+use super::error::{Error, Result};
 use super::plan::Planned;
 use super::{Done, Options};
 
@@ -31,8 +30,11 @@ pub(crate) fn expose_all(
         if d.completed() {
             let src = cache.entry_dir(&d.kind, &d.key);
             let dst = out_root.join(&d.name);
-            expose(&src, &dst, opts.copy_out)
-                .with_context(|| format!("exposing {} at {}", d.name, dst.display()))?;
+            expose(&src, &dst, opts.copy_out).map_err(|source| Error::Expose {
+                instance: d.name.clone(),
+                path: dst.clone(),
+                source,
+            })?;
             d.out = Some(dst);
         }
         ordered.push(d);
@@ -42,7 +44,7 @@ pub(crate) fn expose_all(
 
 /// Makes a cache entry visible at `dst` (a symlink, or a copy), built under a temporary name
 /// and renamed over the old one so concurrent runs never see a half-made result.
-fn expose(src: &Path, dst: &Path, copy: bool) -> Result<()> {
+fn expose(src: &Path, dst: &Path, copy: bool) -> std::io::Result<()> {
     let parent = dst.parent().unwrap();
     std::fs::create_dir_all(parent)?;
     let src = std::fs::canonicalize(src)?;
@@ -56,7 +58,8 @@ fn expose(src: &Path, dst: &Path, copy: bool) -> Result<()> {
     if copy {
         for e in walkdir::WalkDir::new(&src) {
             let e = e?;
-            let to = tmp.join(e.path().strip_prefix(&src)?);
+            let rel = e.path().strip_prefix(&src).map_err(std::io::Error::other)?;
+            let to = tmp.join(rel);
             if e.file_type().is_dir() {
                 std::fs::create_dir_all(&to)?;
             } else {
@@ -70,7 +73,10 @@ fn expose(src: &Path, dst: &Path, copy: bool) -> Result<()> {
         #[cfg(unix)]
         std::os::unix::fs::symlink(&src, &tmp)?;
         #[cfg(not(unix))]
-        anyhow::bail!("links need a unix system; use --copy-out");
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "links need a unix system; use --copy-out",
+        ));
         if dst.is_dir() && !dst.is_symlink() {
             std::fs::remove_dir_all(dst)?;
         }

@@ -97,8 +97,9 @@ impl DigestMemo {
     }
 
     /// blake3 of a file (memoised); reads it only when the file changed.
-    pub fn digest(&self, path: &Path) -> std::io::Result<String> {
-        let id = file_id(path)?;
+    pub fn digest(&self, path: &Path) -> super::error::Result<String> {
+        let reading = |e| super::error::Error::io("reading", path, e);
+        let id = file_id(path).map_err(reading)?;
         let k = id.path.to_string_lossy().into_owned();
         if let Some((old, d)) = self.map.lock().unwrap().get(&k) {
             if *old == id {
@@ -106,7 +107,7 @@ impl DigestMemo {
             }
         }
         let mut h = blake3::Hasher::new();
-        h.update_mmap_rayon(path)?;
+        h.update_mmap_rayon(path).map_err(reading)?;
         let d = h.finalize().to_hex().to_string();
         self.map.lock().unwrap().insert(k, (id, d.clone()));
         Ok(d)

@@ -4,9 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::error::{Error, Result};
 use super::stage::{Metrics, Params};
 
 /// What one stage instance ran as.
@@ -54,14 +54,17 @@ impl LockFile {
     /// Writes the recipe's lock file, replacing it atomically.
     pub fn write(&self, recipe: &Path) -> Result<()> {
         let p = path_for(recipe);
+        let body = toml::to_string_pretty(self).map_err(|e| Error::LockFile {
+            path: p.clone(),
+            what: e.to_string(),
+        })?;
         let text = format!(
-            "# Written by ddp-run: the resolved parameters and key of every stage of the last run.\n{}",
-            toml::to_string_pretty(self)?
+            "# Written by ddp-run: the resolved parameters and key of every stage of the last run.\n{body}"
         );
         // Per-process temporary name: concurrent runs of one recipe each replace the file whole.
         let tmp = p.with_extension(format!("lock.tmp{}", std::process::id()));
-        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))?;
+        std::fs::write(&tmp, text).map_err(|e| Error::io("writing", &tmp, e))?;
+        std::fs::rename(&tmp, &p).map_err(|e| Error::io("writing", &p, e))?;
         Ok(())
     }
 }

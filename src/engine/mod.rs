@@ -3,6 +3,7 @@
 //! locks, atomic cache entries, a lock file and links to the results.
 
 pub mod cache;
+mod error;
 mod execute;
 mod expose;
 pub mod gc;
@@ -20,9 +21,8 @@ pub mod stage;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::Result;
-
 use cache::Cache;
+pub use error::{Error, Result};
 pub use graph::{Axis, Instance, Recipe};
 pub use observer::{LogLines, Observer};
 pub use plan::{plan, Planned, Reason, Status};

@@ -14,11 +14,14 @@ pub trait StageParams: DeserializeOwned {
 
     /// Reads resolved parameters (defaults filled in, values checked) into the struct; `instance`
     /// names the stage in the error.
-    fn from_params(params: &Params, instance: &str) -> Result<Self, String> {
+    fn from_params(params: &Params, instance: &str) -> Result<Self, super::Error> {
         let table: toml::Table = params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         Value::Table(table)
             .try_into()
-            .map_err(|e| format!("stage {instance}: parameters: {e}"))
+            .map_err(|e| super::Error::Params {
+                instance: instance.to_string(),
+                what: e.to_string(),
+            })
     }
 }
 
@@ -172,7 +175,7 @@ mod tests {
         assert_eq!((p.data.as_str(), p.lens), ("x.txt", vec![128, 512]));
         assert_eq!(Mode::Exact.to_string(), "exact-ish");
         params.remove("data");
-        let e = P::from_params(&params, "s").unwrap_err();
+        let e = P::from_params(&params, "s").unwrap_err().to_string();
         assert!(e.contains("stage s") && e.contains("data"), "{e}");
     }
 }

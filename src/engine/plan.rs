@@ -3,9 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use anyhow::{anyhow, bail, Context, Result};
-
 use super::cache::Cache;
+use super::error::{Error, Result};
 use super::graph::{Instance, Recipe};
 use super::key;
 use super::lockfile::LockFile;
@@ -84,7 +83,7 @@ pub fn plan(
     for inst in &recipe.instances {
         let kind = registry
             .get(&inst.kind)
-            .ok_or_else(|| anyhow!(registry.unknown_kind_message(&inst.kind)))?;
+            .ok_or_else(|| Error::UnknownKind(registry.unknown_kind_message(&inst.kind)))?;
         let input_keys: BTreeMap<String, String> = inst
             .inputs
             .iter()
@@ -93,12 +92,15 @@ pub fn plan(
         let mut files = vec![];
         for f in kind
             .external_files(&inst.params, &cache.root)
-            .with_context(|| format!("stage {}", inst.name))?
+            .map_err(|source| Error::Stage {
+                instance: inst.name.clone(),
+                source,
+            })?
         {
-            let d = cache
-                .memo
-                .digest(&f)
-                .with_context(|| format!("stage {}: reading {}", inst.name, f.display()))?;
+            let d = cache.memo.digest(&f).map_err(|e| Error::ForStage {
+                instance: inst.name.clone(),
+                source: Box::new(e),
+            })?;
             files.push((
                 f.file_name()
                     .map_or(String::new(), |n| n.to_string_lossy().into_owned()),
@@ -174,7 +176,7 @@ fn select(plan: &mut [Planned], opts: &Options) -> Result<()> {
         if plan.iter().any(|p| matches_stage(sel, &p.instance)) {
             Ok(())
         } else {
-            bail!("no stage or instance named `{sel}` in this recipe")
+            Err(Error::NoSuchStage(sel.to_string()))
         }
     }
     for f in &opts.force {

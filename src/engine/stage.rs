@@ -271,7 +271,7 @@ impl StageContext<'_> {
     }
     /// The parameters as the kind's typed struct (see [`crate::stage_params!`]).
     pub fn typed<P: super::params::StageParams>(&self) -> anyhow::Result<P> {
-        P::from_params(self.params, self.instance).map_err(anyhow::Error::msg)
+        Ok(P::from_params(self.params, self.instance)?)
     }
     /// The input bound to `name`, or an error naming the instance when none is (e.g. an optional
     /// input no upstream provides).

@@ -32,8 +32,10 @@ impl fmt::Display for Problem {
     }
 }
 
-/// Every problem found (validation does not stop at the first).
-#[derive(Debug, Clone)]
+/// Every problem found (validation does not stop at the first); its message is the problems,
+/// one per line.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", lines(.0))]
 pub struct RecipeError(pub Vec<Problem>);
 
 impl RecipeError {
@@ -46,19 +48,14 @@ impl RecipeError {
     }
 }
 
-impl fmt::Display for RecipeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{p}")?;
-        }
-        Ok(())
-    }
+/// The problems, one per line, for [`RecipeError`]'s message.
+fn lines(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(Problem::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
-
-impl std::error::Error for RecipeError {}
 
 /// A source text with its path, to turn byte spans into line:column.
 pub(super) struct Src {

@@ -36,13 +36,27 @@ fn fmt(x: f64) -> String {
     }
 }
 
+/// Why [`compare`] has nothing to compare.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CompareError {
+    /// The lock file records no instance of the stage asked for.
+    #[error("no recorded results for stage `{0}`: run the recipe first")]
+    NoResultsFor(String),
+    /// The lock file records no instance of the recipe at all.
+    #[error("no recorded results: run the recipe first")]
+    NoResults,
+    /// The baseline instance asked for has no recorded result.
+    #[error("baseline `{0}` has no recorded result")]
+    NoBaseline(String),
+}
+
 /// Compares the instances of `stage` (every stage if `None`) recorded in the lock file.
 pub fn compare(
     recipe: &Recipe,
     lock: &LockFile,
     stage: Option<&str>,
     baseline: Option<&str>,
-) -> Result<Comparison, String> {
+) -> Result<Comparison, CompareError> {
     let insts: Vec<_> = recipe
         .instances
         .iter()
@@ -51,8 +65,8 @@ pub fn compare(
         .collect();
     if insts.is_empty() {
         return Err(match stage {
-            Some(s) => format!("no recorded results for stage `{s}`: run the recipe first"),
-            None => "no recorded results: run the recipe first".into(),
+            Some(s) => CompareError::NoResultsFor(s.to_string()),
+            None => CompareError::NoResults,
         });
     }
     let base = match baseline {
@@ -60,7 +74,7 @@ pub fn compare(
         Some(b) => Some(
             lock.stages
                 .get(b)
-                .ok_or_else(|| format!("baseline `{b}` has no recorded result"))?,
+                .ok_or_else(|| CompareError::NoBaseline(b.to_string()))?,
         ),
     };
     let axes: Vec<String> = recipe
