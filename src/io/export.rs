@@ -10,9 +10,9 @@ use safetensors::tensor::{Dtype, TensorView};
 use serde_json::{json, Value};
 
 use super::tokenizer::Tokenizer;
-use crate::model::weights::{HostTensor, WeightSource};
 use crate::error::{Error, Result};
 use crate::model::config::{Arch, ModelConfig, RopeScaling};
+use crate::model::weights::{HostTensor, WeightSource};
 
 /// Shard size above which weights are split (what transformers' save_pretrained uses).
 pub const SHARD_BYTES: usize = 5 << 30;

@@ -10,8 +10,8 @@ use half::{bf16, f16};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata, SafeTensorError, SafeTensors};
 
-use crate::model::weights::{summarize_dtypes, HostTensor, WeightSource};
 use crate::error::{Error, Result};
+use crate::model::weights::{summarize_dtypes, HostTensor, WeightSource};
 
 struct Shard {
     path: PathBuf,

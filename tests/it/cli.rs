@@ -1,6 +1,5 @@
 //! The `ddp-run` binary as a user runs it.
 
-
 use crate::common::*;
 
 use std::process::Command;

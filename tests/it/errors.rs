@@ -1,6 +1,5 @@
 //! Bad model files give errors that name the file, the tensor or key, and what was expected.
 
-
 use crate::common::*;
 
 use std::fs;

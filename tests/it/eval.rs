@@ -2,7 +2,6 @@
 //! computation here), the cloze tasks (recomputed here item by item), and the multiple-choice
 //! scorer on a small hand-written task file.
 
-
 use crate::common::*;
 
 use ddp::eval::{cloze, mc, perplexity, score::Scorer};

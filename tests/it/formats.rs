@@ -1,6 +1,5 @@
 //! Weight-file variants: sharded safetensors, F16/BF16 tensors, GGUF version 2.
 
-
 use crate::common::*;
 
 use std::collections::BTreeMap;

@@ -1,6 +1,5 @@
 //! The model against Hugging Face transformers: logits and token ids from ../shared/fixtures/golden.
 
-
 use crate::common::*;
 
 fn token_cases(model: &str) -> Vec<(String, Vec<u32>)> {

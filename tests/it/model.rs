@@ -1,6 +1,5 @@
 //! The burn model against an independent f64 reference, for every architecture; gates; KV cache.
 
-
 use crate::common::tiny::{self, RefGates, Removal};
 use crate::common::*;
 

@@ -1,7 +1,6 @@
 //! Slicing: the sliced model gives the gated model's logits under the final mask, and the
 //! written directory reloads to the same logits.
 
-
 use crate::common::*;
 
 use burn::backend::ndarray::NdArrayDevice;

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ddp::model::weights::{summarize_dtypes, HostTensor, WeightSource};
 use ddp::model::config::{Arch, LayerShape, ModelConfig, MoeConfig, RopeScaling};
+use ddp::model::weights::{summarize_dtypes, HostTensor, WeightSource};
 use ddp::Result;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
