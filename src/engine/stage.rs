@@ -149,32 +149,6 @@ pub struct ParamSpec {
     pub doc: &'static str,
 }
 
-/// An integer parameter in `[min, i64::MAX]` with a default.
-pub fn int_param(name: &'static str, min: i64, default: i64, doc: &'static str) -> ParamSpec {
-    ParamSpec {
-        name,
-        ty: ParamType::Int { min, max: i64::MAX },
-        default: Some(Value::Integer(default)),
-        doc,
-    }
-}
-
-/// A number parameter in `[min, max]` with a default.
-pub fn float_param(
-    name: &'static str,
-    min: f64,
-    max: f64,
-    default: f64,
-    doc: &'static str,
-) -> ParamSpec {
-    ParamSpec {
-        name,
-        ty: ParamType::Float { min, max },
-        default: Some(Value::Float(default)),
-        doc,
-    }
-}
-
 /// An upstream stage this kind needs: `kinds` lists the stage kinds that can provide it.
 #[derive(Debug, Clone)]
 pub struct InputSpec {
@@ -227,48 +201,6 @@ pub struct StageContext<'a> {
 }
 
 impl StageContext<'_> {
-    /// The string parameter `name`; `""` when it is missing or not a string.
-    pub fn str(&self, name: &str) -> &str {
-        self.params
-            .get(name)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-    }
-    /// The integer parameter `name`; 0 when it is missing or not an integer.
-    pub fn int(&self, name: &str) -> i64 {
-        self.params
-            .get(name)
-            .and_then(Value::as_integer)
-            .unwrap_or_default()
-    }
-    /// The number parameter `name` (an integer is widened); 0.0 when it is missing or not a
-    /// number.
-    pub fn float(&self, name: &str) -> f64 {
-        match self.params.get(name) {
-            Some(Value::Float(f)) => *f,
-            Some(Value::Integer(i)) => *i as f64,
-            _ => 0.0,
-        }
-    }
-    /// The integer-list parameter `name`, elements cast with `as usize` (non-integers skipped);
-    /// empty when it is missing or not a list.
-    pub fn ints(&self, name: &str) -> Vec<usize> {
-        match self.params.get(name) {
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(Value::as_integer)
-                .map(|i| i as usize)
-                .collect(),
-            _ => vec![],
-        }
-    }
-    /// The boolean parameter `name`; `false` when it is missing or not a boolean.
-    pub fn bool(&self, name: &str) -> bool {
-        self.params
-            .get(name)
-            .and_then(Value::as_bool)
-            .unwrap_or_default()
-    }
     /// The parameters as the kind's typed struct (see [`crate::stage_params!`]).
     pub fn typed<P: super::params::StageParams>(&self) -> anyhow::Result<P> {
         Ok(P::from_params(self.params, self.instance)?)

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ddp::engine::cache::Cache;
+use ddp::engine::params::{choice, float, int_in, StageParams};
 use ddp::engine::registry::Registry;
 use ddp::engine::stage::{InputSpec, Metrics, ParamSpec, ParamType, StageContext, StageKind};
 use ddp::engine::{self, Options, Outcome, Reason, Status};
@@ -19,6 +20,36 @@ use toml::Value;
 /// `text`: concatenates its inputs' out.txt and its `value`, in `steps` checkpointed steps
 /// of `sleep_ms` each; appends "<instance> <first step>" to the `log` file per execution.
 struct Text;
+
+ddp::choice_enum! {
+    /// A choice parameter, to exercise choices.
+    enum Mode {
+        /// The default.
+        A = "a",
+        /// The other one.
+        B = "b",
+    }
+}
+
+ddp::stage_params! {
+    /// The `text` kind's parameters.
+    struct TextParams {
+        /// text to append
+        value: String = "v" => ParamType::Str,
+        /// execution log
+        log: String = "" => ParamType::Str,
+        /// steps
+        steps: i64 = 1 => int_in(1, 1000),
+        /// sleep per step
+        sleep_ms: u64 = 0 => int_in(0, 10_000),
+        /// a number
+        rate: f64 = 0.5 => float(0.0, 1.0),
+        /// fail on purpose
+        fail: bool = false => ParamType::Bool,
+        /// a choice
+        mode: Mode = "a" => choice::<Mode>(),
+    }
+}
 
 impl StageKind for Text {
     fn name(&self) -> &'static str {
@@ -31,59 +62,14 @@ impl StageKind for Text {
         "test stage"
     }
     fn params(&self) -> Vec<ParamSpec> {
-        vec![
-            ParamSpec {
-                name: "value",
-                ty: ParamType::Str,
-                default: Some(Value::String("v".into())),
-                doc: "text to append",
-            },
-            ParamSpec {
-                name: "log",
-                ty: ParamType::Str,
-                default: Some(Value::String(String::new())),
-                doc: "execution log",
-            },
-            ParamSpec {
-                name: "steps",
-                ty: ParamType::Int { min: 1, max: 1000 },
-                default: Some(Value::Integer(1)),
-                doc: "steps",
-            },
-            ParamSpec {
-                name: "sleep_ms",
-                ty: ParamType::Int {
-                    min: 0,
-                    max: 10_000,
-                },
-                default: Some(Value::Integer(0)),
-                doc: "sleep per step",
-            },
-            ParamSpec {
-                name: "rate",
-                ty: ParamType::Float { min: 0.0, max: 1.0 },
-                default: Some(Value::Float(0.5)),
-                doc: "a number",
-            },
-            ParamSpec {
-                name: "fail",
-                ty: ParamType::Bool,
-                default: Some(Value::Boolean(false)),
-                doc: "fail on purpose",
-            },
-            ParamSpec {
-                name: "mode",
-                ty: ParamType::Choice(&["a", "b"]),
-                default: Some(Value::String("a".into())),
-                doc: "a choice",
-            },
-        ]
+        TextParams::specs()
     }
     fn headline(&self) -> Option<&'static str> {
         Some("len")
     }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<Metrics> {
-        if ctx.bool("fail") {
+        let p: TextParams = ctx.typed()?;
+        if p.fail {
             anyhow::bail!("failing on purpose");
         }
         let mut text = String::new();
@@ -95,16 +81,18 @@ impl StageKind for Text {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0);
-        let log = ctx.str("log");
-        if !log.is_empty() {
-            let mut f = fs::OpenOptions::new().create(true).append(true).open(log)?;
+        if !p.log.is_empty() {
+            let mut f = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&p.log)?;
             writeln!(f, "{} {first}", ctx.instance)?;
         }
-        for step in first..ctx.int("steps") {
-            std::thread::sleep(Duration::from_millis(ctx.int("sleep_ms") as u64));
+        for step in first..p.steps {
+            std::thread::sleep(Duration::from_millis(p.sleep_ms));
             fs::write(&ckpt, (step + 1).to_string())?;
         }
-        text.push_str(&format!("{}[{}]", ctx.str("value"), ctx.int("steps")));
+        text.push_str(&format!("{}[{}]", p.value, p.steps));
         fs::write(ctx.out_dir.join("out.txt"), &text)?;
         fs::remove_file(&ckpt)?;
         Ok(Metrics::from([("len".to_string(), text.len() as f64)]))
