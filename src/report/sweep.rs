@@ -43,32 +43,55 @@ fn param_str(m: &Manifest, k: &str) -> Option<String> {
     m.params.get(k).and_then(|v| v.as_str()).map(String::from)
 }
 
+/// The stage kinds, inputs and parameters a row is assembled from. The stages define them
+/// (this module does not depend on `stages`); the report only follows the lineage.
+#[derive(Debug, Clone, Copy)]
+pub struct Sources<'a> {
+    /// Kind of an evaluation (one row each).
+    pub evaluate: &'a str,
+    /// Kind of a benchmark (joined to the row of the model it measured).
+    pub benchmark: &'a str,
+    /// The input of evaluations and benchmarks that names the measured model.
+    pub model_input: &'a str,
+    /// Kind of the training that pruned a model.
+    pub trained: &'a str,
+    /// Kind of a one-shot pruning.
+    pub oneshot: &'a str,
+    /// Their parameter naming the method.
+    pub method_param: &'a str,
+    /// Kind that set the target, and its parameter.
+    pub gates: (&'a str, &'a str),
+    /// Kind of the final mask.
+    pub mask: &'a str,
+}
+
 /// Builds rows from the gathered inputs of a report stage.
-pub fn rows(inputs: &BTreeMap<String, Input>, cache: &Path) -> Vec<Row> {
+pub fn rows(inputs: &BTreeMap<String, Input>, cache: &Path, src: &Sources) -> Vec<Row> {
     // Benchmarks by the key of the model they measured.
     let mut bench_by_model: BTreeMap<String, Metrics> = BTreeMap::new();
-    for inp in inputs.values().filter(|i| i.kind == "benchmark") {
+    for inp in inputs.values().filter(|i| i.kind == src.benchmark) {
         if let Some(m) = read_manifest(&inp.dir) {
-            if let Some(k) = m.inputs.get("model") {
+            if let Some(k) = m.inputs.get(src.model_input) {
                 bench_by_model.insert(k.clone(), inp.metrics.clone());
             }
         }
     }
     let mut rows = vec![];
-    for (name, inp) in inputs.iter().filter(|(_, i)| i.kind == "evaluate") {
+    for (name, inp) in inputs.iter().filter(|(_, i)| i.kind == src.evaluate) {
         let Some(me) = read_manifest(&inp.dir) else {
             continue;
         };
-        let model_key = me.inputs.get("model").cloned().unwrap_or_default();
+        let model_key = me.inputs.get(src.model_input).cloned().unwrap_or_default();
         let anc = ancestors(cache, &inp.dir);
         let by_kind = |kind: &str| anc.iter().find(|(_, m)| m.kind == kind);
-        let trained = by_kind("anneal-train");
-        let oneshot = by_kind("oneshot");
+        let trained = by_kind(src.trained);
+        let oneshot = by_kind(src.oneshot);
         let method = trained
             .or(oneshot)
-            .and_then(|(_, m)| param_str(m, "method"))
+            .and_then(|(_, m)| param_str(m, src.method_param))
             .unwrap_or_else(|| "dense".into());
-        let target = by_kind("gate-insert").and_then(|(_, m)| m.params.get("sparsity")?.as_f64());
+        let (gates, sparsity) = src.gates;
+        let target = by_kind(gates).and_then(|(_, m)| m.params.get(sparsity)?.as_f64());
         let label = match target {
             Some(t) if method != "dense" => format!("{method} @ {t}"),
             _ => method.clone(),
@@ -85,7 +108,7 @@ pub fn rows(inputs: &BTreeMap<String, Input>, cache: &Path) -> Vec<Row> {
             eval: inp.metrics.clone(),
             bench: bench_by_model.get(&model_key).cloned(),
             train_dir: trained.map(|(d, _)| d.clone()),
-            mask_dir: by_kind("threshold").map(|(d, _)| d.clone()),
+            mask_dir: by_kind(src.mask).map(|(d, _)| d.clone()),
         });
     }
     rows.sort_by(|a, b| {

@@ -17,6 +17,9 @@ use crate::io::ModelFiles;
 use crate::prune::teacher::TopK;
 use crate::prune::train::{self, GateState, Method, TrainConfig};
 
+/// The kind's name in recipes and cache paths.
+pub const KIND: &str = "anneal-train";
+
 /// The `anneal-train` stage kind.
 pub struct AnnealTrain {
     /// Where its models run (the `--device` the registry was built for).
@@ -91,7 +94,7 @@ crate::stage_params! {
 
 impl StageKind for AnnealTrain {
     fn name(&self) -> &'static str {
-        "anneal-train"
+        KIND
     }
     fn version(&self) -> u32 {
         // 2: train_log.csv gains seconds and tokens per step, metrics tokens_per_s.
@@ -108,13 +111,13 @@ impl StageKind for AnnealTrain {
             InputSpec {
                 optional: false,
                 name: "gates",
-                kinds: &["gate-insert"],
+                kinds: &[super::gate_insert::KIND],
                 doc: "gate families, targets and initial z",
             },
             InputSpec {
                 optional: false,
                 name: "data",
-                kinds: &["calibrate"],
+                kinds: &[super::calibrate::KIND],
                 doc: "training blocks",
             },
         ]

@@ -10,6 +10,9 @@ use crate::bench::{CompareTask, Protocol};
 use crate::engine::params::{int_in, StageParams};
 use crate::engine::stage::{InputSpec, Metrics, ParamSpec, ParamType, StageContext, StageKind};
 
+/// The kind's name in recipes and cache paths.
+pub const KIND: &str = "benchmark";
+
 /// The `benchmark` stage kind.
 pub struct Benchmark {
     /// Where its models run (the `--device` the registry was built for).
@@ -34,7 +37,7 @@ crate::stage_params! {
 
 impl StageKind for Benchmark {
     fn name(&self) -> &'static str {
-        "benchmark"
+        KIND
     }
     fn version(&self) -> u32 {
         1
@@ -50,13 +53,13 @@ impl StageKind for Benchmark {
             InputSpec {
                 optional: false,
                 name: "model",
-                kinds: &["slice", "load"],
+                kinds: &[super::slice::KIND, super::load::KIND],
                 doc: "the model to measure",
             },
             InputSpec {
                 optional: true,
                 name: "dense",
-                kinds: &["load"],
+                kinds: &[super::load::KIND],
                 doc: "the dense model, measured alongside",
             },
         ]

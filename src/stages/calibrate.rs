@@ -14,6 +14,9 @@ use crate::io::ModelFiles;
 use crate::prune::oneshot::{self, LayerStats};
 use crate::prune::teacher::{self, TopK};
 
+/// The kind's name in recipes and cache paths.
+pub const KIND: &str = "calibrate";
+
 /// The `calibrate` stage kind.
 pub struct Calibrate {
     /// Where its models run (the `--device` the registry was built for).
@@ -40,7 +43,7 @@ crate::stage_params! {
 
 impl StageKind for Calibrate {
     fn name(&self) -> &'static str {
-        "calibrate"
+        KIND
     }
     fn version(&self) -> u32 {
         2
@@ -55,7 +58,7 @@ impl StageKind for Calibrate {
         vec![InputSpec {
             optional: false,
             name: "model",
-            kinds: &["load"],
+            kinds: &[super::load::KIND],
             doc: "whose tokenizer to use",
         }]
     }

@@ -19,6 +19,9 @@ use crate::engine::stage::{
 use crate::eval::suite::{build_suite, task_spec, EvalTask, SuiteSpec};
 use crate::model::accounting;
 
+/// The kind's name in recipes and cache paths.
+pub const KIND: &str = "evaluate";
+
 /// The `evaluate` stage kind.
 pub struct Evaluate {
     /// Where its models run (the `--device` the registry was built for).
@@ -103,7 +106,7 @@ pub fn check_disjoint(eval: &[u32], calib: &Blocks, what: &str) -> Result<()> {
 
 impl StageKind for Evaluate {
     fn name(&self) -> &'static str {
-        "evaluate"
+        KIND
     }
     fn version(&self) -> u32 {
         1
@@ -119,19 +122,19 @@ impl StageKind for Evaluate {
             InputSpec {
                 optional: false,
                 name: "model",
-                kinds: &["load", "slice"],
+                kinds: &[super::load::KIND, super::slice::KIND],
                 doc: "the model to evaluate",
             },
             InputSpec {
                 optional: true,
                 name: "calibration",
-                kinds: &["calibrate"],
+                kinds: &[super::calibrate::KIND],
                 doc: "calibration blocks: evaluation text overlapping them is refused",
             },
             InputSpec {
                 optional: true,
                 name: "dense",
-                kinds: &["evaluate"],
+                kinds: &[KIND],
                 doc: "the dense model's evaluation, for deltas",
             },
         ]

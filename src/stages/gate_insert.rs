@@ -13,6 +13,9 @@ use crate::prune::budget;
 use crate::prune::family::FamilyKind;
 use crate::prune::train::{GateState, HeadGates, Scope};
 
+/// The kind's name in recipes and cache paths.
+pub const KIND: &str = "gate-insert";
+
 /// The `gate-insert` stage kind.
 pub struct GateInsert;
 
@@ -98,7 +101,7 @@ crate::stage_params! {
 
 impl StageKind for GateInsert {
     fn name(&self) -> &'static str {
-        "gate-insert"
+        KIND
     }
     fn version(&self) -> u32 {
         1
@@ -113,7 +116,7 @@ impl StageKind for GateInsert {
         vec![InputSpec {
             optional: false,
             name: "model",
-            kinds: &["load"],
+            kinds: &[super::load::KIND],
             doc: "the model to prune",
         }]
     }

@@ -12,6 +12,9 @@ use crate::engine::stage::{Metrics, ParamSpec, ParamType, Params, StageContext, 
 use crate::io::{self, source};
 use crate::model::accounting;
 
+/// The kind's name in recipes and cache paths.
+pub const KIND: &str = "load";
+
 /// The `load` stage kind.
 pub struct Load;
 
@@ -45,7 +48,7 @@ fn local_files(path: &Path) -> Vec<PathBuf> {
 
 impl StageKind for Load {
     fn name(&self) -> &'static str {
-        "load"
+        KIND
     }
     fn version(&self) -> u32 {
         1

@@ -10,6 +10,9 @@ use crate::engine::stage::{InputSpec, Metrics, ParamSpec, StageContext, StageKin
 use crate::prune::oneshot::{self, LayerStats};
 use crate::prune::train::GateState;
 
+/// The kind's name in recipes and cache paths.
+pub const KIND: &str = "oneshot";
+
 /// The `oneshot` stage kind.
 pub struct Oneshot;
 
@@ -36,7 +39,7 @@ crate::stage_params! {
 
 impl StageKind for Oneshot {
     fn name(&self) -> &'static str {
-        "oneshot"
+        KIND
     }
     fn version(&self) -> u32 {
         1
@@ -52,13 +55,13 @@ impl StageKind for Oneshot {
             InputSpec {
                 optional: false,
                 name: "gates",
-                kinds: &["gate-insert"],
+                kinds: &[super::gate_insert::KIND],
                 doc: "the gate families and their budgets",
             },
             InputSpec {
                 optional: true,
                 name: "calibration",
-                kinds: &["calibrate"],
+                kinds: &[super::calibrate::KIND],
                 doc: "activation statistics (wanda-sp, flap)",
             },
         ]

@@ -7,6 +7,9 @@ use crate::engine::params::StageParams;
 use crate::engine::stage::{Metrics, ParamSpec, ParamType, StageContext, StageKind};
 use crate::report::{sweep, write};
 
+/// The kind's name in recipes and cache paths.
+pub const KIND: &str = "report";
+
 /// The `report` stage kind.
 pub struct Report;
 
@@ -20,7 +23,7 @@ crate::stage_params! {
 
 impl StageKind for Report {
     fn name(&self) -> &'static str {
-        "report"
+        KIND
     }
     fn version(&self) -> u32 {
         1
@@ -38,7 +41,17 @@ impl StageKind for Report {
         Some("rows")
     }
     fn run(&self, ctx: &StageContext) -> Result<Metrics> {
-        let rows = sweep::rows(&ctx.inputs, ctx.cache_root);
+        let sources = sweep::Sources {
+            evaluate: super::evaluate::KIND,
+            benchmark: super::benchmark::KIND,
+            model_input: "model",
+            trained: super::anneal_train::KIND,
+            oneshot: super::oneshot::KIND,
+            method_param: "method",
+            gates: (super::gate_insert::KIND, "sparsity"),
+            mask: super::threshold::KIND,
+        };
+        let rows = sweep::rows(&ctx.inputs, ctx.cache_root, &sources);
         if rows.is_empty() {
             anyhow::bail!(
                 "stage {}: no evaluate stage among its inputs (list the evaluate and benchmark stages in `after`)",

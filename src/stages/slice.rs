@@ -11,6 +11,9 @@ use crate::io::export;
 use crate::model::accounting;
 use crate::prune::{mask::FinalMask, slice};
 
+/// The kind's name in recipes and cache paths.
+pub const KIND: &str = "slice";
+
 /// The `slice` stage kind.
 pub struct Slice;
 
@@ -26,7 +29,7 @@ crate::stage_params! {
 
 impl StageKind for Slice {
     fn name(&self) -> &'static str {
-        "slice"
+        KIND
     }
     fn version(&self) -> u32 {
         1
@@ -41,7 +44,7 @@ impl StageKind for Slice {
         vec![InputSpec {
             optional: false,
             name: "mask",
-            kinds: &["threshold"],
+            kinds: &[super::threshold::KIND],
             doc: "the final mask",
         }]
     }

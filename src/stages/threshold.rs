@@ -10,6 +10,9 @@ use crate::model::accounting::{self, LayerUnits};
 use crate::prune::mask;
 use crate::prune::train::GateState;
 
+/// The kind's name in recipes and cache paths.
+pub const KIND: &str = "threshold";
+
 /// The `threshold` stage kind.
 pub struct Threshold;
 
@@ -37,7 +40,7 @@ crate::stage_params! {
 
 impl StageKind for Threshold {
     fn name(&self) -> &'static str {
-        "threshold"
+        KIND
     }
     fn version(&self) -> u32 {
         1
@@ -52,7 +55,11 @@ impl StageKind for Threshold {
         vec![InputSpec {
             optional: false,
             name: "trained",
-            kinds: &["anneal-train", "oneshot", "gate-insert"],
+            kinds: &[
+                super::anneal_train::KIND,
+                super::oneshot::KIND,
+                super::gate_insert::KIND,
+            ],
             doc: "gates to threshold",
         }]
     }
