@@ -6,14 +6,14 @@ use std::path::PathBuf;
 /// Everything the library can fail with; the `Display` text is the message a user sees.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A filesystem operation on `path` failed.
-    #[error("{path}: {source}")]
+    /// A filesystem operation on `path` failed. The OS error is part of the message and not
+    /// a `source()`, so a printed chain (`{:#}`) shows it once.
+    #[error("{path}: {cause}")]
     Io {
         /// The file or directory being read, written or listed.
         path: PathBuf,
         /// The underlying OS error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     /// A model/weights/tokenizer file whose content is not what it should be.
@@ -84,10 +84,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// An [`Error::Io`] for `path`.
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            cause,
         }
     }
 
