@@ -3,15 +3,15 @@
 //! `frozen_linear`, `swiglu`, `rms_norm`, `rope`, `host_term`; decoding's small jobs on
 //! `spin_pool`). Everything else is generic over `B: Backend`.
 
-pub mod attention;
+pub(crate) mod attention;
 mod autodiff_op;
-pub mod cpu_matmul;
-pub mod frozen_linear;
-pub mod host_term;
-pub mod rms_norm;
-pub mod rope;
+pub(crate) mod cpu_matmul;
+pub(crate) mod frozen_linear;
+pub(crate) mod host_term;
+pub(crate) mod rms_norm;
+pub(crate) mod rope;
 mod spin_pool;
-pub mod swiglu;
+pub(crate) mod swiglu;
 
 use std::fmt;
 use std::str::FromStr;

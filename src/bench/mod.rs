@@ -2,8 +2,8 @@
 //! with the KV cache). Warm-up first, then repeated runs reported as median, min and max.
 
 pub mod dense;
-pub mod llama_cpp;
-pub mod torch;
+pub(crate) mod llama_cpp;
+pub(crate) mod torch;
 pub mod train;
 
 use std::time::Instant;

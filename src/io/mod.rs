@@ -2,11 +2,11 @@
 //! files, plus the sources they are fetched from.
 
 pub mod export;
-pub mod gguf;
-pub mod gguf_model;
-pub mod hf_config;
+pub(crate) mod gguf;
+pub(crate) mod gguf_model;
+pub(crate) mod hf_config;
 pub mod quants;
-pub mod safetensors;
+pub(crate) mod safetensors;
 pub mod source;
 pub mod summary;
 pub mod tokenizer;

@@ -2,11 +2,11 @@
 //! final-mask rules and slicing.
 
 pub mod budget;
-pub mod distill;
+pub(crate) mod distill;
 pub mod family;
 pub mod mask;
 pub mod oneshot;
 pub mod slice;
-pub mod surrogate;
+pub(crate) mod surrogate;
 pub mod teacher;
 pub mod train;

@@ -1,8 +1,8 @@
 //! Tables over a run or a sweep, built from manifests / lock files (never from logs).
 
-pub mod plots;
-pub mod sweep;
-pub mod write;
+pub(crate) mod plots;
+pub(crate) mod sweep;
+pub(crate) mod write;
 
 use std::collections::BTreeSet;
 
