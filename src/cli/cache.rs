@@ -81,20 +81,30 @@ pub fn cache(cmd: CacheCmd, g: &Global) -> Result<ExitCode> {
 
 fn verify(cache: &Cache, fix: bool) -> Result<ExitCode> {
     let mut bad = 0;
+    let mut report = |kind: &str, key: &str, inst: &str, what: &str| -> Result<()> {
+        bad += 1;
+        println!(
+            "DAMAGED {kind}/{} ({inst}): {what}",
+            &key[..key.len().min(12)]
+        );
+        if fix {
+            cache.discard(kind, key)?;
+            println!("        removed");
+        }
+        Ok(())
+    };
     let entries = cache.entries();
     for m in &entries {
-        if let Some(what) = cache.check(m)? {
-            bad += 1;
-            let (kind, key, inst) = (&m.kind, &m.key[..12], &m.instance);
-            println!("DAMAGED {kind}/{key} ({inst}): {what}");
-            if fix {
-                cache.discard(&m.kind, &m.key)?;
-                println!("        removed");
-            }
+        if let Some(what) = cache.verify(m)? {
+            report(&m.kind, &m.key, &m.instance, &what)?;
         }
     }
+    let broken = cache.damaged();
+    for (kind, key, what) in &broken {
+        report(kind, key, "no manifest", what)?;
+    }
     cache.memo.save();
-    println!("{} entries, {bad} damaged", entries.len());
+    println!("{} entries, {bad} damaged", entries.len() + broken.len());
     Ok(if bad > 0 && !fix {
         ExitCode::from(1)
     } else {

@@ -56,6 +56,17 @@ pub struct Manifest {
     pub host: String,
 }
 
+/// What is at an entry's place `<root>/<kind>/<key>`.
+#[derive(Debug, Clone)]
+pub enum EntryState {
+    /// Nothing.
+    Missing,
+    /// A directory without a valid manifest of its own: damaged (what is wrong).
+    Broken(String),
+    /// A complete entry.
+    Complete(Box<Manifest>),
+}
+
 /// A content-addressed store rooted at a directory.
 pub struct Cache {
     /// The cache directory.
@@ -91,10 +102,37 @@ impl Cache {
         self.root.join(".tmp").join(format!("{kind}-{key}"))
     }
 
-    /// The manifest of a complete entry, if there is one.
+    /// The manifest of a complete entry, if there is one (see [`Cache::entry`]).
     pub fn manifest(&self, kind: &str, key: &str) -> Option<Manifest> {
-        let text = fs::read_to_string(self.entry_dir(kind, key).join(MANIFEST)).ok()?;
-        serde_json::from_str(&text).ok()
+        match self.entry(kind, key) {
+            EntryState::Complete(m) => Some(*m),
+            _ => None,
+        }
+    }
+
+    /// What is at an entry's place: nothing, a directory without a valid manifest of its own
+    /// (unreadable, not a manifest, or one naming another kind or key), or a complete entry.
+    pub fn entry(&self, kind: &str, key: &str) -> EntryState {
+        let dir = self.entry_dir(kind, key);
+        if !dir.exists() {
+            return EntryState::Missing;
+        }
+        let text = match fs::read_to_string(dir.join(MANIFEST)) {
+            Ok(t) => t,
+            Err(e) => return EntryState::Broken(format!("{MANIFEST} unreadable: {e}")),
+        };
+        let m: Manifest = match serde_json::from_str(&text) {
+            Ok(m) => m,
+            Err(e) => return EntryState::Broken(format!("{MANIFEST} is not a manifest: {e}")),
+        };
+        if m.kind != kind || m.key != key {
+            let short = &m.key[..m.key.len().min(12)];
+            return EntryState::Broken(format!(
+                "{MANIFEST} is that of {}/{short}, not of this entry",
+                m.kind
+            ));
+        }
+        EntryState::Complete(Box::new(m))
     }
 
     /// Takes the per-key lock (blocking): one process runs a key at a time.
@@ -106,7 +144,18 @@ impl Cache {
     }
 
     /// Checks an entry's files against its manifest. `Ok(None)` when intact, else what is wrong.
+    /// Digests come from the memo when a file's path, size, mtime and inode are unchanged (fast
+    /// no-op runs); [`Cache::verify`] re-hashes.
     pub fn check(&self, m: &Manifest) -> Result<Option<String>> {
+        self.check_files(m, false)
+    }
+
+    /// [`Cache::check`] re-hashing every file: finds bit rot that kept the file's mtime.
+    pub fn verify(&self, m: &Manifest) -> Result<Option<String>> {
+        self.check_files(m, true)
+    }
+
+    fn check_files(&self, m: &Manifest, rehash: bool) -> Result<Option<String>> {
         let dir = self.entry_dir(&m.kind, &m.key);
         for (rel, rec) in &m.files {
             let p = dir.join(rel);
@@ -120,7 +169,12 @@ impl Cache {
                     rec.size
                 )));
             }
-            if self.memo.digest(&p)? != rec.blake3 {
+            let digest = if rehash {
+                self.memo.digest_fresh(&p)?
+            } else {
+                self.memo.digest(&p)?
+            };
+            if digest != rec.blake3 {
                 return Ok(Some(format!("{rel} does not match its recorded digest")));
             }
         }
@@ -197,27 +251,46 @@ impl Cache {
         Ok(())
     }
 
-    /// Every complete entry.
-    pub fn entries(&self) -> Vec<Manifest> {
+    /// Every entry place `<kind>/<key>` under the root, sorted, with its state.
+    fn places(&self) -> Vec<(String, String, EntryState)> {
         let mut out = vec![];
         let Ok(kinds) = fs::read_dir(&self.root) else {
             return out;
         };
         for k in kinds.flatten() {
-            let name = k.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || name == "downloads" || !k.path().is_dir() {
+            let kind = k.file_name().to_string_lossy().into_owned();
+            if kind.starts_with('.') || kind == "downloads" || !k.path().is_dir() {
                 continue;
             }
             for e in fs::read_dir(k.path()).into_iter().flatten().flatten() {
-                if let Ok(t) = fs::read_to_string(e.path().join(MANIFEST)) {
-                    if let Ok(m) = serde_json::from_str::<Manifest>(&t) {
-                        out.push(m);
-                    }
+                let key = e.file_name().to_string_lossy().into_owned();
+                if key.starts_with('.') || !e.path().is_dir() {
+                    continue;
                 }
+                let state = self.entry(&kind, &key);
+                out.push((kind.clone(), key, state));
             }
         }
-        out.sort_by(|a, b| a.kind.cmp(&b.kind).then(a.key.cmp(&b.key)));
+        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         out
+    }
+
+    /// Every complete entry.
+    pub fn entries(&self) -> Vec<Manifest> {
+        let complete = |(_, _, s)| match s {
+            EntryState::Complete(m) => Some(*m),
+            _ => None,
+        };
+        self.places().into_iter().filter_map(complete).collect()
+    }
+
+    /// Every entry directory without a valid manifest of its own: (kind, key, what is wrong).
+    pub fn damaged(&self) -> Vec<(String, String, String)> {
+        let broken = |(kind, key, s)| match s {
+            EntryState::Broken(why) => Some((kind, key, why)),
+            _ => None,
+        };
+        self.places().into_iter().filter_map(broken).collect()
     }
 
     /// Bytes under a directory.

@@ -113,6 +113,18 @@ impl DigestMemo {
         Ok(d)
     }
 
+    /// The digest of `path` hashed now, whatever the memo says (which it then records).
+    pub fn digest_fresh(&self, path: &Path) -> super::error::Result<String> {
+        let reading = |e| super::error::Error::io("reading", path, e);
+        let id = file_id(path).map_err(reading)?;
+        let mut h = blake3::Hasher::new();
+        h.update_mmap_rayon(path).map_err(reading)?;
+        let d = h.finalize().to_hex().to_string();
+        let k = id.path.to_string_lossy().into_owned();
+        self.map.lock().unwrap().insert(k, (id, d.clone()));
+        Ok(d)
+    }
+
     /// Writes the memo (atomically; concurrent writers may lose entries, never corrupt it).
     pub fn save(&self) {
         let text = serde_json::to_string(&*self.map.lock().unwrap()).unwrap_or_default();

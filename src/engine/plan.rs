@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::cache::Cache;
+use super::cache::{Cache, EntryState};
 use super::error::{Error, Result};
 use super::graph::{Instance, Recipe};
 use super::key;
@@ -120,13 +120,16 @@ pub fn plan(
         if is_forced {
             forced.insert(inst.name.clone());
         }
+        let entry = cache.entry(kind.name(), &key);
         let status = if is_forced {
             Status::Run(Reason::Forced)
-        } else if let Some(m) = cache.manifest(kind.name(), &key) {
+        } else if let EntryState::Complete(m) = entry {
             match cache.check(&m)? {
                 None => Status::Cached,
                 Some(what) => Status::Run(Reason::Damaged(what)),
             }
+        } else if let EntryState::Broken(what) = entry {
+            Status::Run(Reason::Damaged(what))
         } else {
             let prev = previous.as_ref().and_then(|l| l.stages.get(&inst.name));
             Status::Run(match prev {

@@ -393,6 +393,81 @@ fn a_tampered_entry_is_detected_and_rerun() {
     assert_eq!(fs::read_to_string(&f).unwrap(), "p[1]y[1]");
 }
 
+#[test]
+fn bit_rot_with_the_mtime_kept_is_found_by_verify() {
+    let env = Env::new();
+    let r = env.recipe("sweep.toml", SWEEP);
+    let s = env.run(&r);
+    env.run(&r); // a no-op run: checks every entry, so the digest memo knows out.txt
+    let d = s.results.iter().find(|d| d.name == "mid@value=y").unwrap();
+    let f = env.cache().entry_dir("text", &d.key).join("out.txt");
+    let mtime = fs::metadata(&f).unwrap().modified().unwrap();
+    let mut bytes = fs::read(&f).unwrap();
+    bytes[0] ^= 1;
+    fs::write(&f, &bytes).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let cache = env.cache();
+    let m = cache.manifest("text", &d.key).unwrap();
+    // Runs trust the digest memo (same path, size, mtime, inode); verify re-hashes.
+    let found = cache.verify(&m).unwrap();
+    assert!(
+        found.is_some_and(|w| w.contains("out.txt")),
+        "bit rot not found"
+    );
+}
+
+#[test]
+fn an_entry_without_a_valid_manifest_is_damaged_not_invisible() {
+    let env = Env::new();
+    let r = env.recipe("sweep.toml", SWEEP);
+    let s = env.run(&r);
+    let key = |name: &str| {
+        s.results
+            .iter()
+            .find(|d| d.name == name)
+            .unwrap()
+            .key
+            .clone()
+    };
+    let (y, z) = (key("mid@value=y"), key("mid@value=z"));
+    let cache = env.cache();
+    fs::write(cache.entry_dir("text", &y).join("manifest.json"), "{").unwrap();
+    // An entry copied under another key's place is not that key's result.
+    let other = fs::read_to_string(
+        cache
+            .entry_dir("text", &key("prefix"))
+            .join("manifest.json"),
+    );
+    fs::write(
+        cache.entry_dir("text", &z).join("manifest.json"),
+        other.unwrap(),
+    )
+    .unwrap();
+    let plan = env.plan(&r);
+    for inst in ["mid@value=y", "mid@value=z"] {
+        assert!(
+            matches!(&plan[inst], Status::Run(Reason::Damaged(w)) if w.contains("manifest")),
+            "{inst}: {:?}",
+            plan[inst]
+        );
+    }
+    let damaged: Vec<String> = env
+        .cache()
+        .damaged()
+        .into_iter()
+        .map(|(_, k, _)| k)
+        .collect();
+    assert!(damaged.contains(&y) && damaged.contains(&z), "{damaged:?}");
+    env.run(&r);
+    assert_eq!(env.executions("mid@value=y"), 2);
+    assert!(env.cache().damaged().is_empty());
+}
+
 // ---- processes: kill safety and concurrency -------------------------------------------------
 
 /// Runs a recipe in a child process (this test binary, re-entered through `child_runner`).
