@@ -62,6 +62,13 @@ struct FileId {
 
 fn file_id(path: &Path) -> std::io::Result<FileId> {
     let m = fs::metadata(path)?;
+    // A FIFO blocks and a device never ends: only regular files are hashed.
+    if !m.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, device or socket)",
+        ));
+    }
     #[cfg(unix)]
     let inode = std::os::unix::fs::MetadataExt::ino(&m);
     #[cfg(not(unix))]

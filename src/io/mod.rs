@@ -79,6 +79,14 @@ pub fn open_model(path: &Path) -> Result<ModelFiles> {
             path: path.to_path_buf(),
         });
     }
+    // Opening a FIFO blocks until a writer comes, and a device never ends: refuse both first.
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::bad_file(
+            path,
+            "not a regular file (a FIFO, device or socket): a model is a directory or a file",
+        ));
+    }
     let mut head = [0u8; 4];
     {
         use std::io::Read;

@@ -170,3 +170,39 @@ fn not_a_model_at_all() {
     assert!(err_of(&p).contains("not a model"));
     assert!(err_of(d.path()).contains("config.json"));
 }
+
+/// Runs `f` on a thread and fails the test when it takes over 10 s (a read that blocks forever).
+fn within_10s<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("{what} hangs"))
+}
+
+#[test]
+fn fifos_and_devices_are_refused_not_read_forever() {
+    let d = tempfile::tempdir().unwrap();
+    let fifo = d.path().join("m.gguf");
+    let ok = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if !ok.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: mkfifo is not available");
+        return;
+    }
+    let f = fifo.clone();
+    let e = within_10s("opening a FIFO", move || {
+        open_model(&f).err().map(|e| e.to_string())
+    });
+    let e = e.expect("a FIFO is not a model");
+    assert!(e.contains("m.gguf") && e.contains("regular file"), "{e}");
+    // Planning hashes a local model's files: a link to an endless device must not hang it.
+    let zero = d.path().join("z.gguf");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let cache = ddp::engine::cache::Cache::open(&d.path().join("cache")).unwrap();
+    let e = within_10s("hashing /dev/zero", move || {
+        cache.memo.digest(&zero).err().map(|e| e.chain())
+    });
+    let e = e.expect("a device is not hashed");
+    assert!(e.contains("z.gguf") && e.contains("regular file"), "{e}");
+}
