@@ -70,7 +70,14 @@ impl Suite {
         let mut r = Results::default();
         if let Some((ids, w, s)) = &self.perplexity {
             bar.set_message("perplexity");
-            r.perplexity = Some(perplexity::perplexity(&scorer, ids, *w, *s, tick));
+            let p = perplexity::perplexity(&scorer, ids, *w, *s, tick);
+            if !p.mean_nll.is_finite() {
+                return Err(Error::Invalid(format!(
+                    "the model's log-likelihoods are not finite (mean NLL {}): its logits contain NaN or inf; check its weights",
+                    p.mean_nll
+                )));
+            }
+            r.perplexity = Some(p);
         }
         if !self.lambada.is_empty() {
             bar.set_message("cloze");

@@ -351,6 +351,14 @@ impl ModelConfig {
         if !self.head_dim.is_multiple_of(2) {
             return Err(format!("head_dim {} must be even for RoPE", self.head_dim));
         }
+        for (k, v) in [
+            ("rms_norm_eps", self.rms_norm_eps),
+            ("rope_theta", self.rope_theta),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!("{k} must be a positive number, not {v}"));
+            }
+        }
         if let Some(shapes) = &self.layer_shapes {
             if shapes.len() != self.num_hidden_layers {
                 return Err(format!(

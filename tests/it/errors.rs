@@ -206,3 +206,52 @@ fn fifos_and_devices_are_refused_not_read_forever() {
     let e = e.expect("a device is not hashed");
     assert!(e.contains("z.gguf") && e.contains("regular file"), "{e}");
 }
+
+#[test]
+fn nonsense_norm_and_rope_constants_are_refused() {
+    let cfg = fs::read_to_string(fixtures().join("stories260k/config.json")).unwrap();
+    for (from, to, key) in [
+        (
+            "\"rms_norm_eps\": 1e-05",
+            "\"rms_norm_eps\": -1",
+            "rms_norm_eps",
+        ),
+        ("\"rope_theta\": 10000.0", "\"rope_theta\": 0", "rope_theta"),
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        copy_dir(d.path());
+        fs::write(d.path().join("config.json"), cfg.replace(from, to)).unwrap();
+        let e = err_of(d.path());
+        assert!(e.contains(key) && e.contains("positive"), "{key}: {e}");
+    }
+}
+
+#[test]
+fn eval_of_a_model_with_nan_weights_fails_naming_the_cause() {
+    let reference = open(fixtures().join("stories260k").to_str().unwrap());
+    let mut tensors = ddp::io::export::read_all(reference.weights.as_ref()).unwrap();
+    let t = tensors
+        .get_mut("model.layers.0.mlp.down_proj.weight")
+        .unwrap();
+    t.data[0] = f32::NAN;
+    let d = tempfile::tempdir().unwrap();
+    let tok = reference.tokenizer.as_ref();
+    ddp::io::export::write_hf_dir(d.path(), &reference.config, &tensors, tok).unwrap();
+    let text = fixtures().join("corpora/moby-dick.txt");
+    let (ok, out, err) = ddp_run(&[
+        "eval",
+        "--model",
+        d.path().to_str().unwrap(),
+        "--text",
+        text.to_str().unwrap(),
+        "--max-tokens",
+        "600",
+        "--seq-len",
+        "128",
+    ]);
+    assert!(!ok, "eval succeeded on NaN weights: {out}");
+    assert!(
+        err.contains("not finite") && err.contains("weights"),
+        "{err}"
+    );
+}
