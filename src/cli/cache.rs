@@ -54,7 +54,7 @@ pub fn cache(cmd: CacheCmd, g: &Global) -> Result<ExitCode> {
                 println!(
                     "{:<14} {} {:<48} {:>10.1} MB {:>6.1} days",
                     m.kind,
-                    &m.key[..12],
+                    m.key.get(..12).unwrap_or(&m.key),
                     m.instance,
                     mb(size(&m.kind, &m.key)),
                     age_days(m.started_unix)
@@ -144,7 +144,7 @@ pub fn gc(a: GcArgs, g: &Global) -> Result<ExitCode> {
     let mut freed = 0;
     for (m, size) in &doomed {
         freed += size;
-        let (kind, key, inst) = (&m.kind, &m.key[..12], &m.instance);
+        let (kind, key, inst) = (&m.kind, m.key.get(..12).unwrap_or(&m.key), &m.instance);
         println!("{verb} {kind}/{key} ({inst}, {:.1} MB)", mb(*size));
         if !a.dry_run {
             cache.discard(&m.kind, &m.key)?;
