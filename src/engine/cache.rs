@@ -56,6 +56,13 @@ pub struct Manifest {
     pub host: String,
 }
 
+/// The manifest in the entry directory `dir`, or what is wrong with it.
+pub fn read_manifest(dir: &Path) -> std::result::Result<Manifest, String> {
+    let text = fs::read_to_string(dir.join(MANIFEST))
+        .map_err(|e| format!("{MANIFEST} unreadable: {e}"))?;
+    serde_json::from_str(&text).map_err(|e| format!("{MANIFEST} is not a manifest: {e}"))
+}
+
 /// What is at an entry's place `<root>/<kind>/<key>`.
 #[derive(Debug, Clone)]
 pub enum EntryState {
@@ -117,13 +124,9 @@ impl Cache {
         if !dir.exists() {
             return EntryState::Missing;
         }
-        let text = match fs::read_to_string(dir.join(MANIFEST)) {
-            Ok(t) => t,
-            Err(e) => return EntryState::Broken(format!("{MANIFEST} unreadable: {e}")),
-        };
-        let m: Manifest = match serde_json::from_str(&text) {
+        let m = match read_manifest(&dir) {
             Ok(m) => m,
-            Err(e) => return EntryState::Broken(format!("{MANIFEST} is not a manifest: {e}")),
+            Err(why) => return EntryState::Broken(why),
         };
         if m.kind != kind || m.key != key {
             let short = &m.key[..m.key.len().min(12)];

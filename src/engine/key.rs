@@ -105,29 +105,26 @@ impl DigestMemo {
 
     /// blake3 of a file (memoised); reads it only when the file changed.
     pub fn digest(&self, path: &Path) -> super::error::Result<String> {
+        self.digest_with(path, true)
+    }
+
+    /// The digest of `path` hashed now, whatever the memo says (which it then records).
+    pub fn digest_fresh(&self, path: &Path) -> super::error::Result<String> {
+        self.digest_with(path, false)
+    }
+
+    fn digest_with(&self, path: &Path, trust_memo: bool) -> super::error::Result<String> {
         let reading = |e| super::error::Error::io("reading", path, e);
         let id = file_id(path).map_err(reading)?;
         let k = id.path.to_string_lossy().into_owned();
         if let Some((old, d)) = self.map.lock().unwrap().get(&k) {
-            if *old == id {
+            if trust_memo && *old == id {
                 return Ok(d.clone());
             }
         }
         let mut h = blake3::Hasher::new();
         h.update_mmap_rayon(path).map_err(reading)?;
         let d = h.finalize().to_hex().to_string();
-        self.map.lock().unwrap().insert(k, (id, d.clone()));
-        Ok(d)
-    }
-
-    /// The digest of `path` hashed now, whatever the memo says (which it then records).
-    pub fn digest_fresh(&self, path: &Path) -> super::error::Result<String> {
-        let reading = |e| super::error::Error::io("reading", path, e);
-        let id = file_id(path).map_err(reading)?;
-        let mut h = blake3::Hasher::new();
-        h.update_mmap_rayon(path).map_err(reading)?;
-        let d = h.finalize().to_hex().to_string();
-        let k = id.path.to_string_lossy().into_owned();
         self.map.lock().unwrap().insert(k, (id, d.clone()));
         Ok(d)
     }

@@ -4,11 +4,11 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use super::cache::{Manifest, MANIFEST};
+use super::cache::{read_manifest, Manifest, MANIFEST};
 
 /// The manifest of the entry at `dir`, if it has a readable one.
 pub fn manifest_at(dir: &Path) -> Option<Manifest> {
-    serde_json::from_str(&std::fs::read_to_string(dir.join(MANIFEST)).ok()?).ok()
+    read_manifest(dir).ok()
 }
 
 /// The entry directory of input `name` of `m`: by its recorded kind, or (entries written before
