@@ -6,10 +6,11 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::{open, progress, Global};
+use super::{progress, Global};
 use ddp::backend::run_on;
 use ddp::bench::{self, dense, train, CompareTask, Protocol};
 use ddp::eval::suite::{build_suite, EvalTask, SuiteSpec};
+use ddp::io::open_source;
 
 /// `ddp-run eval`.
 #[derive(clap::Args)]
@@ -94,7 +95,7 @@ pub struct BenchArgs {
 
 /// Perplexity and tasks of one model: the `evaluate` stage's suite, printed or as JSON.
 pub fn eval(a: EvalArgs, g: &Global) -> Result<ExitCode> {
-    let files = open(&a.model, &g.cache)?;
+    let files = open_source(&a.model, &g.cache)?;
     let spec = SuiteSpec {
         data: a.text,
         seq_len: a.seq_len,
@@ -149,7 +150,7 @@ pub fn bench(a: BenchArgs, g: &Global) -> Result<ExitCode> {
     if a.vs.is_some() {
         return bench_vs(a, g);
     }
-    let files = open(&a.model, &g.cache)?;
+    let files = open_source(&a.model, &g.cache)?;
     let p = dense::DenseProtocol {
         prompt_len: a.prompt_len,
         decode_tokens: a.decode_tokens,
@@ -166,7 +167,7 @@ pub fn bench(a: BenchArgs, g: &Global) -> Result<ExitCode> {
 }
 
 fn bench_train(a: BenchArgs, g: &Global) -> Result<ExitCode> {
-    let files = open(&a.model, &g.cache)?;
+    let files = open_source(&a.model, &g.cache)?;
     let p = train::TrainProtocol {
         seq_len: a.seq_len,
         batch: a.batch,
@@ -190,8 +191,8 @@ fn bench_train(a: BenchArgs, g: &Global) -> Result<ExitCode> {
 
 fn bench_vs(a: BenchArgs, g: &Global) -> Result<ExitCode> {
     let other = a.vs.clone().unwrap_or_default();
-    let files = open(&a.model, &g.cache)?;
-    let other_files = open(&other, &g.cache)?;
+    let files = open_source(&a.model, &g.cache)?;
+    let other_files = open_source(&other, &g.cache)?;
     let or_one = |v: Vec<usize>, x: usize| if v.is_empty() { vec![x] } else { v };
     let protocol = Protocol {
         prompt_lens: or_one(a.prompt_lens, a.prompt_len),

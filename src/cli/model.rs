@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use anyhow::Result;
 use burn::tensor::backend::Backend;
 
-use super::{open, progress, Global};
+use super::{progress, Global};
 use ddp::backend::{run_on, BackendTask};
-use ddp::io::{self, ModelFiles};
+use ddp::io::{self, open_source, ModelFiles};
 use ddp::model::generate;
 
 /// `ddp-run inspect`.
@@ -50,7 +50,7 @@ pub struct ConvertArgs {
 
 /// Prints the model's summary (`io::summary`) as text or JSON.
 pub fn inspect(a: InspectArgs, g: &Global) -> Result<ExitCode> {
-    let files = open(&a.model, &g.cache)?;
+    let files = open_source(&a.model, &g.cache)?;
     if a.json {
         let v = io::summary::json(&files, &a.model);
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -62,7 +62,7 @@ pub fn inspect(a: InspectArgs, g: &Global) -> Result<ExitCode> {
 
 /// Streams the continuation of the prompt to stdout.
 pub fn generate(a: GenerateArgs, g: &Global) -> Result<ExitCode> {
-    let files = open(&a.model, &g.cache)?;
+    let files = open_source(&a.model, &g.cache)?;
     let sampling = generate::Sampling {
         temperature: a.temperature,
         top_p: a.top_p,
@@ -80,7 +80,7 @@ pub fn generate(a: GenerateArgs, g: &Global) -> Result<ExitCode> {
 
 /// Writes the model as a Hugging Face directory.
 pub fn convert(a: ConvertArgs, g: &Global) -> Result<ExitCode> {
-    let files = open(&a.model, &g.cache)?;
+    let files = open_source(&a.model, &g.cache)?;
     let tensors = io::export::read_all(files.weights.as_ref())?;
     io::export::write_hf_dir(&a.out, &files.config, &tensors, files.tokenizer.as_ref())?;
     println!("wrote {} ({} tensors)", a.out.display(), tensors.len());

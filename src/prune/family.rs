@@ -2,11 +2,8 @@
 //! expert channels).
 
 use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-
-use crate::error::{Error, Result};
 
 /// What a gate family's gates remove; written by name (`"heads"`, ...) in `gates.json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -34,19 +31,5 @@ impl FamilyKind {
 impl fmt::Display for FamilyKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
-    }
-}
-
-impl FromStr for FamilyKind {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "heads" => Ok(Self::Heads),
-            "channels" => Ok(Self::Channels),
-            "experts" => Ok(Self::Experts),
-            _ => Err(Error::Invalid(format!(
-                "unknown gate family {s:?} (expected heads, channels or experts)"
-            ))),
-        }
     }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use burn::backend::ndarray::NdArrayDevice;
 use burn::backend::NdArray;
 use burn::tensor::{Int, Tensor, TensorData};
-use ddp::io::{self, source, ModelFiles};
+use ddp::io::{self, ModelFiles};
 use ddp::model::{load, Gates, LayerGates, Logits, Model};
 
 pub mod recipes;
@@ -28,8 +28,7 @@ pub fn cache() -> PathBuf {
 }
 
 pub fn open(spec: &str) -> ModelFiles {
-    let p = source::resolve(spec, &cache()).unwrap_or_else(|e| panic!("{e}"));
-    io::open_model(&p).unwrap_or_else(|e| panic!("{e}"))
+    io::open_source(spec, &cache()).unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub fn fixture(name: &str) -> ModelFiles {
