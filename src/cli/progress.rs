@@ -6,7 +6,6 @@ use std::io::IsTerminal;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use ddp::engine::{Done, LogLines, Observer};
-
 use ddp::io::ModelFiles;
 use ddp::model::load;
 
@@ -17,13 +16,16 @@ fn bar(len: u64, show: bool, template: &str) -> ProgressBar {
     } else {
         ProgressBar::hidden()
     };
-    // The templates are constants of this file, so a parse failure is a bug caught by any run.
-    bar.set_style(
-        ProgressStyle::with_template(template)
-            .expect("valid progress template")
-            .progress_chars("=> "),
-    );
+    bar.set_style(style(template));
     bar
+}
+
+/// The house style with `template`.
+fn style(template: &str) -> ProgressStyle {
+    // The templates are constants of this file, so a parse failure is a bug caught by any run.
+    ProgressStyle::with_template(template)
+        .expect("valid progress template")
+        .progress_chars("=> ")
 }
 
 /// A bar of benchmark runs or rounds.
@@ -83,13 +85,9 @@ impl Observer for Stages {
             return ProgressBar::hidden();
         }
         let bar = self.multi.add(ProgressBar::new(0));
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} {prefix:<40} [{bar:25}] {pos}/{len} {per_sec} eta {eta} {msg}",
-            )
-            .expect("valid progress template")
-            .progress_chars("=> "),
-        );
+        bar.set_style(style(
+            "{spinner} {prefix:<40} [{bar:25}] {pos}/{len} {per_sec} eta {eta} {msg}",
+        ));
         bar.set_prefix(instance.to_string());
         bar
     }
