@@ -6,7 +6,6 @@ use std::path::Path;
 
 use burn::tensor::backend::Backend;
 use indicatif::ProgressBar;
-use serde::Serialize;
 
 use super::llama_cpp::LlamaBench;
 use super::{ratio_lines, throughput, Throughput};
@@ -30,39 +29,18 @@ pub struct DenseProtocol {
 }
 
 /// ddp's figures and the peers'.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct DenseReport {
     /// ddp on the chosen device.
     pub ddp: Throughput,
     /// The device and build, as the table's first row names it.
-    #[serde(skip)]
     pub label: String,
     /// PyTorch eager: figures and their label, or why it was skipped; `None` if not asked.
-    #[serde(rename = "torch", serialize_with = "ok_only")]
     pub torch: Option<std::result::Result<(Throughput, String), String>>,
     /// llama.cpp's llama-bench: figures and label; `None` if not asked.
-    #[serde(rename = "llama_cpp", serialize_with = "first_only")]
     pub llama: Option<(Throughput, String)>,
     /// The warm-up runs, for the protocol line.
-    #[serde(skip)]
     pub warmup: usize,
-}
-
-fn ok_only<S: serde::Serializer>(
-    v: &Option<std::result::Result<(Throughput, String), String>>,
-    s: S,
-) -> std::result::Result<S::Ok, S::Error> {
-    v.as_ref()
-        .and_then(|x| x.as_ref().ok())
-        .map(|x| &x.0)
-        .serialize(s)
-}
-
-fn first_only<S: serde::Serializer>(
-    v: &Option<(Throughput, String)>,
-    s: S,
-) -> std::result::Result<S::Ok, S::Error> {
-    v.as_ref().map(|x| &x.0).serialize(s)
 }
 
 /// Measures `files` on `device`; with `torch`, PyTorch afterwards on the same protocol; with
@@ -143,6 +121,17 @@ impl BackendTask for Task<'_> {
 }
 
 impl DenseReport {
+    /// The figures as `bench --json` writes them: `ddp`, `torch` and `llama_cpp` (null when
+    /// not measured).
+    pub fn json(&self) -> serde_json::Value {
+        let torch = self.torch.as_ref().and_then(|x| x.as_ref().ok());
+        serde_json::json!({
+            "ddp": self.ddp,
+            "torch": torch.map(|x| &x.0),
+            "llama_cpp": self.llama.as_ref().map(|x| &x.0),
+        })
+    }
+
     /// The protocol line, the table (ddp first, then the peers) and each peer's ratio lines.
     pub fn markdown(&self) -> String {
         let r = &self.ddp;

@@ -162,7 +162,7 @@ pub fn bench(a: BenchArgs, g: &Global) -> Result<ExitCode> {
     let r = dense::run(g.device, &files, &p, a.torch, a.llama_cpp.as_deref(), &bar)?;
     println!("model    {}", a.model);
     print!("{}", r.markdown());
-    write_json(a.json.as_deref(), &r)?;
+    write_json(a.json.as_deref(), &r.json())?;
     Ok(ExitCode::SUCCESS)
 }
 
