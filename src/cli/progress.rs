@@ -105,4 +105,8 @@ impl Observer for Stages {
     fn warn(&self, message: &str) {
         self.multi.suspend(|| eprintln!("warning: {message}"));
     }
+    fn note(&self, instance: &str, message: &str) {
+        self.multi
+            .suspend(|| eprintln!("[ddp] note  {instance}: {message}"));
+    }
 }

@@ -2,6 +2,7 @@
 //! into its temporary directory, then committing the entry with its manifest.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Instant;
 
 use indicatif::ProgressBar;
@@ -51,6 +52,7 @@ pub(crate) fn execute(
         }
         let tmp = cache.temp_dir(kind.name(), &p.key);
         std::fs::create_dir_all(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
+        keep_only(&tmp, kind.resume_files())?;
         obs.running(&name, &p.key);
         let started_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -62,6 +64,7 @@ pub(crate) fn execute(
             out_dir: &tmp,
             cache_root: &cache.root,
             progress: bar,
+            observer: obs,
         };
         let metrics = kind.run(&ctx).map_err(|source| Error::Stage {
             instance: name.clone(),
@@ -107,6 +110,26 @@ pub(crate) fn execute(
         .headline()
         .and_then(|h| done.metrics.get(h).map(|v| (h.to_string(), *v)));
     done
+}
+
+/// Clears what an earlier attempt (or anything else) left in a temporary directory, except the
+/// files the kind resumes from.
+fn keep_only(tmp: &Path, resume: &[&str]) -> Result<()> {
+    let entries = std::fs::read_dir(tmp).map_err(|e| Error::io("reading", tmp, e))?;
+    for e in entries {
+        let e = e.map_err(|e| Error::io("reading", tmp, e))?;
+        let p = e.path();
+        if resume.iter().any(|r| e.file_name() == *r) && p.is_file() {
+            continue;
+        }
+        let removed = if p.is_dir() && !p.is_symlink() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        removed.map_err(|e| Error::io("removing a leftover", &p, e))?;
+    }
+    Ok(())
 }
 
 fn hostname() -> String {

@@ -22,6 +22,10 @@ pub trait Observer: Sync {
     fn warn(&self, message: &str) {
         eprintln!("warning: {message}");
     }
+    /// A running stage tells what it is doing (e.g. that it resumes from a checkpoint).
+    fn note(&self, instance: &str, message: &str) {
+        eprintln!("[ddp] note  {instance}: {message}");
+    }
 }
 
 /// A line on stderr per start and end, `[ddp] run   NAME (KEY)` / `[ddp] done  NAME: ran in 1.2s`.

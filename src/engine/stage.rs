@@ -198,9 +198,19 @@ pub struct StageContext<'a> {
     /// This instance's progress bar (drawn only when stderr is a terminal); the stage sets its
     /// length and advances it.
     pub progress: &'a ProgressBar,
+    /// Where [`note`](Self::note) and [`warn`](Self::warn) go.
+    pub observer: &'a dyn super::observer::Observer,
 }
 
 impl StageContext<'_> {
+    /// Tells the user what the stage is doing (a log line, above the bars on a terminal).
+    pub fn note(&self, message: &str) {
+        self.observer.note(self.instance, message);
+    }
+    /// Warns about something that does not stop the stage (e.g. training that did not converge).
+    pub fn warn(&self, message: &str) {
+        self.observer.warn(&format!("{}: {message}", self.instance));
+    }
     /// The parameters as the kind's typed struct (see [`crate::stage_params!`]).
     pub fn typed<P: super::params::StageParams>(&self) -> anyhow::Result<P> {
         Ok(P::from_params(self.params, self.instance)?)
@@ -258,10 +268,16 @@ pub trait StageKind: Send + Sync {
     fn headline(&self) -> Option<&'static str> {
         None
     }
+    /// Files in [`out_dir`](StageContext::out_dir) that a killed attempt leaves for the next one
+    /// to resume from (a checkpoint, the log it continues). The engine removes everything else
+    /// there before an attempt, so nothing stray is ever committed with the entry.
+    fn resume_files(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// Runs one instance: reads its parameters and inputs, writes its outputs under
     /// [`out_dir`](StageContext::out_dir) only, and returns its metrics (stored in the manifest;
     /// [`headline`](Self::headline) names one). A cached entry is reused for its key, so the
-    /// outputs must depend only on what the key covers (the device a stage kind was built with aside), and `out_dir` may hold files from a killed earlier attempt. On error the instance
+    /// outputs must depend only on what the key covers (the device a stage kind was built with aside), and `out_dir` holds only the [`resume_files`](Self::resume_files) of a killed earlier attempt. On error the instance
     /// fails and nothing is committed.
     fn run(&self, ctx: &StageContext) -> anyhow::Result<Metrics>;
 }

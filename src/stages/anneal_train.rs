@@ -125,6 +125,9 @@ impl StageKind for AnnealTrain {
     fn headline(&self) -> Option<&'static str> {
         Some("loss")
     }
+    fn resume_files(&self) -> &'static [&'static str] {
+        &[CHECKPOINT, TRAIN_LOG]
+    }
     fn run(&self, ctx: &StageContext) -> Result<Metrics> {
         let gates_in = ctx.input("gates")?;
         let files = open_input(gates_in, ctx.cache_root)?;
