@@ -264,6 +264,7 @@ pub fn slice(
         .enumerate()
         .map(|(i, lm)| plan_layer(cfg, i, lm))
         .collect::<Result<Vec<_>>>()?;
+    check_some_attention(&plans)?;
     let moe_layers: Vec<bool> = plans.iter().map(Plan::is_moe).collect();
     let widest = Widest::of(&plans);
     let mut tensors = BTreeMap::new();
@@ -282,6 +283,25 @@ pub fn slice(
         .validate()
         .map_err(|e| Error::Invalid(format!("the sliced model's config is invalid: {e}")))?;
     Ok(Sliced { config, tensors })
+}
+
+/// Fails when the mask removes every attention head of every layer: a layer may lose its
+/// attention (its shape records 0 heads), but a model with none has no valid config.
+fn check_some_attention(plans: &[Plan]) -> Result<()> {
+    let has_heads = plans.iter().any(|p| p.units.heads > 0);
+    if !has_heads || plans.iter().any(|p| p.live_groups() > 0) {
+        return Ok(());
+    }
+    let layers = match plans.len() {
+        1 => "layer 0".to_string(),
+        n => format!("layers 0-{}", n - 1),
+    };
+    Err(Error::Invalid(format!(
+        "the mask removes every attention head of {layers} (every layer), and a model needs heads in at least one. \
+         If the gates collapsed in training (anneal-train warned of an expected sparsity near 1), rerun anneal-train \
+         with lower learning rates (lr_z, eta, lr_lambda, lr_lambda2); otherwise threshold with a lower sparsity \
+         or rule = \"uniform\" (it keeps at least one open head per layer)"
+    )))
 }
 
 /// The projection names of a dense FFN and of a shared expert.

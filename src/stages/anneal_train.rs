@@ -12,7 +12,7 @@ use crate::artifacts::{BLOCKS, CHECKPOINT, GATES, TEACHER_HEADER, TRAIN_LOG};
 use crate::backend::{run_autodiff_on, AutodiffTask, DeviceSpec};
 use crate::data::Blocks;
 use crate::engine::params::{choice, float, int, StageParams};
-use crate::engine::stage::{InputSpec, Metrics, ParamSpec, StageContext, StageKind};
+use crate::engine::stage::{Input, InputSpec, Metrics, ParamSpec, StageContext, StageKind};
 use crate::io::ModelFiles;
 use crate::prune::teacher::TopK;
 use crate::prune::train::{self, GateState, Method, TrainConfig};
@@ -142,12 +142,7 @@ impl StageKind for AnnealTrain {
             Teacher::Cached => Some(TopK::read(data_dir)?),
             Teacher::Online => None,
         };
-        let ckpt = ctx.out_dir.join(CHECKPOINT);
-        let mut state: GateState = if ckpt.exists() {
-            read_json(&ckpt).with_context(|| format!("resuming from {CHECKPOINT}"))?
-        } else {
-            read_json(&gates_in.dir.join(GATES))?
-        };
+        let mut state = start(ctx, gates_in, p.steps)?;
         let resumed_at = state.step;
         let cfg = TrainConfig {
             method: p.method.into(),
@@ -173,29 +168,56 @@ impl StageKind for AnnealTrain {
             state: &mut state,
             every: p.checkpoint_every,
         };
-        let last = run_autodiff_on(device, task)?;
+        let trained = run_autodiff_on(device, task)?;
+        // Nothing trained (the kill came after the final checkpoint): the last step's figures
+        // are the log's, as the uninterrupted run wrote them.
+        let last = match trained {
+            None => read_log(&ctx.out_dir.join(TRAIN_LOG))?.last_step(),
+            t => t,
+        };
         write_json(&ctx.out_dir.join(GATES), &state)?;
         forward_model_json(gates_in, ctx.out_dir)?;
-        let _ = std::fs::remove_file(&ckpt);
-        let mut m = Metrics::from([
-            ("steps".into(), state.step as f64),
-            ("resumed_at".into(), resumed_at as f64),
-        ]);
-        if let Some((l, tokens_per_s)) = last {
-            m.insert("tokens_per_s".into(), tokens_per_s);
-            m.insert("loss".into(), l.loss);
-            m.insert("ce".into(), l.ce);
-            m.insert("kl".into(), l.kl);
-            for (name, q, l1, l2, l3, bin) in l.families {
-                m.insert(format!("expected_sparsity_{name}"), q);
-                m.insert(format!("lambda1_{name}"), l1);
-                m.insert(format!("lambda2_{name}"), l2);
-                m.insert(format!("lambda3_{name}"), l3);
-                m.insert(format!("binarity_{name}"), bin);
-            }
-        }
-        Ok(m)
+        let _ = std::fs::remove_file(ctx.out_dir.join(CHECKPOINT));
+        Ok(metrics(ctx, &p, &state, resumed_at, last))
     }
+}
+
+/// The stage's metrics: steps, where it resumed, and the last step's figures (`last`, with the
+/// throughput), each family's distance to its target among them; warns of a family that ended
+/// far from its target ([`off_target`]).
+fn metrics(
+    ctx: &StageContext,
+    p: &AnnealTrainParams,
+    state: &GateState,
+    resumed_at: usize,
+    last: Option<(train::StepLog, f64)>,
+) -> Metrics {
+    let mut m = Metrics::from([
+        ("steps".into(), state.step as f64),
+        ("resumed_at".into(), resumed_at as f64),
+    ]);
+    let Some((l, tokens_per_s)) = last else {
+        return m;
+    };
+    m.insert("tokens_per_s".into(), tokens_per_s);
+    m.insert("loss".into(), l.loss);
+    m.insert("ce".into(), l.ce);
+    m.insert("kl".into(), l.kl);
+    for (name, q, l1, l2, l3, bin) in l.families {
+        m.insert(format!("expected_sparsity_{name}"), q);
+        m.insert(format!("lambda1_{name}"), l1);
+        m.insert(format!("lambda2_{name}"), l2);
+        m.insert(format!("lambda3_{name}"), l3);
+        m.insert(format!("binarity_{name}"), bin);
+        let Some(f) = state.families.iter().find(|f| f.name.name() == name) else {
+            continue;
+        };
+        m.insert(format!("sparsity_gap_{name}"), q - f.target);
+        if let Some(w) = off_target(&name, q, f.target, p) {
+            ctx.warn(&w);
+        }
+    }
+    m
 }
 
 struct Task<'a> {
@@ -216,35 +238,12 @@ impl AutodiffTask for Task<'_> {
         let bar = self.ctx.progress;
         bar.set_length(self.cfg.steps as u64);
         bar.set_position(self.state.step as u64);
+        // `start` left the log matching the state: append this run's rows.
         let log_path = self.ctx.out_dir.join(TRAIN_LOG);
-        if self.state.step > 0 {
-            // Resuming: drop log rows written after the checkpoint we resume from.
-            if let Ok(text) = std::fs::read_to_string(&log_path) {
-                let keep: String = text
-                    .lines()
-                    .filter(|l| {
-                        l.split(',')
-                            .next()
-                            .and_then(|s| s.parse::<usize>().ok())
-                            .is_none_or(|s| s <= self.state.step)
-                    })
-                    .map(|l| format!("{l}\n"))
-                    .collect();
-                std::fs::write(&log_path, keep).map_err(|e| crate::Error::io(&log_path, e))?;
-            }
-        }
-        let new_log = !log_path.exists();
         let mut log = std::fs::OpenOptions::new()
-            .create(true)
             .append(true)
             .open(&log_path)
             .map_err(|e| crate::Error::io(&log_path, e))?;
-        if new_log {
-            let _ = writeln!(
-                log,
-                "step,loss,ce,kl,mu,lr_z,family,expected_sparsity,lambda1,lambda2,lambda3,binarity,seconds,tokens"
-            );
-        }
         let mut last = None;
         let (mut seconds, mut tokens) = (0.0, 0usize);
         let ckpt = self.ctx.out_dir.join(CHECKPOINT);
@@ -257,26 +256,14 @@ impl AutodiffTask for Task<'_> {
             self.cfg,
             self.state,
             |l, st| {
-                for (name, q, l1, l2, l3, bin) in &l.families {
-                    let _ = writeln!(
-                        log,
-                        "{},{},{},{},{},{},{name},{q},{l1},{l2},{l3},{bin},{:.4},{}",
-                        l.step,
-                        l.loss,
-                        l.ce,
-                        l.kl,
-                        l.mu,
-                        l.lr_z,
-                        l.time.total(),
-                        l.tokens
-                    );
-                }
+                // One write per step: a kill tears at most the row being written.
+                log.write_all(log_rows(l).as_bytes())
+                    .map_err(|e| crate::Error::io(&log_path, e))?;
                 seconds += l.time.total();
                 tokens += l.tokens;
                 bar.set_position(l.step as u64);
                 bar.set_message(format!("loss {:.3}", l.loss));
                 if l.step % every == 0 {
-                    let _ = log.flush();
                     // Write-then-rename: a kill never leaves a torn checkpoint.
                     let tmp = ckpt.with_extension("tmp");
                     std::fs::write(&tmp, serde_json::to_string(st).unwrap())
@@ -288,5 +275,182 @@ impl AutodiffTask for Task<'_> {
             },
         )?;
         Ok(last.map(|l| (l, tokens as f64 / seconds.max(1e-9))))
+    }
+}
+
+/// The columns of train_log.csv.
+const LOG_HEADER: &str = "step,loss,ce,kl,mu,lr_z,family,expected_sparsity,lambda1,lambda2,lambda3,binarity,seconds,tokens";
+
+/// How far (in sparsity) a family may end from its target before anneal-train warns.
+const TARGET_SLACK: f64 = 0.05;
+
+/// One step's rows of train_log.csv, one per family. An f64 printed with `{}` reads back to the
+/// same value, so the log keeps the step's exact figures ([`TrainLog::last_step`]).
+fn log_rows(l: &train::StepLog) -> String {
+    let mut rows = String::new();
+    for (name, q, l1, l2, l3, bin) in &l.families {
+        rows += &format!(
+            "{},{},{},{},{},{},{name},{q},{l1},{l2},{l3},{bin},{:.4},{}\n",
+            l.step,
+            l.loss,
+            l.ce,
+            l.kl,
+            l.mu,
+            l.lr_z,
+            l.time.total(),
+            l.tokens
+        );
+    }
+    rows
+}
+
+/// The state to train from, with train_log.csv made to match it: the checkpoint and the log's
+/// rows up to its step; or the input gates and a log of just the header (no checkpoint: a kill
+/// or a failed write before the first one, or a log that lacks the checkpoint's rows).
+fn start(ctx: &StageContext, gates_in: &Input, steps: usize) -> Result<GateState> {
+    let ckpt = ctx.out_dir.join(CHECKPOINT);
+    let log_path = ctx.out_dir.join(TRAIN_LOG);
+    if ckpt.exists() {
+        let state: GateState =
+            read_json(&ckpt).with_context(|| format!("resuming from {CHECKPOINT}"))?;
+        match read_log(&log_path)?.up_to(state.step, state.families.len()) {
+            Some(text) => {
+                std::fs::write(&log_path, text)
+                    .with_context(|| format!("writing {}", log_path.display()))?;
+                ctx.note(&format!(
+                    "resuming anneal-train from step {} of {steps}",
+                    state.step
+                ));
+                return Ok(state);
+            }
+            None => ctx.warn(&format!(
+                "{CHECKPOINT} is at step {} but {TRAIN_LOG} lacks rows up to it: training starts over",
+                state.step
+            )),
+        }
+        std::fs::remove_file(&ckpt).with_context(|| format!("removing {}", ckpt.display()))?;
+    }
+    std::fs::write(&log_path, format!("{LOG_HEADER}\n"))
+        .with_context(|| format!("writing {}", log_path.display()))?;
+    read_json(&gates_in.dir.join(GATES))
+}
+
+/// One complete row of train_log.csv.
+struct LogRow {
+    /// The row as written, newline included.
+    text: String,
+    /// Its step's figures, with this row's family only.
+    log: train::StepLog,
+    /// Wall seconds of its step.
+    seconds: f64,
+}
+
+/// The complete rows of a train_log.csv (a row torn by a kill is left out).
+struct TrainLog(Vec<LogRow>);
+
+/// Reads train_log.csv's complete rows (none when it does not exist).
+fn read_log(path: &std::path::Path) -> Result<TrainLog> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let rows = text
+        .split_inclusive('\n')
+        .skip(1)
+        .filter(|l| l.ends_with('\n'))
+        .filter_map(parse_row)
+        .collect();
+    Ok(TrainLog(rows))
+}
+
+/// A row of train_log.csv ([`log_rows`]), or None when it is not one.
+fn parse_row(line: &str) -> Option<LogRow> {
+    let f: Vec<&str> = line.trim_end().split(',').collect();
+    if f.len() != LOG_HEADER.split(',').count() {
+        return None;
+    }
+    let num = |i: usize| f[i].parse::<f64>().ok();
+    let fam = (
+        f[6].to_string(),
+        num(7)?,
+        num(8)?,
+        num(9)?,
+        num(10)?,
+        num(11)?,
+    );
+    let log = train::StepLog {
+        step: f[0].parse().ok()?,
+        loss: num(1)?,
+        ce: num(2)?,
+        kl: num(3)?,
+        mu: num(4)?,
+        lr_z: num(5)?,
+        families: vec![fam],
+        tokens: f[13].parse().ok()?,
+        time: Default::default(),
+    };
+    Some(LogRow {
+        text: line.to_string(),
+        log,
+        seconds: num(12)?,
+    })
+}
+
+impl TrainLog {
+    /// The log of steps `1..=step` (header included), `families` rows each; None when the
+    /// rows do not cover exactly those steps.
+    fn up_to(&self, step: usize, families: usize) -> Option<String> {
+        let rows: Vec<&LogRow> = self.0.iter().filter(|r| r.log.step <= step).collect();
+        let expected = (1..=step).flat_map(|s| std::iter::repeat_n(s, families));
+        if !rows.iter().map(|r| r.log.step).eq(expected) {
+            return None;
+        }
+        Some(format!("{LOG_HEADER}\n") + &rows.iter().map(|r| r.text.as_str()).collect::<String>())
+    }
+
+    /// The last step's figures, every family's, and the throughput over the whole log.
+    fn last_step(&self) -> Option<(train::StepLog, f64)> {
+        let last = self.0.last()?.log.step;
+        let mut rows = self.0.iter().filter(|r| r.log.step == last);
+        let mut log = rows.next()?.log.clone();
+        log.families
+            .extend(rows.flat_map(|r| r.log.families.clone()));
+        // A step has a row per family: sum one family's rows.
+        let first = &self.0[0].log.families[0].0;
+        let steps = self.0.iter().filter(|r| &r.log.families[0].0 == first);
+        let (seconds, tokens) = steps.fold((0.0, 0), |(s, t), r| (s + r.seconds, t + r.log.tokens));
+        Some((log, tokens as f64 / f64::max(seconds, 1e-9)))
+    }
+}
+
+/// A warning when family `name` ends at expected sparsity `q` far from its `target`: a
+/// collapse (at least 0.99: nearly every gate closed), or off by more than [`TARGET_SLACK`].
+/// Reporting only: training is as it was.
+fn off_target(name: &str, q: f64, target: f64, p: &AnnealTrainParams) -> Option<String> {
+    let figures = format!("{name} ended at expected sparsity {q:.2} against target {target:.2}");
+    let rates = format!(
+        "lr_z {}, eta {}, lr_lambda {}, lr_lambda2 {}",
+        p.lr_z, p.eta, p.lr_lambda, p.lr_lambda2
+    );
+    if !q.is_finite() {
+        Some(format!(
+            "training diverged: {figures}; lower the learning rates ({rates})"
+        ))
+    } else if q >= 0.99 && target < 0.99 {
+        Some(format!(
+            "training collapsed: {figures} (nearly every gate closed; threshold would remove them all). The learning rates are too high ({rates}): lower them"
+        ))
+    } else if q - target > TARGET_SLACK {
+        Some(format!(
+            "{figures}, above its target: training overshot; the learning rates may be too high ({rates})"
+        ))
+    } else if target - q > TARGET_SLACK {
+        Some(format!(
+            "{figures}, below its target: train longer (steps {}) or let the multipliers grow faster (lr_lambda, lr_lambda2)",
+            p.steps
+        ))
+    } else {
+        None
     }
 }

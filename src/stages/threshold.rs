@@ -5,10 +5,10 @@ use anyhow::Result;
 use super::common::{forward_model_json, open_input, read_json, write_json};
 use crate::artifacts::{GATES, MASK};
 use crate::engine::params::{choice, int_in, StageParams};
-use crate::engine::stage::{InputSpec, Metrics, ParamSpec, StageContext, StageKind};
+use crate::engine::stage::{Input, InputSpec, Metrics, ParamSpec, StageContext, StageKind};
 use crate::model::accounting::{self, LayerUnits};
-use crate::prune::mask;
-use crate::prune::train::GateState;
+use crate::prune::mask::{self, FamilyKind, FamilySparsity};
+use crate::prune::train::{deployed_values, GateState};
 
 /// The kind's name in recipes and cache paths.
 pub const KIND: &str = "threshold";
@@ -88,6 +88,9 @@ impl StageKind for Threshold {
             .map(|i| accounting::units(c, i))
             .collect();
         let (final_mask, families) = mask::from_gates(&state, rule, &units)?;
+        for f in &families {
+            check_not_emptied(ctx, input, &state, f, &units)?;
+        }
         let mut metrics = Metrics::new();
         for f in &families {
             metrics.insert(format!("sparsity_{}", f.kind), f.achieved);
@@ -113,4 +116,59 @@ impl StageKind for Threshold {
         forward_model_json(input, ctx.out_dir)?;
         Ok(metrics)
     }
+}
+
+/// Fails when `f`'s mask removes every unit of its family in every layer that has some: a
+/// model without attention (or without FFNs) is never what a budget asks for, and one without
+/// heads cannot even be sliced. The error names the cause: gates all closed (a collapsed
+/// training, which anneal-train warned of) or the rule. One layer emptied is fine: slicing
+/// records its shape, or pads it under uniform shapes.
+fn check_not_emptied(
+    ctx: &StageContext,
+    input: &Input,
+    state: &GateState,
+    f: &FamilySparsity,
+    units: &[LayerUnits],
+) -> Result<()> {
+    let size = |u: &LayerUnits| match f.kind {
+        FamilyKind::Heads => u.heads,
+        FamilyKind::Channels => u.channels,
+        FamilyKind::Experts => u.experts * u.expert_width,
+    };
+    let layers: Vec<usize> = (0..units.len()).filter(|&i| size(&units[i]) > 0).collect();
+    if layers.is_empty() || layers.iter().any(|&i| f.per_layer[i] < 1.0) {
+        return Ok(());
+    }
+    let fam = f.kind.name();
+    let figures = format!("sparsity {:.2} against target {:.2}", f.achieved, f.target);
+    let upstream = match input.metrics.get(&format!("expected_sparsity_{fam}")) {
+        Some(q) => format!("; {} ended at expected sparsity {q:.2}", input.stage),
+        None => String::new(),
+    };
+    let closed = state.families.iter().filter(|g| g.name == f.kind).all(|g| {
+        deployed_values(state.method, &g.z)
+            .iter()
+            .flatten()
+            .all(|&v| v <= 0.0)
+    });
+    let (cause, remedy) = if closed && input.kind == super::anneal_train::KIND {
+        (
+            format!("training collapsed: every gate of the {fam} family is closed (value 0) in every layer"),
+            format!("rerun {} with lower learning rates (lr_z, eta, lr_lambda, lr_lambda2)", input.stage),
+        )
+    } else if closed {
+        (
+            format!("every {fam} gate or score is 0 or below in every layer"),
+            format!("check {}'s output: there is nothing to rank", input.stage),
+        )
+    } else {
+        (
+            format!("the rule removes every {fam} unit of every layer"),
+            "use a lower sparsity or rule = \"uniform\"".to_string(),
+        )
+    };
+    anyhow::bail!(
+        "stage {}: {cause} ({figures}{upstream}), so the mask would leave the model no {fam} at all: {remedy}",
+        ctx.instance
+    )
 }

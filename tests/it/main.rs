@@ -14,5 +14,6 @@ mod model;
 mod pipeline;
 mod quants;
 mod report;
+mod resume;
 mod slice;
 mod train;
