@@ -101,7 +101,7 @@ fn verify(cache: &Cache, fix: bool) -> Result<ExitCode> {
     }
     let broken = cache.damaged();
     for (kind, key, what) in &broken {
-        report(kind, key, "no manifest", what)?;
+        report(kind, key, "no valid manifest", what)?;
     }
     cache.memo.save();
     println!("{} entries, {bad} damaged", entries.len() + broken.len());

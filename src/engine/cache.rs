@@ -1,7 +1,9 @@
 //! The content-addressed store: `<cache>/<kind>/<key>/` holds a stage's artifacts and its
 //! `manifest.json`. A stage writes into `<cache>/.tmp/<kind>-<key>/` (kept across a kill, so it
 //! can resume); the engine renames it into place once the manifest is written. An entry is
-//! complete exactly when its directory exists with a manifest.
+//! complete exactly when its directory exists with a manifest of its own, intact: the manifest
+//! carries a `digest` (blake3 of its other fields, canonical JSON) so an edited metric or
+//! parameter makes the entry damaged instead of flowing into lock files and reports.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -23,7 +25,8 @@ pub struct FileRecord {
     pub size: u64,
 }
 
-/// `manifest.json` of a cache entry: what produced it, from what, and what it holds.
+/// `manifest.json` of a cache entry: what produced it, from what, and what it holds. The file
+/// also has a `digest` field, written by [`Cache::commit`] and checked by [`read_manifest`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     /// The entry's stage key (its directory name).
@@ -56,11 +59,66 @@ pub struct Manifest {
     pub host: String,
 }
 
-/// The manifest in the entry directory `dir`, or what is wrong with it.
+/// The manifest in the entry directory `dir`, or what is wrong with it (unreadable, not a
+/// manifest, or its recorded digest does not match its content).
 pub fn read_manifest(dir: &Path) -> std::result::Result<Manifest, String> {
     let text = fs::read_to_string(dir.join(MANIFEST))
         .map_err(|e| format!("{MANIFEST} unreadable: {e}"))?;
-    serde_json::from_str(&text).map_err(|e| format!("{MANIFEST} is not a manifest: {e}"))
+    let not_manifest = |e: serde_json::Error| format!("{MANIFEST} is not a manifest: {e}");
+    let mut v: serde_json::Value = serde_json::from_str(&text).map_err(not_manifest)?;
+    let recorded = v.as_object_mut().and_then(|o| o.remove(DIGEST));
+    let m: Manifest = serde_json::from_value(v.clone()).map_err(not_manifest)?;
+    match recorded {
+        Some(serde_json::Value::String(d)) if d == manifest_digest(&v) => Ok(m),
+        // Entries of versions that did not seal manifests are recomputed once (their keys do
+        // not change): an unsealed manifest is indistinguishable from one whose digest was cut.
+        None => Err(format!(
+            "{MANIFEST} has no digest (written by an older ddp, or edited)"
+        )),
+        Some(_) => Err(format!(
+            "{MANIFEST} was edited: its digest does not match its content"
+        )),
+    }
+}
+
+/// The manifest field holding [`manifest_digest`] of the others.
+const DIGEST: &str = "digest";
+
+/// blake3 (hex) of a manifest's JSON (taken without its digest field), keys sorted at every
+/// level so the digest does not depend on how a JSON map orders them.
+fn manifest_digest(v: &serde_json::Value) -> String {
+    fn canonical(v: &serde_json::Value, out: &mut String) {
+        match v {
+            serde_json::Value::Object(o) => {
+                let mut keys: Vec<&String> = o.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&serde_json::Value::String(k.clone()).to_string());
+                    out.push(':');
+                    canonical(&o[k], out);
+                }
+                out.push('}');
+            }
+            serde_json::Value::Array(a) => {
+                out.push('[');
+                for (i, x) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    canonical(x, out);
+                }
+                out.push(']');
+            }
+            scalar => out.push_str(&scalar.to_string()),
+        }
+    }
+    let mut text = String::new();
+    canonical(v, &mut text);
+    blake3::hash(text.as_bytes()).to_hex().to_string()
 }
 
 /// What is at an entry's place `<root>/<kind>/<key>`.
@@ -72,6 +130,28 @@ pub enum EntryState {
     Broken(String),
     /// A complete entry.
     Complete(Box<Manifest>),
+}
+
+/// Makes sure `dir` is a directory, creating it (and its parents) if missing: something else
+/// there, or a directory this user cannot create, is an error naming the path.
+pub fn ensure_dir(dir: &Path, op: &'static str) -> Result<()> {
+    match fs::metadata(dir) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(m) => {
+            let linked = fs::symlink_metadata(dir).is_ok_and(|l| l.is_symlink());
+            let found = match (linked, m.is_file()) {
+                (false, true) => "a file",
+                (true, true) => "a symlink to a file",
+                _ => "neither a file nor a directory",
+            };
+            return Err(Error::NotADirectory {
+                path: dir.to_path_buf(),
+                found,
+            });
+        }
+        Err(_) => {}
+    }
+    fs::create_dir_all(dir).map_err(|e| Error::cache_write(op, dir, e))
 }
 
 /// A content-addressed store rooted at a directory.
@@ -88,10 +168,9 @@ pub const MANIFEST: &str = "manifest.json";
 impl Cache {
     /// Opens (creating if needed) the cache at `root`, with its `.tmp` and `.locks` dirs.
     pub fn open(root: &Path) -> Result<Self> {
-        fs::create_dir_all(root).map_err(|e| Error::io("creating the cache", root, e))?;
+        ensure_dir(root, "creating the cache")?;
         for d in [".tmp", ".locks"] {
-            let p = root.join(d);
-            fs::create_dir_all(&p).map_err(|e| Error::io("creating", p, e))?;
+            ensure_dir(&root.join(d), "creating")?;
         }
         Ok(Self {
             root: root.to_path_buf(),
@@ -141,7 +220,7 @@ impl Cache {
     /// Takes the per-key lock (blocking): one process runs a key at a time.
     pub fn lock(&self, key: &str) -> Result<File> {
         let p = self.root.join(".locks").join(format!("{key}.lock"));
-        let f = File::create(&p).map_err(|e| Error::io("creating lock", &p, e))?;
+        let f = File::create(&p).map_err(|e| Error::cache_write("creating lock", &p, e))?;
         f.lock().map_err(|e| Error::io("locking", &p, e))?;
         Ok(f)
     }
@@ -217,20 +296,26 @@ impl Cache {
         Ok(files)
     }
 
-    /// Writes the manifest into the temp dir and renames it into place.
+    /// Writes the manifest (sealed with its digest) into the temp dir and renames it into place.
     pub fn commit(&self, tmp: &Path, m: &Manifest) -> Result<PathBuf> {
         let mpath = tmp.join(MANIFEST);
-        let text = serde_json::to_string_pretty(m).map_err(|e| Error::Manifest {
+        let encoding = |e: serde_json::Error| Error::Manifest {
             path: mpath.clone(),
             what: e.to_string(),
-        })?;
-        fs::write(&mpath, text).map_err(|e| Error::io("writing", &mpath, e))?;
+        };
+        let mut v = serde_json::to_value(m).map_err(encoding)?;
+        let digest = serde_json::Value::String(manifest_digest(&v));
+        if let Some(o) = v.as_object_mut() {
+            o.insert(DIGEST.into(), digest);
+        }
+        let text = serde_json::to_string_pretty(&v).map_err(encoding)?;
+        fs::write(&mpath, text).map_err(|e| Error::cache_write("writing", &mpath, e))?;
         File::open(&mpath)
             .and_then(|f| f.sync_all())
             .map_err(|e| Error::io("syncing", &mpath, e))?;
         let dst = self.entry_dir(&m.kind, &m.key);
         let kind_dir = dst.parent().unwrap();
-        fs::create_dir_all(kind_dir).map_err(|e| Error::io("creating", kind_dir, e))?;
+        ensure_dir(kind_dir, "creating")?;
         if dst.exists() {
             // A damaged entry being replaced.
             self.discard(&m.kind, &m.key)?;
@@ -246,10 +331,10 @@ impl Cache {
     pub fn discard(&self, kind: &str, key: &str) -> Result<()> {
         let dir = self.entry_dir(kind, key);
         let trash = self.root.join(".trash");
-        fs::create_dir_all(&trash).map_err(|e| Error::io("creating", &trash, e))?;
+        ensure_dir(&trash, "creating")?;
         let to = trash.join(format!("{kind}-{key}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&to);
-        fs::rename(&dir, &to).map_err(|e| Error::io("discarding", &dir, e))?;
+        fs::rename(&dir, &to).map_err(|e| Error::cache_write("discarding", &dir, e))?;
         let _ = fs::remove_dir_all(&to);
         Ok(())
     }

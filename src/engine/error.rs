@@ -18,6 +18,28 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A directory the cache needs exists as something else (a file, a FIFO, ...).
+    #[error("cache directory {} is {found}, expected a directory", path.display())]
+    NotADirectory {
+        /// The directory's path.
+        path: PathBuf,
+        /// What is there instead (`a file`, `a symlink to a file`, ...).
+        found: &'static str,
+    },
+
+    /// Writing in the cache failed for want of permission (or on a read-only file system).
+    #[error("{} is not writable ({op} {})", dir.display(), path.display())]
+    NotWritable {
+        /// The directory that could not be written.
+        dir: PathBuf,
+        /// What was being done (`creating lock`, `writing`, ...).
+        op: &'static str,
+        /// The file or directory it was done to.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+
     /// Renaming a finished temporary directory into its cache entry failed.
     #[error("moving {} into place", path.display())]
     Commit {
@@ -98,6 +120,28 @@ impl Error {
         Error::Io {
             op,
             path: path.into(),
+            source,
+        }
+    }
+
+    /// [`Error::io`] for a write in the cache: a permission (or read-only file system) error
+    /// becomes [`Error::NotWritable`], naming the directory that could not be written.
+    pub fn cache_write(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        let path = path.into();
+        let denied = matches!(
+            source.kind(),
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+        );
+        if !denied {
+            return Error::io(op, path, source);
+        }
+        let dir = path
+            .parent()
+            .map_or_else(|| path.clone(), |p| p.to_path_buf());
+        Error::NotWritable {
+            dir,
+            op,
+            path,
             source,
         }
     }

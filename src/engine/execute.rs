@@ -51,7 +51,7 @@ pub(crate) fn execute(
             }
         }
         let tmp = cache.temp_dir(kind.name(), &p.key);
-        std::fs::create_dir_all(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
+        super::cache::ensure_dir(&tmp, "creating")?;
         keep_only(&tmp, kind.resume_files())?;
         obs.running(&name, &p.key);
         let started_unix = std::time::SystemTime::now()

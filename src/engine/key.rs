@@ -135,8 +135,10 @@ impl DigestMemo {
         let tmp = self
             .path
             .with_extension(format!("tmp{}", std::process::id()));
-        if fs::write(&tmp, text).is_ok() {
-            let _ = fs::rename(&tmp, &self.path);
+        // A memo is only an optimisation: on a full disk it is skipped, and its partial
+        // temporary removed rather than left behind.
+        if fs::write(&tmp, text).is_err() || fs::rename(&tmp, &self.path).is_err() {
+            let _ = fs::remove_file(&tmp);
         }
     }
 }

@@ -65,7 +65,48 @@ impl LockFile {
         let tmp = p.with_extension(format!("lock.tmp{}", std::process::id()));
         std::fs::write(&tmp, text).map_err(|e| Error::io("writing", &tmp, e))?;
         std::fs::rename(&tmp, &p).map_err(|e| Error::io("writing", &p, e))?;
+        remove_dead_temps(&p);
         Ok(())
+    }
+}
+
+/// Removes the `<lock file>.tmpPID` files of writers killed before their rename: those whose
+/// process is gone (no `/proc/PID`; where there is no `/proc`, those over an hour old). Best
+/// effort: a leftover only takes space.
+fn remove_dead_temps(lock: &Path) {
+    let Some(name) = lock.file_name() else { return };
+    let dir = match lock.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let prefix = format!("{}.tmp", name.to_string_lossy());
+    let proc = Path::new("/proc");
+    let has_proc = proc.join("self").exists();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let Some(pid) = file
+            .to_string_lossy()
+            .strip_prefix(&prefix)
+            .map(str::to_owned)
+        else {
+            continue;
+        };
+        if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let dead = if has_proc {
+            !proc.join(&pid).exists()
+        } else {
+            let age = e.metadata().and_then(|m| m.modified()).ok();
+            age.and_then(|t| t.elapsed().ok())
+                .is_some_and(|a| a > std::time::Duration::from_secs(3600))
+        };
+        if dead {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 

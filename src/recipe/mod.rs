@@ -37,7 +37,7 @@ pub use problems::{Problem, RecipeError};
 
 use problems::{Span, Src};
 use syntax::RawStage;
-use variables::{merge_vars, set_recipe_name};
+use variables::{defined_names, merge_vars, set_recipe_name, unused_vars};
 
 /// One recipe being read: the registry it is checked against, the files read so far (the
 /// recipe is source 0, then the pipelines it includes) and the problems found in them.
@@ -63,6 +63,11 @@ impl Parser<'_> {
         if let Some(pl) = &file.pipeline {
             self.include(0, pl, &path, &mut stages, &mut vars, 0);
         }
+        let defined = defined_names([
+            ("model", &file.model),
+            ("data", &file.data),
+            ("vars", &file.vars),
+        ]);
         // Recipe variables override the pipeline's, key by key.
         merge_vars(
             &mut vars,
@@ -80,6 +85,11 @@ impl Parser<'_> {
                 "the recipe defines no stages (name a `pipeline` or add [stages.NAME] tables)",
             );
             return None;
+        }
+        // Only the recipe's own names: a pipeline's may be unused where the recipe replaces
+        // the parameter that refers to it.
+        for (span, msg) in unused_vars(&defined, &stages) {
+            self.err(0, span, msg);
         }
         let name = file.name.map(|n| n.into_inner()).unwrap_or_else(|| {
             path.file_stem()

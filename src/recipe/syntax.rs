@@ -13,6 +13,9 @@ use crate::engine::stage::describe_value;
 /// One stage's table as written: keys and values with their spans.
 pub(super) type StageTable = BTreeMap<Spanned<String>, Spanned<Value>>;
 
+/// A variable table (`[model]`, `[data]`, `[vars]`) as written: names with their spans.
+pub(super) type VarTable = BTreeMap<Spanned<String>, Value>;
+
 /// One file (recipe or pipeline) as serde reads it, spans kept for messages.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,11 +28,11 @@ pub(super) struct FileDe {
     /// The pipeline this file builds on.
     pub(super) pipeline: Option<Spanned<String>>,
     /// Variables `${model.*}`.
-    pub(super) model: Option<toml::Table>,
+    pub(super) model: Option<VarTable>,
     /// Variables `${data.*}`.
-    pub(super) data: Option<toml::Table>,
+    pub(super) data: Option<VarTable>,
     /// Variables `${vars.*}`.
-    pub(super) vars: Option<toml::Table>,
+    pub(super) vars: Option<VarTable>,
     /// `[stages.NAME]` tables.
     #[serde(default)]
     pub(super) stages: BTreeMap<Spanned<String>, StageTable>,

@@ -61,6 +61,9 @@ impl StageKind for Text {
     fn about(&self) -> &'static str {
         "test stage"
     }
+    fn resume_files(&self) -> &'static [&'static str] {
+        &["checkpoint"]
+    }
     fn params(&self) -> Vec<ParamSpec> {
         TextParams::specs()
     }

@@ -3,10 +3,12 @@
 
 mod common;
 
+mod cache_trust;
 mod cli;
 mod engine;
 mod errors;
 mod eval;
+mod exposure;
 mod formats;
 mod golden;
 mod layers;
