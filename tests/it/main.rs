@@ -4,6 +4,7 @@
 mod common;
 
 mod cache_trust;
+mod campaign;
 mod cli;
 mod engine;
 mod errors;
