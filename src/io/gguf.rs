@@ -176,8 +176,9 @@ impl<'a> Reader<'a> {
             return Err(Error::bad_file(
                 self.path,
                 format!(
-                    "corrupt GGUF: {w} claims {n} items at offset {}, more than the file holds",
-                    self.pos
+                    "truncated or corrupt GGUF: {w} claims {n} items at offset {}, more than the {} bytes left in the file",
+                    self.pos,
+                    self.buf.len() - self.pos
                 ),
             ));
         }
@@ -273,6 +274,14 @@ impl Reader<'_> {
         for _ in 0..nd {
             ne.push(self.u64(&name)? as usize);
         }
+        // A model's tensors are never empty; a zero would hide any other dimension's size.
+        if ne.contains(&0) {
+            return Err(Error::bad_tensor(
+                self.path,
+                &name,
+                format!("dimensions {ne:?} include a zero"),
+            ));
+        }
         let tid = self.u32(&name)?;
         let ty = GgmlType::from_id(tid).ok_or_else(|| {
             Error::bad_tensor(
@@ -302,44 +311,49 @@ fn alignment(path: &Path, metadata: &BTreeMap<String, Value>) -> Result<usize> {
     Ok(align)
 }
 
-/// Places a tensor whose data starts at `data_start + rel`, checking its size against its
-/// type's blocks and its extent against `file_len`.
+/// Places a tensor whose data starts at `data_start + rel`, checking its rows against its
+/// type's blocks, its offset against the alignment and its extent against `file_len`. Sizes
+/// come from the file: every product and sum is checked.
 fn place_tensor(
     path: &Path,
     (name, ne, ty, rel): RawInfo,
-    data_start: usize,
+    (data_start, align): (usize, usize),
     file_len: usize,
 ) -> Result<TensorInfo> {
-    let numel: usize = ne.iter().product();
-    let n_bytes = ty.bytes_for(numel).ok_or_else(|| {
-        Error::bad_tensor(
-            path,
-            &name,
-            format!(
-                "{numel} elements is not a whole number of {} blocks",
-                ty.name()
-            ),
-        )
-    })?;
-    let offset = data_start + rel;
-    if offset + n_bytes > file_len {
-        return Err(Error::bad_tensor(
-            path,
-            &name,
-            format!(
-                "data runs past the end of the file (needs bytes {offset}..{}, file has {}): truncated download?",
-                offset + n_bytes,
-                file_len
-            ),
-        ));
+    let bad = |what: String| Error::bad_tensor(path, &name, what);
+    // ggml stores whole blocks per row, so every row (and every expert of a stack) is whole.
+    let (block_elems, block_bytes) = ty.block();
+    if !ne[0].is_multiple_of(block_elems) {
+        return Err(bad(format!(
+            "rows of {} elements are not a whole number of {} blocks",
+            ne[0],
+            ty.name()
+        )));
     }
-    Ok(TensorInfo {
-        name,
-        ne,
-        ty,
-        offset,
-        n_bytes,
-    })
+    let n_bytes = ne
+        .iter()
+        .try_fold(1usize, |p, &d| p.checked_mul(d))
+        .and_then(|numel| (numel / block_elems).checked_mul(block_bytes))
+        .ok_or_else(|| bad(format!("dimensions {ne:?} overflow")))?;
+    if !rel.is_multiple_of(align) {
+        return Err(bad(format!(
+            "data offset {rel} is not a multiple of the alignment {align}"
+        )));
+    }
+    let offset = data_start.checked_add(rel);
+    let end = offset.and_then(|o| o.checked_add(n_bytes));
+    match (offset, end) {
+        (Some(offset), Some(end)) if end <= file_len => Ok(TensorInfo {
+            name,
+            ne,
+            ty,
+            offset,
+            n_bytes,
+        }),
+        _ => Err(bad(format!(
+            "data runs past the end of the file (needs {n_bytes} bytes at offset {data_start} + {rel}, file has {file_len}): truncated download?"
+        ))),
+    }
 }
 
 impl GgufFile {
@@ -362,11 +376,11 @@ impl GgufFile {
             .map(|_| r.tensor_info())
             .collect::<Result<Vec<_>>>()?;
         let align = alignment(path, &metadata)?;
-        let data_start = r.pos.div_ceil(align) * align;
+        let data_start = r.pos.div_ceil(align).saturating_mul(align);
         let mut tensors = BTreeMap::new();
         let mut order = Vec::new();
         for raw in infos {
-            let info = place_tensor(path, raw, data_start, mmap.len())?;
+            let info = place_tensor(path, raw, (data_start, align), mmap.len())?;
             order.push(info.name.clone());
             tensors.insert(info.name.clone(), info);
         }

@@ -8,7 +8,9 @@ use std::path::Path;
 use super::gguf::{GgufFile, TensorInfo, Value};
 use super::quants;
 use crate::error::{Error, Result};
-use crate::model::config::{Arch, LayerShape, ModelConfig, MoeConfig, MoeNames, RopeScaling};
+use crate::model::config::{
+    Arch, LayerShape, ModelConfig, MoeConfig, MoeNames, RopeScaling, MAX_LAYERS,
+};
 use crate::model::weights::{summarize_dtypes, HostTensor, WeightSource};
 
 /// How one HF tensor is read from the GGUF.
@@ -125,6 +127,13 @@ fn config_from_metadata(f: &GgufFile) -> Result<ModelConfig> {
     let arch = arch_of(f, a, n_experts)?;
     let hidden = m.usize("embedding_length")?;
     let layers = m.usize("block_count")?;
+    if layers > MAX_LAYERS {
+        // Before the per-layer lists below are built.
+        return Err(m.bad(
+            "block_count",
+            format!("{layers} is more than {MAX_LAYERS}: not a real model"),
+        ));
+    }
     let heads = m.usize("attention.head_count")?;
     let kv = m.usize_or("attention.head_count_kv", heads)?;
     let head_dim = m.usize_or("attention.key_length", hidden / heads.max(1))?;
@@ -212,7 +221,7 @@ fn vocab_size(m: &ArchMeta) -> Result<usize> {
             None => f
                 .tensors
                 .get("token_embd.weight")
-                .map(|t| t.ne[1])
+                .and_then(|t| t.ne.get(1).copied())
                 .ok_or_else(|| m.bad("vocab_size", "missing, and no token list"))?,
         },
     )
@@ -314,7 +323,8 @@ fn name_map(f: &GgufFile, cfg: &ModelConfig) -> Result<BTreeMap<String, Entry>> 
                     .strip_prefix("blk.")
                     .and_then(|rest| rest.split_once('.'))
                     .and_then(|(idx, tail)| Some((idx.parse::<usize>().ok()?, tail)));
-                if let Some((i, tail)) = block {
+                // A block past the last layer is never read (and has no layer shape).
+                if let Some((i, tail)) = block.filter(|&(i, _)| i < cfg.num_hidden_layers) {
                     map_block_tensor(f, cfg, name, i, tail, &mut map);
                 }
                 continue;
@@ -376,7 +386,9 @@ fn map_block_tensor(
             if let Some(m) = moe {
                 let proj = expert_proj(m, base.trim_end_matches("_exps"));
                 // The outermost dimension indexes the experts.
+                // Beyond the config's experts a stacked tensor is never read.
                 let n = f.tensors[name].ne.last().copied().unwrap_or(0);
+                let n = n.min(cfg.moe.as_ref().map_or(0, |c| c.num_experts));
                 for e in 0..n {
                     let entry = Entry {
                         expert: Some(e),

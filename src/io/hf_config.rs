@@ -5,7 +5,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::model::config::{Arch, LayerShape, ModelConfig, MoeConfig, RopeScaling};
+use crate::model::config::{Arch, LayerShape, ModelConfig, MoeConfig, RopeScaling, MAX_LAYERS};
 
 struct Json<'a> {
     v: &'a Value,
@@ -52,10 +52,36 @@ impl Json<'_> {
         }
     }
     /// A token id that may be written as an integer or a list of integers (first one wins).
-    fn token_id(&self, key: &str) -> Option<u32> {
-        match self.get(key)? {
-            Value::Array(a) => a.first()?.as_u64().map(|x| x as u32),
-            v => v.as_u64().map(|x| x as u32),
+    fn token_id(&self, key: &str) -> Result<Option<u32>> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        let first = match v {
+            Value::Array(a) => a.first(),
+            v => Some(v),
+        };
+        first
+            .map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok()))
+            .map(|id| {
+                id.ok_or_else(|| {
+                    Error::bad_config(
+                        self.path,
+                        key,
+                        format!("expected a token id (an integer, or a list of them), found {v}"),
+                    )
+                })
+            })
+            .transpose()
+    }
+    /// The object under `key`, if any.
+    fn object(&self, key: &str) -> Result<Option<&Value>> {
+        match self.get(key) {
+            Some(v) if !v.is_object() => Err(Error::bad_config(
+                self.path,
+                key,
+                format!("expected an object, found {v}"),
+            )),
+            v => Ok(v),
         }
     }
 }
@@ -65,11 +91,16 @@ fn rope_scaling(j: &Json, obj: &Value, key: &str) -> Result<Option<RopeScaling>>
         v: obj,
         path: j.path,
     };
-    let ty = o
-        .get("rope_type")
-        .or_else(|| o.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
+    let ty = match o.get("rope_type").or_else(|| o.get("type")) {
+        None => "default",
+        Some(v) => v.as_str().ok_or_else(|| {
+            Error::bad_config(
+                j.path,
+                format!("{key}.rope_type"),
+                format!("expected a string, found {v}"),
+            )
+        })?,
+    };
     let f = |k: &str| {
         o.get(k).and_then(Value::as_f64).ok_or_else(|| {
             Error::bad_config(
@@ -85,7 +116,7 @@ fn rope_scaling(j: &Json, obj: &Value, key: &str) -> Result<Option<RopeScaling>>
             factors: o
                 .get("factors")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                .and_then(|a| a.iter().map(Value::as_f64).collect())
                 .ok_or_else(|| {
                     Error::bad_config(
                         j.path,
@@ -128,8 +159,13 @@ pub fn parse(text: &str, path: &Path) -> Result<ModelConfig> {
         None => 0,
     };
     let (rope_theta, rope_scaling) = rope(&j)?;
-    let intermediate_size = j.usize_or("intermediate_size", 0)?;
-    let num_hidden_layers = j.usize("num_hidden_layers")?;
+    // MoE models may leave the dense width out; a dense model cannot.
+    let intermediate_size = match spec.moe {
+        Some(_) => j.usize_or("intermediate_size", 0)?,
+        None => j.usize("intermediate_size")?,
+    };
+    let num_hidden_layers = layer_count(&j)?;
+    unsupported_features(&j)?;
     let moe = match spec.moe {
         Some(_) => Some(moe_config(&j, arch, intermediate_size, num_hidden_layers)?),
         None => None,
@@ -152,8 +188,8 @@ pub fn parse(text: &str, path: &Path) -> Result<ModelConfig> {
         tie_word_embeddings: j.bool_or("tie_word_embeddings", false)?,
         attention_bias: j.bool_or("attention_bias", spec.qkv_bias)?,
         moe,
-        bos_token_id: j.token_id("bos_token_id"),
-        eos_token_id: j.token_id("eos_token_id"),
+        bos_token_id: j.token_id("bos_token_id")?,
+        eos_token_id: j.token_id("eos_token_id")?,
         layer_shapes,
         sliding_window,
         sliding_layers_from,
@@ -161,6 +197,41 @@ pub fn parse(text: &str, path: &Path) -> Result<ModelConfig> {
     cfg.validate()
         .map_err(|what| Error::bad_config(path, "config", what))?;
     Ok(cfg)
+}
+
+/// `num_hidden_layers`, refused when absurd before any per-layer list is built from it.
+fn layer_count(j: &Json) -> Result<usize> {
+    let n = j.usize("num_hidden_layers")?;
+    if n > MAX_LAYERS {
+        return Err(Error::bad_config(
+            j.path,
+            "num_hidden_layers",
+            format!("{n} is more than {MAX_LAYERS}: not a real model"),
+        ));
+    }
+    Ok(n)
+}
+
+/// Refuses what the forward pass does not implement (every supported architecture uses SiLU
+/// and bias-free MLPs), rather than computing something else silently.
+fn unsupported_features(j: &Json) -> Result<()> {
+    if let Some(act) = j.get("hidden_act") {
+        if act.as_str() != Some("silu") {
+            return Err(Error::bad_config(
+                j.path,
+                "hidden_act",
+                format!("{act} is not supported (expected \"silu\")"),
+            ));
+        }
+    }
+    if j.bool_or("mlp_bias", false)? {
+        return Err(Error::bad_config(
+            j.path,
+            "mlp_bias",
+            "true is not supported (MLP projections without bias only)",
+        ));
+    }
+    Ok(())
 }
 
 /// The [`Arch`] of `model_type`.
@@ -183,7 +254,7 @@ fn arch_of(j: &Json) -> Result<Arch> {
 /// RoPE theta and scaling. transformers 5 keeps them in `rope_parameters`; 4.x in
 /// `rope_theta`/`rope_scaling`.
 fn rope(j: &Json) -> Result<(f64, Option<RopeScaling>)> {
-    Ok(match j.get("rope_parameters") {
+    Ok(match j.object("rope_parameters")? {
         Some(p) => {
             let pj = Json { v: p, path: j.path };
             (
@@ -193,7 +264,7 @@ fn rope(j: &Json) -> Result<(f64, Option<RopeScaling>)> {
         }
         None => (
             j.f64_or("rope_theta", 10000.0)?,
-            match j.get("rope_scaling") {
+            match j.object("rope_scaling")? {
                 Some(s) => rope_scaling(j, s, "rope_scaling")?,
                 None => None,
             },
@@ -214,17 +285,23 @@ fn moe_config(
         None => j.usize("num_experts")?,
     };
     let step = j.usize_or("decoder_sparse_step", 1)?.max(1);
-    let mut dense_layers: Vec<usize> = match j.get("mlp_only_layers") {
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(|x| x.as_u64())
-            .map(|x| x as usize)
-            .collect(),
-        _ => Vec::new(),
+    let listed = match j.get("mlp_only_layers") {
+        None => Some(Vec::new()),
+        Some(Value::Array(a)) => a.iter().map(|x| x.as_u64().map(|x| x as usize)).collect(),
+        Some(_) => None,
     };
+    let mut dense_layers = listed.ok_or_else(|| {
+        Error::bad_config(
+            j.path,
+            "mlp_only_layers",
+            "expected a list of layer indices",
+        )
+    })?;
     dense_layers.extend((0..num_hidden_layers).filter(|i| (i + 1) % step != 0));
     dense_layers.sort_unstable();
     dense_layers.dedup();
+    // Indices past the last layer mean nothing (and would slow every layer lookup).
+    dense_layers.retain(|&l| l < num_hidden_layers);
     let shared = j.usize_or("shared_expert_intermediate_size", 0)?;
     Ok(MoeConfig {
         num_experts,
@@ -272,6 +349,7 @@ fn sliding_window(j: &Json, arch: Arch) -> Result<(Option<usize>, usize)> {
 
 /// Reads and parses a `config.json` file.
 pub fn load(path: &Path) -> Result<ModelConfig> {
+    super::regular_file(path)?;
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     parse(&text, path)
 }

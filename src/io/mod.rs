@@ -61,6 +61,19 @@ pub fn open_source(spec: &str, cache: &Path) -> Result<ModelFiles> {
     open_model(&source::resolve(spec, cache)?)
 }
 
+/// Refuses what is not a regular file before it is opened: opening a FIFO blocks until a
+/// writer comes, and a device never ends.
+pub(crate) fn regular_file(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::bad_file(
+            path,
+            "not a regular file (a FIFO, device or socket): it cannot be read as a model file",
+        ));
+    }
+    Ok(())
+}
+
 /// Opens a Hugging Face model directory or a `.gguf` file.
 pub fn open_model(path: &Path) -> Result<ModelFiles> {
     if path.is_dir() {
@@ -68,11 +81,10 @@ pub fn open_model(path: &Path) -> Result<ModelFiles> {
         let weights = safetensors::SafetensorsWeights::open_dir(path)?;
         let tok_path = path.join("tokenizer.json");
         let tokenizer = if tok_path.exists() {
-            Some(Tokenizer::from_file(
-                &tok_path,
-                config.bos_token_id,
-                config.eos_token_id,
-            )?)
+            regular_file(&tok_path)?;
+            let t = Tokenizer::from_file(&tok_path, config.bos_token_id, config.eos_token_id)?;
+            t.check_fits(config.vocab_size, "config.json")?;
+            Some(t)
         } else {
             None
         };
@@ -84,14 +96,7 @@ pub fn open_model(path: &Path) -> Result<ModelFiles> {
             path: path.to_path_buf(),
         });
     }
-    // Opening a FIFO blocks until a writer comes, and a device never ends: refuse both first.
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    if !meta.is_file() {
-        return Err(Error::bad_file(
-            path,
-            "not a regular file (a FIFO, device or socket): a model is a directory or a file",
-        ));
-    }
+    regular_file(path)?;
     let mut head = [0u8; 4];
     {
         use std::io::Read;
@@ -104,6 +109,7 @@ pub fn open_model(path: &Path) -> Result<ModelFiles> {
     if &head == b"GGUF" || gguf_name {
         let m = gguf_model::GgufModel::open(path)?;
         let tokenizer = Tokenizer::from_gguf(&m.file)?;
+        tokenizer.check_fits(m.config.vocab_size, "the GGUF metadata")?;
         return Ok(ModelFiles {
             config: m.config.clone(),
             weights: Box::new(m),

@@ -29,19 +29,11 @@ pub struct SafetensorsWeights {
 }
 
 fn open_shard(path: &Path) -> Result<Shard> {
+    super::regular_file(path)?;
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     // SAFETY: read-only map; every access is bounds-checked against the header below.
     let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    let (n, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| match e {
-        SafeTensorError::MetadataIncompleteBuffer => Error::bad_file(
-            path,
-            format!(
-                "truncated or padded: the header's tensors do not cover the {} bytes of the file (incomplete download?)",
-                mmap.len()
-            ),
-        ),
-        e => Error::bad_file(path, format!("not a valid safetensors file: {e}")),
-    })?;
+    let (n, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| header_error(path, &mmap, e))?;
     let data_start = 8 + n;
     let need = data_start + meta.data_len();
     if need > mmap.len() {
@@ -59,6 +51,32 @@ fn open_shard(path: &Path) -> Result<Shard> {
         data_start,
         meta,
     })
+}
+
+/// What is wrong with the header of `file`, in words (a cut file says "truncated").
+fn header_error(path: &Path, file: &[u8], e: SafeTensorError) -> Error {
+    let len = file.len();
+    let claimed = file
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap()));
+    Error::bad_file(
+        path,
+        match (e, claimed) {
+            (SafeTensorError::HeaderTooSmall, _) | (_, None) => format!(
+                "truncated: {len} bytes, not even the 8-byte header length (incomplete download?)"
+            ),
+            (SafeTensorError::InvalidHeaderLength, Some(n)) => format!(
+                "truncated or corrupt: the header length says {n} bytes, the file has {len} (incomplete download?)"
+            ),
+            (SafeTensorError::HeaderTooLarge, Some(n)) => format!(
+                "corrupt: the header length says {n} bytes, more than the format allows"
+            ),
+            (SafeTensorError::MetadataIncompleteBuffer, _) => format!(
+                "truncated or padded: the header's tensors do not cover the {len} bytes of the file (incomplete download?)"
+            ),
+            (e, _) => format!("not a valid safetensors file: {e}"),
+        },
+    )
 }
 
 impl SafetensorsWeights {
@@ -86,6 +104,7 @@ impl SafetensorsWeights {
                 "no model.safetensors or model.safetensors.index.json in this directory",
             ));
         }
+        super::regular_file(&index_path)?;
         let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
         let json: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::bad_file(&index_path, format!("invalid JSON: {e}")))?;

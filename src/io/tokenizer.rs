@@ -25,16 +25,20 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// Loads a `tokenizer.json`; whether it adds BOS is found by encoding a probe text.
     pub fn from_file(path: &Path, bos_id: Option<u32>, eos_id: Option<u32>) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer {
-            origin: path.display().to_string(),
-            what: e.to_string(),
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        // Some of the library's deserializers panic on a syntax error: check the syntax first.
+        serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|e| Error::Tokenizer {
+            origin: origin.clone(),
+            what: format!("invalid JSON: {e}"),
         })?;
+        let inner = guarded(&origin, "", || tokenizers::Tokenizer::from_str(&text))?;
         let mut t = Self {
             inner,
             bos_id,
             eos_id,
             add_bos: false,
-            origin: path.display().to_string(),
+            origin,
         };
         // The post-processor decides; probe it rather than guess.
         t.add_bos = match bos_id {
@@ -46,21 +50,47 @@ impl Tokenizer {
 
     /// Token ids of `text`; `add_special` lets the post-processor add its special tokens.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, add_special)
-            .map_err(|e| Error::Tokenizer {
-                origin: self.origin.clone(),
-                what: format!("encode failed: {e}"),
-            })?;
+        let enc = guarded(&self.origin, "encode failed: ", || {
+            self.inner.encode(text, add_special)
+        })?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// The text of `ids`, special tokens skipped.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, true).map_err(|e| Error::Tokenizer {
+        guarded(&self.origin, "decode failed: ", || {
+            self.inner.decode(ids, true)
+        })
+    }
+
+    /// Checks that this tokenizer fits a model of `vocab_size` token ids (`source` says where
+    /// that size comes from): no id, BOS and EOS included, past the embedding, and not a small
+    /// fraction of it either, which is another model's tokenizer (its text would come out as
+    /// a few unknown tokens, and the error would blame the text).
+    pub fn check_fits(&self, vocab_size: usize, source: &str) -> Result<()> {
+        let ids = self
+            .inner
+            .get_vocab(true)
+            .values()
+            .chain(self.bos_id.iter())
+            .chain(self.eos_id.iter())
+            .max()
+            .map_or(0, |&m| m as usize + 1);
+        let what = if ids > vocab_size {
+            format!(
+                "token ids go up to {}, past the model's vocab_size {vocab_size} ({source}): the model has no embedding for them",
+                ids - 1
+            )
+        } else if ids < vocab_size / 2 {
+            format!(
+                "only {ids} token ids for a model with vocab_size {vocab_size} ({source}): the tokenizer of another model?"
+            )
+        } else {
+            return Ok(());
+        };
+        Err(Error::Tokenizer {
             origin: self.origin.clone(),
-            what: format!("decode failed: {e}"),
+            what,
         })
     }
 
@@ -78,8 +108,9 @@ impl Tokenizer {
         };
         let v = GgufVocab::read(f).map_err(err)?;
         let (add_bos, spec) = v.spec(f).map_err(err)?;
-        let inner = tokenizers::Tokenizer::from_str(&spec.to_string())
-            .map_err(|e| err(format!("could not build the tokenizer: {e}")))?;
+        let inner = guarded(&origin, "could not build the tokenizer: ", || {
+            tokenizers::Tokenizer::from_str(&spec.to_string())
+        })?;
         Ok(Self {
             inner,
             bos_id: v.bos_id,
@@ -87,6 +118,27 @@ impl Tokenizer {
             add_bos,
             origin,
         })
+    }
+}
+
+/// A call into the `tokenizers` library, its error (after `what`) or its panic as an
+/// [`Error::Tokenizer`] of `origin`: some of its code `expect`s what a malformed file breaks,
+/// and a bad file is the user's to fix, not a crash.
+fn guarded<T>(origin: &str, what: &str, f: impl FnOnce() -> tokenizers::Result<T>) -> Result<T> {
+    let err = |why: String| Error::Tokenizer {
+        origin: origin.to_string(),
+        what: format!("{what}{why}"),
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(|e| err(e.to_string())),
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| p.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            Err(err(format!("the tokenizers library failed on it: {msg}")))
+        }
     }
 }
 

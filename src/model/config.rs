@@ -348,6 +348,12 @@ impl ModelConfig {
                 return Err(format!("{k} must be positive"));
             }
         }
+        if self.num_hidden_layers > MAX_LAYERS {
+            return Err(format!(
+                "num_hidden_layers {} is more than {MAX_LAYERS}: not a real model",
+                self.num_hidden_layers
+            ));
+        }
         if !self.head_dim.is_multiple_of(2) {
             return Err(format!("head_dim {} must be even for RoPE", self.head_dim));
         }
@@ -392,6 +398,51 @@ impl ModelConfig {
                 ));
             }
         }
+        if self.params_upper_bound() > MAX_PARAMS {
+            return Err(format!(
+                "the sizes (hidden_size {}, vocab_size {}, head_dim {}, ...) make more than 2^50 parameters: not a real model",
+                self.hidden_size, self.vocab_size, self.head_dim
+            ));
+        }
         Ok(())
     }
+
+    /// More than the model's parameter count, computed without overflow: what keeps the
+    /// `usize` arithmetic of the accounting and the loader from overflowing on absurd sizes.
+    fn params_upper_bound(&self) -> u128 {
+        let prod = |xs: &[usize]| xs.iter().fold(1u128, |p, &x| p.saturating_mul(x as u128));
+        let sum = |xs: &[u128]| xs.iter().fold(0u128, |s, &x| s.saturating_add(x));
+        let (h, hd) = (self.hidden_size, self.head_dim);
+        let experts = self.moe.as_ref().map_or(0, |m| m.num_experts);
+        let mut total = prod(&[2, self.vocab_size, h]);
+        for i in 0..self.num_hidden_layers {
+            let l = self.layer(i);
+            // q, k, v, o with biases; FFN widths; norms, routers and q/k norms.
+            let heads = sum(&[
+                prod(&[l.num_attention_heads]),
+                prod(&[l.num_key_value_heads]),
+            ]);
+            let widths = sum(&[
+                prod(&[l.intermediate_size]),
+                prod(&[l.shared_expert_intermediate_size]),
+                prod(&[experts, l.moe_intermediate_size]),
+            ]);
+            total = sum(&[
+                total,
+                prod(&[4, hd])
+                    .saturating_mul(heads)
+                    .saturating_mul(prod(&[h]) + 1),
+                prod(&[3, h]).saturating_mul(widths),
+                prod(&[4, h]).saturating_mul(prod(&[experts]) + prod(&[hd]) + 1),
+            ]);
+        }
+        total
+    }
 }
+
+/// More decoder layers than any real model has; a config beyond it is garbage, and refusing
+/// it bounds the per-layer loops that run before the weights are read.
+pub const MAX_LAYERS: usize = 1 << 14;
+
+/// More parameters than any real model has (2^50, about 10^15).
+const MAX_PARAMS: u128 = 1 << 50;

@@ -112,7 +112,7 @@ pub fn load_model<B: Backend>(
             lm_head: l.linear("lm_head", v, h, false)?,
         }
     };
-    let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+    let mut layers = Vec::new();
     for i in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{i}");
         let shape = cfg.layer(i);
@@ -139,7 +139,8 @@ pub fn load_model<B: Backend>(
         let ffn = match (&cfg.moe, spec.moe) {
             (Some(m), Some(names)) if cfg.is_moe_layer(i) => {
                 let b = format!("{p}.{}", names.block);
-                let mut experts = Vec::with_capacity(m.num_experts);
+                // Grown as the tensors are read: the config's count is not checked yet.
+                let mut experts = Vec::new();
                 for e in 0..m.num_experts {
                     experts.push(l.mlp(
                         &format!("{b}.experts.{e}"),

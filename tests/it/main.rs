@@ -11,6 +11,7 @@ mod errors;
 mod eval;
 mod exposure;
 mod formats;
+mod fuzz;
 mod golden;
 mod layers;
 mod model;
