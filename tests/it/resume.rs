@@ -19,36 +19,9 @@ use indicatif::ProgressBar;
 const STEPS: usize = 6;
 const FAMILIES: [&str; 2] = ["heads", "channels"];
 
-/// load -> gate-insert -> calibrate -> anneal-train (`train` appended to its table), then `tail`.
+/// The training prefix with this module's step count.
 fn recipe(train: &str, tail: &str) -> String {
-    format!(
-        r#"
-name = "resume"
-[stages.load]
-kind = "load"
-model = "{model}"
-[stages.gate-insert]
-kind = "gate-insert"
-after = ["load"]
-sparsity = 0.5
-[stages.calibrate]
-kind = "calibrate"
-after = ["load"]
-data = "{data}"
-seq_len = 32
-max_tokens = 1500
-[stages.anneal-train]
-kind = "anneal-train"
-after = ["gate-insert", "calibrate"]
-steps = {STEPS}
-warmup = 1
-mu_end = 0.5
-{train}
-{tail}
-"#,
-        model = fixtures().join("stories260k").display(),
-        data = fixtures().join("corpora/sotu/*.txt").display(),
-    )
+    recipes::training(STEPS, train, tail)
 }
 
 /// What a run told its observer: `note INSTANCE: MSG` and `warn MSG` lines.

@@ -9,6 +9,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use ddp::io::{self, ModelFiles};
 use ddp::model::{load, Gates, LayerGates, Logits, Model};
 
+pub mod kinds;
 pub mod recipes;
 pub mod tiny;
 

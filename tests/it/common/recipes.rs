@@ -51,6 +51,39 @@ multiple = 8
     )
 }
 
+/// stories260k through load -> gate-insert (0.5) -> calibrate -> anneal-train (`steps`, `train`
+/// appended to its table), then `tail` (more tables).
+pub fn training(steps: usize, train: &str, tail: &str) -> String {
+    format!(
+        r#"
+name = "training"
+[stages.load]
+kind = "load"
+model = "{model}"
+[stages.gate-insert]
+kind = "gate-insert"
+after = ["load"]
+sparsity = 0.5
+[stages.calibrate]
+kind = "calibrate"
+after = ["load"]
+data = "{data}"
+seq_len = 32
+max_tokens = 1500
+[stages.anneal-train]
+kind = "anneal-train"
+after = ["gate-insert", "calibrate"]
+steps = {steps}
+warmup = 1
+mu_end = 0.5
+{train}
+{tail}
+"#,
+        model = fixtures().join("stories260k").display(),
+        data = fixtures().join("corpora/sotu/*.txt").display(),
+    )
+}
+
 /// The tiny-MoE pipeline: DDP and wanda-sp, each thresholded and sliced.
 pub fn moe(model_dir: &Path) -> String {
     format!(
