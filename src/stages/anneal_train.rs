@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 
 use super::common::{forward_model_json, open_input, read_json, write_json};
+use super::train_log::{log_rows, read_log, LOG_HEADER};
 use crate::artifacts::{BLOCKS, CHECKPOINT, GATES, TEACHER_HEADER, TRAIN_LOG};
 use crate::backend::{run_autodiff_on, AutodiffTask, DeviceSpec};
 use crate::data::Blocks;
@@ -278,31 +279,8 @@ impl AutodiffTask for Task<'_> {
     }
 }
 
-/// The columns of train_log.csv.
-const LOG_HEADER: &str = "step,loss,ce,kl,mu,lr_z,family,expected_sparsity,lambda1,lambda2,lambda3,binarity,seconds,tokens";
-
 /// How far (in sparsity) a family may end from its target before anneal-train warns.
 const TARGET_SLACK: f64 = 0.05;
-
-/// One step's rows of train_log.csv, one per family. An f64 printed with `{}` reads back to the
-/// same value, so the log keeps the step's exact figures ([`TrainLog::last_step`]).
-fn log_rows(l: &train::StepLog) -> String {
-    let mut rows = String::new();
-    for (name, q, l1, l2, l3, bin) in &l.families {
-        rows += &format!(
-            "{},{},{},{},{},{},{name},{q},{l1},{l2},{l3},{bin},{:.4},{}\n",
-            l.step,
-            l.loss,
-            l.ce,
-            l.kl,
-            l.mu,
-            l.lr_z,
-            l.time.total(),
-            l.tokens
-        );
-    }
-    rows
-}
 
 /// The state to train from, with train_log.csv made to match it: the checkpoint and the log's
 /// rows up to its step; or the input gates and a log of just the header (no checkpoint: a kill
@@ -333,95 +311,6 @@ fn start(ctx: &StageContext, gates_in: &Input, steps: usize) -> Result<GateState
     std::fs::write(&log_path, format!("{LOG_HEADER}\n"))
         .with_context(|| format!("writing {}", log_path.display()))?;
     read_json(&gates_in.dir.join(GATES))
-}
-
-/// One complete row of train_log.csv.
-struct LogRow {
-    /// The row as written, newline included.
-    text: String,
-    /// Its step's figures, with this row's family only.
-    log: train::StepLog,
-    /// Wall seconds of its step.
-    seconds: f64,
-}
-
-/// The complete rows of a train_log.csv (a row torn by a kill is left out).
-struct TrainLog(Vec<LogRow>);
-
-/// Reads train_log.csv's complete rows (none when it does not exist).
-fn read_log(path: &std::path::Path) -> Result<TrainLog> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    let rows = text
-        .split_inclusive('\n')
-        .skip(1)
-        .filter(|l| l.ends_with('\n'))
-        .filter_map(parse_row)
-        .collect();
-    Ok(TrainLog(rows))
-}
-
-/// A row of train_log.csv ([`log_rows`]), or None when it is not one.
-fn parse_row(line: &str) -> Option<LogRow> {
-    let f: Vec<&str> = line.trim_end().split(',').collect();
-    if f.len() != LOG_HEADER.split(',').count() {
-        return None;
-    }
-    let num = |i: usize| f[i].parse::<f64>().ok();
-    let fam = (
-        f[6].to_string(),
-        num(7)?,
-        num(8)?,
-        num(9)?,
-        num(10)?,
-        num(11)?,
-    );
-    let log = train::StepLog {
-        step: f[0].parse().ok()?,
-        loss: num(1)?,
-        ce: num(2)?,
-        kl: num(3)?,
-        mu: num(4)?,
-        lr_z: num(5)?,
-        families: vec![fam],
-        tokens: f[13].parse().ok()?,
-        time: Default::default(),
-    };
-    Some(LogRow {
-        text: line.to_string(),
-        log,
-        seconds: num(12)?,
-    })
-}
-
-impl TrainLog {
-    /// The log of steps `1..=step` (header included), `families` rows each; None when the
-    /// rows do not cover exactly those steps.
-    fn up_to(&self, step: usize, families: usize) -> Option<String> {
-        let rows: Vec<&LogRow> = self.0.iter().filter(|r| r.log.step <= step).collect();
-        let expected = (1..=step).flat_map(|s| std::iter::repeat_n(s, families));
-        if !rows.iter().map(|r| r.log.step).eq(expected) {
-            return None;
-        }
-        Some(format!("{LOG_HEADER}\n") + &rows.iter().map(|r| r.text.as_str()).collect::<String>())
-    }
-
-    /// The last step's figures, every family's, and the throughput over the whole log.
-    fn last_step(&self) -> Option<(train::StepLog, f64)> {
-        let last = self.0.last()?.log.step;
-        let mut rows = self.0.iter().filter(|r| r.log.step == last);
-        let mut log = rows.next()?.log.clone();
-        log.families
-            .extend(rows.flat_map(|r| r.log.families.clone()));
-        // A step has a row per family: sum one family's rows.
-        let first = &self.0[0].log.families[0].0;
-        let steps = self.0.iter().filter(|r| &r.log.families[0].0 == first);
-        let (seconds, tokens) = steps.fold((0.0, 0), |(s, t), r| (s + r.seconds, t + r.log.tokens));
-        Some((log, tokens as f64 / f64::max(seconds, 1e-9)))
-    }
 }
 
 /// A warning when family `name` ends at expected sparsity `q` far from its `target`: a

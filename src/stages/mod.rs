@@ -11,6 +11,7 @@ pub mod oneshot;
 pub mod report;
 pub mod slice;
 pub mod threshold;
+mod train_log;
 
 use std::sync::Arc;
 
