@@ -24,7 +24,8 @@ pub fn resolve(spec: &str, cache: &Path) -> Result<String> {
     }
 }
 
-/// The files a text source names, in a stable order.
+/// The files a text source names, in a stable order. Symbolic links are followed; a matching
+/// entry that is not a regular file (a FIFO, a device) is refused rather than read or skipped.
 pub fn source_files(spec: &str) -> Result<Vec<PathBuf>> {
     let bad = |what: String| Error::Source {
         spec: spec.into(),
@@ -37,38 +38,114 @@ pub fn source_files(spec: &str) -> Result<Vec<PathBuf>> {
         ),
         None => (PathBuf::from(spec), None),
     };
-    if ext.is_none() && dir.is_file() {
-        return Ok(vec![dir]);
+    if ext.is_none() {
+        match std::fs::metadata(&dir) {
+            Ok(m) if m.is_file() => return Ok(vec![dir]),
+            Ok(m) if !m.is_dir() => return Err(not_regular(&dir, &m)),
+            _ => {}
+        }
     }
     if !dir.is_dir() {
         return Err(bad("no such file or directory (expected a text file, a directory, DIR/*.EXT or a .jsonl file)".into()));
     }
     let want = ext.unwrap_or_else(|| "txt".into());
-    let files: Vec<PathBuf> = WalkDir::new(&dir)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().is_file())
-        .map(|e| e.into_path())
-        .filter(|p| p.extension().is_some_and(|x| x.to_string_lossy() == want))
-        .collect();
+    let wanted = |p: &Path| p.extension().is_some_and(|x| x.to_string_lossy() == want);
+    let mut files = vec![];
+    for e in WalkDir::new(&dir).follow_links(true).sort_by_file_name() {
+        let e = match e {
+            Ok(e) => e,
+            // A directory that cannot be listed would silently drop its texts; a broken link
+            // of another extension is none of the source's business.
+            Err(e) if e.path().is_some_and(|p| wanted(p) || p.is_dir()) => {
+                let path = e.path().unwrap_or(&dir).to_path_buf();
+                return Err(match e.into_io_error() {
+                    Some(io) => Error::io(path, io),
+                    None => Error::bad_file(path, "a symbolic link loop"),
+                });
+            }
+            Err(_) => continue,
+        };
+        if e.file_type().is_dir() || !wanted(e.path()) {
+            continue;
+        }
+        if !e.file_type().is_file() {
+            let m = e
+                .metadata()
+                .map_err(|x| Error::bad_file(e.path(), x.to_string()))?;
+            return Err(not_regular(e.path(), &m));
+        }
+        files.push(e.into_path());
+    }
     if files.is_empty() {
         return Err(bad(format!("no .{want} files under {}", dir.display())));
     }
     Ok(files)
 }
 
+/// What kind of file `meta` describes, for messages.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+        if t.is_char_device() || t.is_block_device() {
+            return "a device";
+        }
+    }
+    if meta.is_dir() {
+        "a directory"
+    } else {
+        "a special file"
+    }
+}
+
+/// The error for a text file that is a FIFO, device or socket: reading one blocks until a
+/// writer comes, or never ends.
+fn not_regular(path: &Path, meta: &std::fs::Metadata) -> Error {
+    Error::bad_file(
+        path,
+        format!(
+            "{}, not a regular file: a text source is read whole from regular files",
+            file_kind(meta)
+        ),
+    )
+}
+
+/// The text of one file of a source (or of a task file): a regular file, in UTF-8. A FIFO or
+/// device is refused before it is opened; invalid UTF-8 is reported with where it is.
+pub fn read_text(path: &Path) -> Result<String> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(not_regular(path, &meta));
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let b = e.as_bytes();
+        let line = b[..at].iter().filter(|&&c| c == b'\n').count() + 1;
+        Error::bad_file(
+            path,
+            format!(
+                "not UTF-8 text: invalid byte 0x{:02X} at offset {at} (line {line}); text sources must be UTF-8 (convert it, e.g. with iconv -f latin1 -t utf-8)",
+                b[at]
+            ),
+        )
+    })
+}
+
 /// The documents of a file: the whole text, or the `text` field of each JSONL line.
 pub fn documents(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = read_text(path)?;
     if path.extension().is_some_and(|x| x == "json") {
         let v: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::bad_file(path, format!("invalid JSON: {e}")))?;
-        let t = v
-            .get("text")
-            .and_then(|t| t.as_str())
-            .ok_or_else(|| Error::bad_file(path, "expected a string field `text`"))?;
-        return Ok(vec![t.to_string()]);
+        return Ok(vec![text_field(&v).map_err(|e| Error::bad_file(path, e))?]);
     }
     if path.extension().is_some_and(|x| x == "jsonl") {
         let mut docs = vec![];
@@ -77,19 +154,38 @@ pub fn documents(path: &Path) -> Result<Vec<String>> {
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
         {
-            let v: serde_json::Value = serde_json::from_str(line)
-                .map_err(|e| Error::bad_file(path, format!("line {}: invalid JSON: {e}", i + 1)))?;
-            let t = v.get("text").and_then(|t| t.as_str()).ok_or_else(|| {
-                Error::bad_file(
-                    path,
-                    format!("line {}: expected a string field `text`", i + 1),
-                )
-            })?;
-            docs.push(t.to_string());
+            let bad = |what: String| Error::bad_file(path, format!("line {}: {what}", i + 1));
+            let v: serde_json::Value =
+                serde_json::from_str(line).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+            docs.push(text_field(&v).map_err(bad)?);
         }
         Ok(docs)
     } else {
         Ok(vec![text])
+    }
+}
+
+/// The string field `text` of a JSON document, or what is wrong with it.
+fn text_field(v: &serde_json::Value) -> std::result::Result<String, String> {
+    use serde_json::Value;
+    let what = |v: &Value| match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    };
+    match v.get("text") {
+        Some(Value::String(t)) => Ok(t.clone()),
+        Some(t) => Err(format!("`text` is {}, expected a string", what(t))),
+        None if v.is_object() => {
+            Err("no field `text` (expected an object with a string field `text`)".into())
+        }
+        None => Err(format!(
+            "{}, expected an object with a string field `text`",
+            what(v)
+        )),
     }
 }
 
@@ -114,8 +210,11 @@ pub fn token_stream(
 ) -> Result<Vec<u32>> {
     let mut stream: Vec<u32> = vec![];
     let mut first = true;
-    'files: for f in source_files(spec)? {
-        for doc in documents(&f)? {
+    let (files, mut docs, mut chars, mut text) = (source_files(spec)?, 0, 0, false);
+    'files: for f in &files {
+        for doc in documents(f)? {
+            (docs, chars) = (docs + 1, chars + doc.len());
+            text |= !doc.trim().is_empty();
             if specials && tok.add_bos {
                 stream.extend(tok.bos_id);
             }
@@ -131,10 +230,27 @@ pub fn token_stream(
             if specials {
                 stream.extend(tok.eos_id);
             }
-            if stream.len() >= max_tokens {
+            if stream.len() >= max_tokens && text {
                 break 'files;
             }
         }
+    }
+    if !text {
+        // Only BOS/EOS (or whitespace tokens) would come out: say why, not "too few tokens".
+        let what = match (files.as_slice(), docs, chars) {
+            ([f], 0, _) => format!("{} has no documents (no JSONL lines)", f.display()),
+            ([f], _, 0) => format!("{} is empty", f.display()),
+            ([f], _, _) => format!("{} holds only whitespace", f.display()),
+            (fs, _, _) => format!(
+                "all {} files are empty or whitespace only (the first: {})",
+                fs.len(),
+                fs[0].display()
+            ),
+        };
+        return Err(Error::Source {
+            spec: spec.into(),
+            what: format!("no text: {what}"),
+        });
     }
     Ok(stream)
 }
@@ -209,7 +325,7 @@ pub fn blocks(
         return Err(Error::Source {
             spec: spec.into(),
             what: format!(
-                "only {} tokens: not one training block of {seq_len}",
+                "only {} tokens: not one training block of {seq_len} (seq_len); give more text or a smaller seq_len",
                 stream.len()
             ),
         });

@@ -210,7 +210,7 @@ pub fn parse_item(v: &Value) -> std::result::Result<(&'static str, Item), String
 
 /// Reads a task file (at most `limit` items; 0: all).
 pub fn read_task(path: &Path, limit: usize) -> Result<(String, Vec<Item>)> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::data::read_text(path)?;
     let mut layout = None;
     let mut items = vec![];
     for (i, line) in text

@@ -203,13 +203,25 @@ pub fn build_suite(spec: &SuiteSpec, tok: &Tokenizer, cache: &Path) -> Result<Su
         ..Suite::default()
     };
     if let Some(d) = spec.data.as_deref().filter(|d| !d.is_empty()) {
+        if spec.max_tokens < spec.seq_len {
+            return Err(Error::Invalid(format!(
+                "max_tokens {} is less than seq_len {}: perplexity needs at least one full window",
+                spec.max_tokens, spec.seq_len
+            )));
+        }
         let src = data::resolve(d, cache)?;
         let mut ids = data::token_stream(&src, tok, spec.max_tokens, false)?;
         ids.truncate(spec.max_tokens);
-        if ids.len() < 2 {
-            return Err(Error::Invalid(format!(
-                "evaluation text {d}: fewer than 2 tokens"
-            )));
+        // A shorter text would be scored with less context than seq_len promises.
+        if ids.len() < spec.seq_len {
+            return Err(Error::Source {
+                spec: d.into(),
+                what: format!(
+                    "only {} tokens: fewer than one perplexity window of {} (seq_len); give more text or a smaller seq_len",
+                    ids.len(),
+                    spec.seq_len
+                ),
+            });
         }
         let stride = if spec.stride == 0 {
             spec.seq_len

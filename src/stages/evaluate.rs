@@ -33,11 +33,11 @@ crate::stage_params! {
     pub struct EvaluateParams {
         /// evaluation text (same forms as calibrate's data; must not overlap it); empty: tasks only
         data: String = "" => ParamType::Str,
-        /// perplexity window in tokens
+        /// perplexity window in tokens (the text must have at least this many)
         seq_len: usize = 512 => int(2),
         /// 0: non-overlapping windows; else strided windows that score each token once with up to seq_len-1 tokens of context
         stride: usize = 0 => int(0),
-        /// perplexity over the first N tokens of the text
+        /// perplexity over the first N tokens of the text (at least seq_len)
         max_tokens: usize = 8192 => int(2),
         /// items of each built-in cloze task (LAMBADA-style and multiple choice) drawn from the text; 0: none
         cloze_items: usize = 100 => int(0),

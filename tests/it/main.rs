@@ -3,6 +3,7 @@
 
 mod common;
 
+mod bad_text;
 mod cache_trust;
 mod campaign;
 mod cli;
