@@ -14,6 +14,10 @@ use walkdir::WalkDir;
 
 use crate::error::{Error, Result};
 use crate::io::tokenizer::Tokenizer;
+use crate::io::{not_regular, regular_file};
+
+/// What a text source's files are read as, in messages.
+const TEXT: &str = "text (a source is read whole from regular files)";
 
 /// Resolves registry sources (`npm:PACKAGE@VERSION[:PATH]`) to local paths; others pass.
 pub fn resolve(spec: &str, cache: &Path) -> Result<String> {
@@ -41,7 +45,7 @@ pub fn source_files(spec: &str) -> Result<Vec<PathBuf>> {
     if ext.is_none() {
         match std::fs::metadata(&dir) {
             Ok(m) if m.is_file() => return Ok(vec![dir]),
-            Ok(m) if !m.is_dir() => return Err(not_regular(&dir, &m)),
+            Ok(m) if !m.is_dir() => return Err(not_regular(&dir, &m, TEXT)),
             _ => {}
         }
     }
@@ -72,7 +76,7 @@ pub fn source_files(spec: &str) -> Result<Vec<PathBuf>> {
             let m = e
                 .metadata()
                 .map_err(|x| Error::bad_file(e.path(), x.to_string()))?;
-            return Err(not_regular(e.path(), &m));
+            return Err(not_regular(e.path(), &m, TEXT));
         }
         files.push(e.into_path());
     }
@@ -82,48 +86,10 @@ pub fn source_files(spec: &str) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// What kind of file `meta` describes, for messages.
-fn file_kind(meta: &std::fs::Metadata) -> &'static str {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        let t = meta.file_type();
-        if t.is_fifo() {
-            return "a FIFO";
-        }
-        if t.is_socket() {
-            return "a socket";
-        }
-        if t.is_char_device() || t.is_block_device() {
-            return "a device";
-        }
-    }
-    if meta.is_dir() {
-        "a directory"
-    } else {
-        "a special file"
-    }
-}
-
-/// The error for a text file that is a FIFO, device or socket: reading one blocks until a
-/// writer comes, or never ends.
-fn not_regular(path: &Path, meta: &std::fs::Metadata) -> Error {
-    Error::bad_file(
-        path,
-        format!(
-            "{}, not a regular file: a text source is read whole from regular files",
-            file_kind(meta)
-        ),
-    )
-}
-
 /// The text of one file of a source (or of a task file): a regular file, in UTF-8. A FIFO or
 /// device is refused before it is opened; invalid UTF-8 is reported with where it is.
 pub fn read_text(path: &Path) -> Result<String> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    if !meta.is_file() {
-        return Err(not_regular(path, &meta));
-    }
+    regular_file(path, TEXT)?;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     String::from_utf8(bytes).map_err(|e| {
         let at = e.utf8_error().valid_up_to();

@@ -349,7 +349,7 @@ fn sliding_window(j: &Json, arch: Arch) -> Result<(Option<usize>, usize)> {
 
 /// Reads and parses a `config.json` file.
 pub fn load(path: &Path) -> Result<ModelConfig> {
-    super::regular_file(path)?;
+    super::regular_file(path, super::MODEL_FILE)?;
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     parse(&text, path)
 }

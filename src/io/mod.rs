@@ -61,17 +61,52 @@ pub fn open_source(spec: &str, cache: &Path) -> Result<ModelFiles> {
     open_model(&source::resolve(spec, cache)?)
 }
 
+/// What [`regular_file`] calls a model's files in messages.
+pub(crate) const MODEL_FILE: &str = "a model file";
+
 /// Refuses what is not a regular file before it is opened: opening a FIFO blocks until a
-/// writer comes, and a device never ends.
-pub(crate) fn regular_file(path: &Path) -> Result<()> {
+/// writer comes, and a device never ends. `what` says what the file was to be read as.
+pub(crate) fn regular_file(path: &Path, what: &str) -> Result<()> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    if !meta.is_file() {
-        return Err(Error::bad_file(
-            path,
-            "not a regular file (a FIFO, device or socket): it cannot be read as a model file",
-        ));
+    if meta.is_file() {
+        return Ok(());
     }
-    Ok(())
+    Err(not_regular(path, &meta, what))
+}
+
+/// The error for a path that is a FIFO, device, socket or directory where a regular file was
+/// to be read as `what`.
+pub(crate) fn not_regular(path: &Path, meta: &std::fs::Metadata, what: &str) -> Error {
+    Error::bad_file(
+        path,
+        format!(
+            "{}, not a regular file: it cannot be read as {what}",
+            file_kind(meta)
+        ),
+    )
+}
+
+/// What kind of file `meta` describes, for messages.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+        if t.is_char_device() || t.is_block_device() {
+            return "a device";
+        }
+    }
+    if meta.is_dir() {
+        "a directory"
+    } else {
+        "a special file"
+    }
 }
 
 /// Opens a Hugging Face model directory or a `.gguf` file.
@@ -81,7 +116,7 @@ pub fn open_model(path: &Path) -> Result<ModelFiles> {
         let weights = safetensors::SafetensorsWeights::open_dir(path)?;
         let tok_path = path.join("tokenizer.json");
         let tokenizer = if tok_path.exists() {
-            regular_file(&tok_path)?;
+            regular_file(&tok_path, MODEL_FILE)?;
             let t = Tokenizer::from_file(&tok_path, config.bos_token_id, config.eos_token_id)?;
             t.check_fits(config.vocab_size, "config.json")?;
             Some(t)
@@ -96,7 +131,7 @@ pub fn open_model(path: &Path) -> Result<ModelFiles> {
             path: path.to_path_buf(),
         });
     }
-    regular_file(path)?;
+    regular_file(path, MODEL_FILE)?;
     let mut head = [0u8; 4];
     {
         use std::io::Read;

@@ -29,7 +29,7 @@ pub struct SafetensorsWeights {
 }
 
 fn open_shard(path: &Path) -> Result<Shard> {
-    super::regular_file(path)?;
+    super::regular_file(path, super::MODEL_FILE)?;
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     // SAFETY: read-only map; every access is bounds-checked against the header below.
     let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
@@ -104,7 +104,7 @@ impl SafetensorsWeights {
                 "no model.safetensors or model.safetensors.index.json in this directory",
             ));
         }
-        super::regular_file(&index_path)?;
+        super::regular_file(&index_path, super::MODEL_FILE)?;
         let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
         let json: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::bad_file(&index_path, format!("invalid JSON: {e}")))?;
