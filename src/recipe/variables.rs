@@ -104,25 +104,9 @@ fn references(s: &str) -> Vec<(String, Option<String>)> {
 fn closest<'a>(name: &str, candidates: &[&'a str]) -> Option<&'a str> {
     let (best, d) = candidates
         .iter()
-        .map(|c| (*c, edit_distance(name, c)))
+        .map(|c| (*c, strsim::levenshtein(name, c)))
         .min_by_key(|(_, d)| *d)?;
     (d <= 2.max(name.chars().count() / 3)).then_some(best)
-}
-
-/// Levenshtein distance in characters.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }
 
 /// Defines `${recipe.name}` (e.g. for a report's title).
