@@ -26,6 +26,7 @@ impl Tokenizer {
     /// Loads a `tokenizer.json`; whether it adds BOS is found by encoding a probe text.
     pub fn from_file(path: &Path, bos_id: Option<u32>, eos_id: Option<u32>) -> Result<Self> {
         let origin = path.display().to_string();
+        super::regular_file(path, super::MODEL_FILE)?;
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         // Some of the library's deserializers panic on a syntax error: check the syntax first.
         serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|e| Error::Tokenizer {
