@@ -1,7 +1,7 @@
 //! Budget maths: which gate families a model gets, how many units each gates per layer, and
 //! the fraction of its units each must remove for a sparsity budget.
 
-use super::mask::FamilyKind;
+use super::mask::{head_group, FamilyKind};
 use super::train::HeadGates;
 use crate::model::accounting::{self, ParamCounts};
 use crate::model::config::ModelConfig;
@@ -26,10 +26,11 @@ pub struct GateFamily {
     pub params: usize,
 }
 
-/// The gate families of `cfg`: attention (one gate per KV group or per query head, none with
-/// [`HeadGates::None`]), dense-FFN and shared-expert channels (`channels`), routed-expert
-/// channels (`experts`), in that order. A family with no units in this model (experts of a
-/// dense model, channels of a MoE model without shared experts) is left out.
+/// The gate families of `cfg`: attention (one gate per KV group, covering all of attention, or
+/// per query head, covering q and o; none with [`HeadGates::None`]), dense-FFN and
+/// shared-expert channels (`channels`), routed-expert channels (`experts`), in that order. A
+/// family with no units in this model (experts of a dense model, channels of a MoE model
+/// without shared experts) is left out.
 pub fn families(
     cfg: &ModelConfig,
     heads: HeadGates,
@@ -41,16 +42,23 @@ pub fn families(
         .map(|i| accounting::units(cfg, i))
         .collect();
     let mut fams = vec![];
+    // Per-head gates remove q rows and o columns; k and v go only with a whole KV group,
+    // which the per-head uniform rule never removes, so they count as not covered.
+    let per_q = accounting::head_params(cfg).0;
     let per_head = match heads {
-        HeadGates::PerGroup => Some(layers.iter().map(|u| u.kv_heads).collect()),
-        HeadGates::PerHead => Some(layers.iter().map(|u| u.heads).collect()),
+        HeadGates::PerGroup => Some((layers.iter().map(|u| u.kv_heads).collect(), p.attention)),
+        HeadGates::PerHead => {
+            let units: Vec<usize> = layers.iter().map(|u| u.heads).collect();
+            let params = units.iter().sum::<usize>() * per_q;
+            Some((units, params))
+        }
         HeadGates::None => None,
     };
-    if let Some(units) = per_head {
+    if let Some((units, params)) = per_head {
         fams.push(GateFamily {
             kind: FamilyKind::Heads,
             units,
-            params: p.attention,
+            params,
         });
     }
     if channels {
@@ -84,6 +92,62 @@ pub fn target(sparsity: f64, basis: Basis, counts: &ParamCounts, fams: &[GateFam
         }
         Basis::Units => sparsity,
     }
+}
+
+/// Each family of `fams` (in order) with its target unit fraction for a budget of `sparsity`
+/// of `basis` in model `cfg`: [`target`] for every family, except heads gated per query head,
+/// floored to whole heads per KV group ([`whole_heads`]: what the uniform rule keeps, and the
+/// only per-head removal slicing turns into smaller shapes). Of parameters, what the floor
+/// leaves goes to the other families, so the budget still adds up:
+/// `(sparsity * prunable - heads * heads_params) / others_params`, at most 0.95. Of units,
+/// the other families keep `sparsity`.
+pub fn targets(
+    sparsity: f64,
+    basis: Basis,
+    cfg: &ModelConfig,
+    fams: &[GateFamily],
+    heads: HeadGates,
+) -> Vec<f64> {
+    let counts = accounting::count(cfg);
+    let t = target(sparsity, basis, &counts, fams);
+    let mut out = vec![t; fams.len()];
+    let h = fams.iter().position(|f| f.kind == FamilyKind::Heads);
+    let Some(h) = h.filter(|_| heads == HeadGates::PerHead) else {
+        return out;
+    };
+    let whole = whole_heads(cfg, t);
+    out[h] = whole;
+    let others: usize = fams.iter().map(|f| f.params).sum::<usize>() - fams[h].params;
+    if basis == Basis::Params && whole < t && others > 0 {
+        let left = sparsity * counts.prunable() as f64 - whole * fams[h].params as f64;
+        for (i, o) in out.iter_mut().enumerate() {
+            if i != h {
+                *o = (left / others as f64).min(0.95);
+            }
+        }
+    }
+    out
+}
+
+/// The query-head fraction of `cfg` removed when every KV group of more than one head loses
+/// `floor(target * heads per group)` heads (a layer whose groups are single heads, MHA:
+/// `floor(target * heads)` of its heads): `target` floored to whole heads where the uniform
+/// rule counts them (`mask::uniform_groups`).
+pub fn whole_heads(cfg: &ModelConfig, target: f64) -> f64 {
+    let (mut removed, mut total) = (0usize, 0usize);
+    for i in 0..cfg.num_hidden_layers {
+        let u = accounting::units(cfg, i);
+        let g = match head_group(&u) {
+            0 => u.heads,
+            g => g,
+        };
+        if g > 0 {
+            // A hair above the product, so that 0.5 * 2 is 1 however it rounds.
+            removed += (target * g as f64 + 1e-9).floor() as usize * (u.heads / g);
+        }
+        total += u.heads;
+    }
+    removed as f64 / total.max(1) as f64
 }
 
 #[cfg(test)]

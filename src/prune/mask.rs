@@ -1,6 +1,6 @@
 //! Final masks: from trained gate parameters `z` to the units that survive and the values they
-//! keep (the paper's rule `ReLU(z) > 0`, an exact top-k budget, or uniform per-layer counts
-//! that give a standard config).
+//! keep (the paper's rule `ReLU(z) > 0`, an exact top-k budget, or uniform counts that give a
+//! standard config: per layer, per KV group for per-head gates, per expert).
 
 use serde::{Deserialize, Serialize};
 
@@ -17,8 +17,9 @@ pub enum Rule {
     Relu,
     /// Remove exactly `round(target * units)` units, the smallest first ([`topk`]).
     Topk,
-    /// Keep the same count in every layer (every expert, for routed-expert channels):
-    /// [`uniform_keep`] of each ([`uniform`]).
+    /// Keep the same count in every layer, in every KV group for heads gated one per query head
+    /// (every expert, for routed-expert channels): [`uniform_keep`] of each ([`uniform`],
+    /// [`uniform_groups`]).
     Uniform {
         /// Channel counts are rounded up to a multiple of this (1: no rounding).
         multiple: usize,
@@ -140,7 +141,7 @@ pub fn from_gates(
     for f in &state.families {
         let kind = f.name;
         let values = deployed_values(state.method, &f.z);
-        let mut kept = threshold(kind, &values, f.target, rule, units);
+        let mut kept = threshold(kind, &values, f.target, rule, units, state.heads);
         if state.scored_by.is_some() {
             kept = binarize(kept);
         }
@@ -157,14 +158,16 @@ pub fn from_gates(
 }
 
 /// One family's kept values per layer from its deployed gate values `values` (ReLU(z), or
-/// deterministic hard-concrete gates) under `rule`, with target sparsity `target`; `units`
-/// gives the expert width that [`Rule::Uniform`] groups routed-expert channels by.
+/// deterministic hard-concrete gates) under `rule`, with target sparsity `target`; `units` and
+/// `heads` (the attention gates' granularity) give the groups [`Rule::Uniform`] keeps the same
+/// count of ([`uniform_groups`]).
 pub fn threshold(
     kind: FamilyKind,
     values: &[Vec<f32>],
     target: f64,
     rule: Rule,
     units: &[LayerUnits],
+    heads: HeadGates,
 ) -> Vec<Vec<f32>> {
     match rule {
         Rule::Relu => relu(values),
@@ -173,22 +176,44 @@ pub fn threshold(
             topk(values, (target * total as f64).round() as usize)
         }
         Rule::Uniform { multiple } => {
-            // Heads and channels: the same count in every layer; expert channels: the same
-            // count in every expert.
-            let groups: Vec<usize> = units
-                .iter()
-                .map(|u| match kind {
-                    FamilyKind::Experts => u.expert_width,
-                    FamilyKind::Heads | FamilyKind::Channels => 0,
-                })
-                .collect();
+            let groups = uniform_groups(kind, heads, units);
             uniform(values, &groups, |n| uniform_keep(kind, target, multiple, n))
         }
     }
 }
 
+/// The group size, per layer, within which [`Rule::Uniform`] keeps the same count of family
+/// `kind`'s units (0: the whole layer). Expert channels: one expert's channels. Heads gated
+/// one per query head: one KV group's query heads, so that every group keeps the same number
+/// and the sliced config stays standard (`num_attention_heads = num_key_value_heads x kept per
+/// group`, KV heads unchanged: whole groups never go, since each keeps at least one head);
+/// where a KV group is a single head (MHA) the layer, whose KV groups then go with their heads.
+/// Heads gated per KV group and channels: the layer.
+pub fn uniform_groups(kind: FamilyKind, heads: HeadGates, units: &[LayerUnits]) -> Vec<usize> {
+    units
+        .iter()
+        .map(|u| match kind {
+            FamilyKind::Experts => u.expert_width,
+            FamilyKind::Heads if heads == HeadGates::PerHead => head_group(u),
+            FamilyKind::Heads | FamilyKind::Channels => 0,
+        })
+        .collect()
+}
+
+/// Query heads per KV group of a layer with units `u` when groups have more than one head,
+/// else 0 (the whole layer): the group a per-head uniform budget applies to.
+pub fn head_group(u: &LayerUnits) -> usize {
+    if u.kv_heads > 0 && u.kv_heads < u.heads {
+        u.heads / u.kv_heads
+    } else {
+        0
+    }
+}
+
 /// Units [`Rule::Uniform`] keeps of a group of `n`: `round((1 - target) * n)`, rounded up to a
-/// multiple of `multiple` for channel families (not heads), then clamped to `1..=n`.
+/// multiple of `multiple` for channel families (not heads), then clamped to `1..=n`. A heads
+/// target of whole heads per group (what gate-insert sets for per-head gates,
+/// `budget::whole_heads`) is met exactly.
 pub fn uniform_keep(kind: FamilyKind, target: f64, multiple: usize, n: usize) -> usize {
     let mut keep = ((1.0 - target) * n as f64).round() as usize;
     if kind != FamilyKind::Heads && multiple > 1 {
@@ -343,13 +368,34 @@ mod tests {
         let v = vec![vec![0.1, 0.9, 0.5, 0.3, 0.8, 0.2, 0.7, 0.6]];
         let rule = Rule::Uniform { multiple: 1 };
         // Two per expert.
-        let e = threshold(FamilyKind::Experts, &v, 0.5, rule, &[MOE]);
+        let e = threshold(
+            FamilyKind::Experts,
+            &v,
+            0.5,
+            rule,
+            &[MOE],
+            HeadGates::PerGroup,
+        );
         assert_eq!(e, vec![vec![0.0, 0.9, 0.5, 0.0, 0.8, 0.0, 0.7, 0.0]]);
         // Four over the layer.
-        let c = threshold(FamilyKind::Channels, &v, 0.5, rule, &[MOE]);
+        let c = threshold(
+            FamilyKind::Channels,
+            &v,
+            0.5,
+            rule,
+            &[MOE],
+            HeadGates::PerGroup,
+        );
         assert_eq!(c, vec![vec![0.0, 0.9, 0.0, 0.0, 0.8, 0.0, 0.7, 0.6]]);
         // Top-k removes round(0.25 * 8) = 2 units over all layers, the smallest.
-        let t = threshold(FamilyKind::Channels, &v, 0.25, Rule::Topk, &[MOE]);
+        let t = threshold(
+            FamilyKind::Channels,
+            &v,
+            0.25,
+            Rule::Topk,
+            &[MOE],
+            HeadGates::PerGroup,
+        );
         assert_eq!(t, vec![vec![0.0, 0.9, 0.5, 0.3, 0.8, 0.0, 0.7, 0.6]]);
     }
 

@@ -1,6 +1,7 @@
 //! `gate-insert`: decides the gate families (heads per KV group or per head, FFN channels,
 //! routed-expert channels), their sparsity targets (as a fraction of units, or of prunable
-//! parameters) and the initial gate parameters `z ~ N(1, 0.01)`.
+//! parameters; per-head targets floored to whole heads per KV group) and the initial gate
+//! parameters `z ~ N(1, 0.01)`.
 
 use anyhow::{bail, Result};
 
@@ -86,7 +87,7 @@ crate::stage_params! {
         sparsity: f64 = 0.5 => float(0.0, 0.95),
         /// params: the fraction of prunable parameters (what users mean by 50 %); units: the same fraction of every family's units (the paper)
         budget: Budget = "params" => choice::<Budget>(),
-        /// attention gates: per KV group (whole groups go: loadable by standard runtimes), per query head, or none
+        /// attention gates: per KV group (whole groups go), per query head (target floored to whole heads per KV group; with threshold rule = "uniform" every group keeps the same number: still a standard config), or none
         heads: Heads = "per-group" => choice::<Heads>(),
         /// gate FFN intermediate channels (and the shared expert's in MoE layers)
         channels: bool = true => ParamType::Bool,
@@ -104,7 +105,8 @@ impl StageKind for GateInsert {
         KIND
     }
     fn version(&self) -> u32 {
-        1
+        // 2: per-head targets floored to whole heads per KV group.
+        2
     }
     fn about(&self) -> &'static str {
         "Choose the gate families and their sparsity targets, and initialise the gates z ~ N(1, 0.01)."
@@ -133,7 +135,8 @@ impl StageKind for GateInsert {
         if fams.is_empty() {
             bail!("gate-insert: nothing to prune (no heads, channels or expert channels are gated in this model)");
         }
-        let target = budget::target(
+        let targets = budget::targets(params.sparsity, params.budget.into(), c, &fams, heads);
+        let plain = budget::target(
             params.sparsity,
             params.budget.into(),
             &accounting::count(c),
@@ -141,8 +144,22 @@ impl StageKind for GateInsert {
         );
         let rows: Vec<(FamilyKind, f64, Vec<usize>)> = fams
             .iter()
-            .map(|f| (f.kind, target, f.units.clone()))
+            .zip(&targets)
+            .map(|(f, &t)| (f.kind, t, f.units.clone()))
             .collect();
+        if let Some((_, t, _)) = rows
+            .iter()
+            .find(|r| r.0 == FamilyKind::Heads && r.1 < plain)
+        {
+            ctx.note(&format!(
+                "per-head target {plain:.3} floored to {t:.3}: whole query heads per KV group, what the uniform rule keeps{}",
+                if rows.len() > 1 && params.budget == Budget::Params {
+                    "; the other families take the parameters left"
+                } else {
+                    ""
+                }
+            ));
+        }
         let units: usize = fams.iter().map(|f| f.units.iter().sum::<usize>()).sum();
         let state = GateState::init(&rows, heads, params.scope.into(), params.seed);
         write_json(&ctx.out_dir.join(GATES), &state)?;

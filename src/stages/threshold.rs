@@ -23,7 +23,8 @@ crate::choice_enum! {
         Relu = "relu",
         /// Remove exactly the budget, smallest first.
         Topk = "topk",
-        /// The same count in every layer (a standard config).
+        /// The same count in every layer, and in every KV group for per-head gates (a standard
+        /// config).
         Uniform = "uniform",
     }
 }
@@ -31,7 +32,7 @@ crate::choice_enum! {
 crate::stage_params! {
     /// The `threshold` stage's parameters.
     pub struct ThresholdParams {
-        /// relu: keep ReLU(z) > 0; topk: remove exactly the budget, smallest first; uniform: same count per layer
+        /// relu: keep ReLU(z) > 0; topk: remove exactly the budget, smallest first; uniform: same count per layer (per-head gates: the same number of query heads in every KV group)
         rule: Rule = "relu" => choice::<Rule>(),
         /// uniform rule: channels kept per layer rounded to a multiple of this (e.g. 64)
         multiple: usize = 1 => int_in(1, 1 << 16),
@@ -43,10 +44,11 @@ impl StageKind for Threshold {
         KIND
     }
     fn version(&self) -> u32 {
-        1
+        // 2: uniform keeps per-head gates per KV group.
+        2
     }
     fn about(&self) -> &'static str {
-        "Turn trained gates into the final mask: relu (the paper: keep z > 0), topk (exactly the budget) or uniform (the same count in every layer, channels rounded to a multiple: a standard config)."
+        "Turn trained gates into the final mask: relu (the paper: keep z > 0), topk (exactly the budget) or uniform (the same count in every layer, per-head gates the same number of query heads in every KV group, channels rounded to a multiple: a standard config)."
     }
     fn params(&self) -> Vec<ParamSpec> {
         ThresholdParams::specs()

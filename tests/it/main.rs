@@ -14,6 +14,7 @@ mod exposure;
 mod formats;
 mod fuzz;
 mod golden;
+mod heads;
 mod layers;
 mod model;
 mod pipeline;
