@@ -6,6 +6,12 @@
 //! 1..len-1, so `scored = tokens - windows`. Strided windows (`stride < window`): windows start
 //! every `stride` tokens and each scores only the tokens no earlier window scored, each with up
 //! to `window - 1` tokens of context (the Hugging Face sliding-window convention).
+//!
+//! The standard error treats the windows, not the tokens, as the independent units: the tokens
+//! of one window share its context (and the text's topic), so their NLLs are correlated and a
+//! per-token standard error would understate the uncertainty. The mean NLL is a ratio of sums
+//! over windows (total NLL / scored tokens), so its standard error is the ratio estimator's
+//! ([`mean_stderr`]); the perplexity's follows by the delta method, `ppl * SE(mean NLL)`.
 
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +35,29 @@ pub struct Perplexity {
     pub mean_nll: f64,
     /// `exp(mean_nll)`.
     pub perplexity: f64,
+    /// Standard error of `mean_nll` over the windows as independent units ([`mean_stderr`]);
+    /// `None` with fewer than two windows.
+    #[serde(default)]
+    pub mean_nll_stderr: Option<f64>,
+    /// Standard error of `perplexity` by the delta method: `perplexity * mean_nll_stderr`.
+    #[serde(default)]
+    pub perplexity_stderr: Option<f64>,
+}
+
+/// The standard error of the ratio `sum(y) / sum(n)` over independent units, each with a total
+/// `y` (its NLL) over `n` items (its scored tokens): the ratio (cluster-sampling) estimator,
+/// `sqrt(k / (k - 1) * sum((y - r n)^2)) / sum(n)` for `k` units and `r = sum(y) / sum(n)`.
+/// With equal `n` it is the standard error of the mean of the units' means. `None` with fewer
+/// than two units or no items.
+pub fn mean_stderr(units: &[(f64, usize)]) -> Option<f64> {
+    let k = units.len();
+    let n: usize = units.iter().map(|u| u.1).sum();
+    if k < 2 || n == 0 {
+        return None;
+    }
+    let r = units.iter().map(|u| u.0).sum::<f64>() / n as f64;
+    let ss: f64 = units.iter().map(|&(y, m)| (y - r * m as f64).powi(2)).sum();
+    Some((k as f64 / (k - 1) as f64 * ss).sqrt() / n as f64)
 }
 
 /// The windows over `n` tokens: (start, end, first scored position within the window).
@@ -76,17 +105,18 @@ pub fn perplexity<B: Backend>(
         })
         .collect();
     let scored = scorer.score(&reqs, on_batch);
-    let mut nll = 0.0;
-    let mut count = 0;
-    for s in &scored {
-        nll -= s.total();
-        count += s.logprobs.len();
-    }
+    let units: Vec<(f64, usize)> = scored
+        .iter()
+        .map(|s| (-s.total(), s.logprobs.len()))
+        .collect();
+    let nll: f64 = units.iter().map(|u| u.0).sum();
+    let count: usize = units.iter().map(|u| u.1).sum();
     let mean = if count == 0 {
         f64::NAN
     } else {
         nll / count as f64
     };
+    let se = mean_stderr(&units);
     Perplexity {
         tokens: ids.len(),
         window,
@@ -95,12 +125,30 @@ pub fn perplexity<B: Backend>(
         scored_tokens: count,
         mean_nll: mean,
         perplexity: mean.exp(),
+        mean_nll_stderr: se,
+        perplexity_stderr: se.map(|e| mean.exp() * e),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::windows;
+    use super::{mean_stderr, windows};
+
+    #[test]
+    fn stderr_of_the_mean_nll_is_over_windows() {
+        // Equal windows: the standard error of the mean of the per-window means. Means 1, 2, 3,
+        // 6 (sd sqrt(14/3), n 4) -> sqrt(14/3) / 2.
+        let units = [(4.0, 4), (8.0, 4), (12.0, 4), (24.0, 4)];
+        let se = mean_stderr(&units).unwrap();
+        assert!((se - (14.0f64 / 3.0).sqrt() / 2.0).abs() < 1e-12, "{se}");
+        // Unequal windows (3, 1), (9, 4), (0, 1), by hand: r = 12 / 6 = 2; residuals y - 2n:
+        // 1, 1, -2; ss = 6; sqrt(3/2 * 6) / 6 = 0.5.
+        let se = mean_stderr(&[(3.0, 1), (9.0, 4), (0.0, 1)]).unwrap();
+        assert!((se - 0.5).abs() < 1e-12, "{se}");
+        // One window has no spread to measure; identical windows have none.
+        assert_eq!(mean_stderr(&[(5.0, 3)]), None);
+        assert_eq!(mean_stderr(&[(6.0, 3), (6.0, 3)]), Some(0.0));
+    }
 
     #[test]
     fn non_overlapping_windows_score_all_but_each_first_token() {

@@ -112,6 +112,10 @@ impl Results {
             m.insert("perplexity".into(), p.perplexity);
             m.insert("mean_nll".into(), p.mean_nll);
             m.insert("scored_tokens".into(), p.scored_tokens as f64);
+            if let (Some(se), Some(pse)) = (p.mean_nll_stderr, p.perplexity_stderr) {
+                m.insert("mean_nll_stderr".into(), se);
+                m.insert("perplexity_stderr".into(), pse);
+            }
         }
         if let Some(c) = &self.lambada {
             m.insert("lambada_acc".into(), c.acc.value);

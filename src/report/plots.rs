@@ -1,6 +1,7 @@
 //! The report's figures as PNG (plotters, bitmap backend, bundled DejaVu font so no system
 //! fonts are needed): quality vs sparsity with the Pareto front, speed-up vs sparsity against
-//! the ideal, training curves, and per-layer maps of the kept heads and channels.
+//! the ideal, quality vs training tokens, training curves, and per-layer maps of the kept heads
+//! and channels.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -78,7 +79,7 @@ fn axes<'a, 'b>(
     xdesc: &str,
     ydesc: &str,
     label_size: u32,
-    log_y: bool,
+    (log_x, log_y): (bool, bool),
 ) -> Result<Xy<'a, 'b>> {
     let mut b = ChartBuilder::on(area);
     if !caption.is_empty() {
@@ -99,12 +100,26 @@ fn axes<'a, 'b>(
             format!("{x:.3}")
         }
     };
+    // Token counts on a log axis: 16k, 1.2M.
+    let unlog_count = |v: &f64| {
+        let x = 10f64.powf(*v);
+        if x >= 1e6 {
+            format!("{:.2}M", x / 1e6)
+        } else if x >= 1e3 {
+            format!("{:.1}k", x / 1e3)
+        } else {
+            format!("{x:.0}")
+        }
+    };
     let mut mesh = c.configure_mesh();
     mesh.x_desc(xdesc)
         .y_desc(ydesc)
         .label_style(("sans-serif", label_size));
     if log_y {
         mesh.y_label_formatter(&unlog);
+    }
+    if log_x {
+        mesh.x_label_formatter(&unlog_count);
     }
     mesh.draw().map_err(|e| err(path, e))?;
     Ok(c)
@@ -226,7 +241,17 @@ pub fn quality_vs_sparsity(
     );
     let caption = format!("Quality vs sparsity ({ylabel}, lower is better)");
     let xdesc = "parameters removed (% of the dense model)";
-    let mut c = axes(&root, path, &caption, x, y, xdesc, &ydesc, 15, log_y)?;
+    let mut c = axes(
+        &root,
+        path,
+        &caption,
+        x,
+        y,
+        xdesc,
+        &ydesc,
+        15,
+        (false, log_y),
+    )?;
     if let (Some(d), Some(dy)) = (dense, dense_y) {
         line(
             &mut c,
@@ -265,6 +290,119 @@ pub fn quality_vs_sparsity(
     root.present().map_err(|e| err(path, e))
 }
 
+/// A line with error bars: its name and (x, y, ±standard error) points, in x order.
+pub type ErrSeries = (String, Vec<(f64, f64, Option<f64>)>);
+
+/// Perplexity against tokens trained (log x when they span 10x): one marked line per trained method and target,
+/// with ±1 standard error bars; methods that do not train (`flat`: name, value) as dashed
+/// horizontal lines, dense as a solid grey one. Log y when the values span more than 20x.
+pub fn quality_vs_tokens(
+    path: &Path,
+    trained: &[ErrSeries],
+    flat: &[(String, f64)],
+    dense: Option<f64>,
+    ylabel: &str,
+) -> Result<()> {
+    font();
+    let root = BitMapBackend::new(path, (W, H)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(path, e))?;
+    let pts = || trained.iter().flat_map(|s| s.1.iter());
+    let ys: Vec<f64> = pts()
+        .flat_map(|&(_, y, se)| [y - se.unwrap_or(0.0), y + se.unwrap_or(0.0)])
+        .chain(flat.iter().map(|f| f.1))
+        .chain(dense)
+        .filter(|y| *y > 0.0)
+        .collect();
+    let (lo, hi) = ys
+        .iter()
+        .fold((f64::INFINITY, 0f64), |(a, b), &y| (a.min(y), b.max(y)));
+    let log_y = lo > 0.0 && hi / lo > 20.0;
+    let t = |v: f64| if log_y { v.log10() } else { v };
+    // Budgets spanning 10x or more (a study's geometric ones), or a single one, on a log axis.
+    let (xlo, xhi) = pts()
+        .filter(|p| p.0 > 0.0)
+        .fold((f64::INFINITY, 0f64), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let log_x = xhi / xlo >= 10.0 || xhi == xlo;
+    let tx = |v: f64| if log_x { v.log10() } else { v };
+    let x = range(pts().filter(|p| p.0 > 0.0).map(|p| tx(p.0)), 0.08, None);
+    let y = range(
+        ys.iter().map(|&v| t(v)),
+        0.1,
+        if log_y { None } else { Some(0.0) },
+    );
+    let ydesc = if log_y {
+        format!("{ylabel} (log scale)")
+    } else {
+        ylabel.to_string()
+    };
+    let caption = format!("Quality vs training tokens ({ylabel}, lower is better)");
+    let xdesc = if log_x {
+        "tokens trained (log scale)"
+    } else {
+        "tokens trained"
+    };
+    let mut c = axes(
+        &root,
+        path,
+        &caption,
+        x,
+        y,
+        xdesc,
+        &ydesc,
+        15,
+        (log_x, log_y),
+    )?;
+    if let Some(d) = dense {
+        let name = format!("dense ({d:.2})");
+        let grey = RGBColor(120, 120, 120);
+        line(
+            &mut c,
+            path,
+            &name,
+            &[(x.0, t(d)), (x.1, t(d))],
+            grey,
+            1,
+            Stroke::Solid,
+        )?;
+    }
+    for (i, (name, pts)) in trained.iter().enumerate() {
+        let col = colour(i);
+        let xy: Vec<(f64, f64)> = pts.iter().map(|&(a, b, _)| (tx(a), t(b))).collect();
+        line(&mut c, path, name, &xy, col, 2, Stroke::Marked)?;
+        // ±1 SE: a vertical bar with caps (the lower end kept on the axis).
+        let cap = (x.1 - x.0) * 0.006;
+        let bars = pts.iter().filter_map(|&(a, b, se)| {
+            let se = se?;
+            let (xa, top) = (tx(a), t(b + se));
+            let low = if b - se > 0.0 { t(b - se) } else { y.0 };
+            let v = [
+                (xa - cap, low),
+                (xa + cap, low),
+                (xa, low),
+                (xa, top),
+                (xa - cap, top),
+                (xa + cap, top),
+            ];
+            Some(PathElement::new(v.to_vec(), col.stroke_width(1)))
+        });
+        c.draw_series(bars).map_err(|e| err(path, e))?;
+    }
+    for (i, (name, v)) in flat.iter().enumerate() {
+        let col = colour(trained.len() + i);
+        line(
+            &mut c,
+            path,
+            name,
+            &[(x.0, t(*v)), (x.1, t(*v))],
+            col,
+            2,
+            Stroke::Dashed,
+        )?;
+    }
+    legend(&mut c, path, SeriesLabelPosition::UpperRight, 14)?;
+    root.present().map_err(|e| err(path, e))
+}
+
 /// Measured speed-up against sparsity: one panel per phase (e.g. decode, prefill), one line
 /// per method, and the ideal from FLOPs per token dashed (it depends only on the shapes).
 pub fn speedup_vs_sparsity(path: &Path, panels: &[Panel]) -> Result<()> {
@@ -299,7 +437,7 @@ pub fn speedup_vs_sparsity(path: &Path, panels: &[Panel]) -> Result<()> {
             "parameters removed (%)",
             "speed-up over dense (x)",
             14,
-            false,
+            (false, false),
         )?;
         line(
             &mut c,
@@ -371,7 +509,7 @@ pub fn training_curves(
             .flat_map(|s| s.1.iter().map(|p| p.1))
             .chain(hline);
         let y = range(ys, 0.1, None);
-        let mut c = axes(area, path, "", x, y, "step", ylabel, 14, false)?;
+        let mut c = axes(area, path, "", x, y, "step", ylabel, 14, (false, false))?;
         for (i, (name, pts)) in series.iter().enumerate() {
             line(&mut c, path, name, pts, colour(i), 2, Stroke::Solid)?;
         }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::plots::{self, Panel, Series};
+use super::plots::{self, ErrSeries, Panel, Series};
 use super::sweep::Row;
 use crate::artifacts::{MASK, REPORT_CSV, REPORT_JSON, REPORT_MD, TRAIN_LOG};
 use crate::error::{Error, Result};
@@ -140,6 +140,18 @@ fn sweep_plots(rows: &[Row], plots_dir: &Path) -> Result<Vec<String>> {
         )?;
         pngs.push("plots/quality_vs_sparsity.png".to_string());
     }
+    if let Some((trained, flat)) = token_series(rows) {
+        let p = plots_dir.join("perplexity_vs_tokens.png");
+        let dense = rows.iter().find(|r| r.is_dense());
+        plots::quality_vs_tokens(
+            &p,
+            &trained,
+            &flat,
+            dense.and_then(|d| d.eval.get("perplexity").copied()),
+            "perplexity",
+        )?;
+        pngs.push("plots/perplexity_vs_tokens.png".to_string());
+    }
     let panels = speedup_panels(rows, &methods);
     if !panels.is_empty() {
         let p = plots_dir.join("speedup_vs_sparsity.png");
@@ -147,6 +159,43 @@ fn sweep_plots(rows: &[Row], plots_dir: &Path) -> Result<Vec<String>> {
         pngs.push("plots/speedup_vs_sparsity.png".to_string());
     }
     Ok(pngs)
+}
+
+/// The lines of perplexity against tokens: the trained ones, and the flat (name, value) ones.
+type TokenSeries = (Vec<ErrSeries>, Vec<(String, f64)>);
+
+/// Perplexity against tokens trained: per trained method and target, its rows' (tokens,
+/// perplexity, SE) in token order; per pruned row that did not train, its label and perplexity.
+/// `None` when no trained row recorded both.
+fn token_series(rows: &[Row]) -> Option<TokenSeries> {
+    let ppl = |r: &Row| r.eval.get("perplexity").copied();
+    let mut lines: BTreeMap<(String, u64), ErrSeries> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.train_dir.is_some()) {
+        let (Some(x), Some(y)) = (r.tokens_trained.filter(|x| *x > 0.0), ppl(r)) else {
+            continue;
+        };
+        let t = r.target.unwrap_or(0.0);
+        let name = format!("{} @ {t}", r.method);
+        let se = r.eval.get("perplexity_stderr").copied();
+        lines
+            .entry((r.method.clone(), t.to_bits()))
+            .or_insert((name, vec![]))
+            .1
+            .push((x, y, se));
+    }
+    if lines.is_empty() {
+        return None;
+    }
+    let mut trained: Vec<ErrSeries> = lines.into_values().collect();
+    for s in &mut trained {
+        s.1.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    let flat = rows
+        .iter()
+        .filter(|r| !r.is_dense() && r.train_dir.is_none())
+        .filter_map(|r| Some((format!("{} (no training)", r.label), ppl(r)?)))
+        .collect();
+    Some((trained, flat))
 }
 
 /// Speed-up vs sparsity panels: batch 1, decode and the first prompt length (each measured
@@ -270,6 +319,8 @@ struct Table {
     cells: Vec<Vec<String>>,
     /// Whether some speed-up is flagged as uncertain (its repeats spread too widely).
     unsure: bool,
+    /// Whether some row recorded its tokens trained (the column is shown).
+    trained: bool,
 }
 
 impl Table {
@@ -293,21 +344,25 @@ impl Table {
             .iter()
             .find(|r| r.is_dense())
             .and_then(|d| d.eval.get("perplexity").copied());
+        let trained = rows.iter().any(|r| r.tokens_trained.is_some());
         let mut header = vec![
             "model".to_string(),
             "method".into(),
             "target".into(),
             "params".into(),
             "removed %".into(),
-            "perplexity".into(),
-            "Δ ppl".into(),
         ];
+        if trained {
+            header.push("tokens trained".into());
+        }
+        header.extend(["perplexity".into(), "Δ ppl".into()]);
         header.extend(acc_keys.iter().cloned());
         header.extend(speed_keys.iter().cloned());
         let mut table = Table {
             header,
             cells: vec![],
             unsure: false,
+            trained,
         };
         for r in rows {
             let row = table.row(r, dense_ppl, &acc_keys, &speed_keys);
@@ -331,14 +386,21 @@ impl Table {
             r.target.map_or("—".into(), |t| format!("{t}")),
             g("params_total").map_or("—".into(), |p| format!("{:.2}M", p / 1e6)),
             removed_pct(r).map_or("—".into(), |p| format!("{p:.1}")),
-            g("perplexity").map_or("—".into(), |p| format!("{p:.3}")),
-            match (g("perplexity"), dense_ppl) {
-                (Some(p), Some(d)) if !r.is_dense() => {
-                    format!("{:+.3} ({:+.1} %)", p - d, (p / d - 1.0) * 100.0)
-                }
-                _ => "—".into(),
-            },
         ];
+        if self.trained {
+            cells.push(r.tokens_trained.map_or("—".into(), |t| format!("{t:.0}")));
+        }
+        cells.push(match (g("perplexity"), g("perplexity_stderr")) {
+            (Some(p), Some(se)) => format!("{p:.3} ± {se:.3}"),
+            (Some(p), None) => format!("{p:.3}"),
+            _ => "—".into(),
+        });
+        cells.push(match (g("perplexity"), dense_ppl) {
+            (Some(p), Some(d)) if !r.is_dense() => {
+                format!("{:+.3} ({:+.1} %)", p - d, (p / d - 1.0) * 100.0)
+            }
+            _ => "—".into(),
+        });
         for k in acc_keys {
             cells.push(match (g(k), g(&format!("{k}_stderr"))) {
                 (Some(v), Some(se)) => format!("{v:.3} ± {se:.3}"),
@@ -395,7 +457,14 @@ fn markdown(
     per_row: &BTreeMap<String, Vec<String>>,
 ) -> String {
     let mut md = format!("# Report: {title}\n\n");
-    md += "One row per evaluated model (the dense model first). `removed %`: parameters removed, of the dense model's total. `Δ ppl`: against dense. Accuracies ± their standard error. `speedup.*`: measured throughput over dense in the same run (median of alternating runs); `ideal.*`: dense / pruned FLOPs per token.\n\n";
+    md += &format!(
+        "One row per evaluated model (the dense model first). `removed %`: parameters removed, of the dense model's total. {}Perplexity ± its standard error over the scored windows (the independent units; delta method), `Δ ppl`: against dense. Accuracies ± their standard error. `speedup.*`: measured throughput over dense in the same run (median of alternating runs); `ideal.*`: dense / pruned FLOPs per token.\n\n",
+        if table.trained {
+            "`tokens trained`: tokens of the training run's steps. "
+        } else {
+            ""
+        }
+    );
     md += &format!(
         "| {} |\n|{}|\n",
         table.header.join(" | "),

@@ -109,7 +109,8 @@ impl StageKind for Evaluate {
         KIND
     }
     fn version(&self) -> u32 {
-        1
+        // 2: metrics and eval.json gain the perplexity's standard error (over windows).
+        2
     }
     fn about(&self) -> &'static str {
         "Perplexity on a text, LAMBADA-style and multiple-choice cloze tasks drawn from it, and zero-shot multiple-choice task files (lm-eval JSONL layouts), with deltas against the dense model."

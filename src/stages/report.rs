@@ -26,10 +26,12 @@ impl StageKind for Report {
         KIND
     }
     fn version(&self) -> u32 {
-        1
+        // 2: labels name the swept values, tokens trained and perplexity ± SE in the table,
+        // plots/perplexity_vs_tokens.png.
+        2
     }
     fn about(&self) -> &'static str {
-        "Gather the run's evaluations and benchmarks (every sweep point) into report.md with plots (quality vs sparsity with the Pareto front, speed-up vs the ideal, training curves, kept units per layer), report.json and report.csv."
+        "Gather the run's evaluations and benchmarks (every sweep point) into report.md with plots (quality vs sparsity with the Pareto front, quality vs tokens trained, speed-up vs the ideal, training curves, kept units per layer), report.json and report.csv."
     }
     fn params(&self) -> Vec<ParamSpec> {
         ReportParams::specs()
@@ -50,6 +52,7 @@ impl StageKind for Report {
             method_param: "method",
             gates: (super::gate_insert::KIND, "sparsity"),
             mask: super::threshold::KIND,
+            tokens_trained: "tokens_trained",
         };
         let rows = sweep::rows(&ctx.inputs, ctx.cache_root, &sources);
         if rows.is_empty() {

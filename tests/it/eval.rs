@@ -63,11 +63,25 @@ fn stories260k_perplexity_matches_transformers_and_an_independent_computation() 
     let p = perplexity::perplexity(&Scorer::new(&m), ids, 256, 256, |_| {});
     assert_eq!((p.windows, p.scored_tokens), (16, 4080));
     // Independent: each window's log-probabilities from full logits.
-    let nll: f64 = ids
+    let per_window: Vec<f64> = ids
         .chunks(256)
         .map(|w| -logprobs(&m, w).iter().sum::<f64>())
-        .sum();
+        .collect();
+    let nll: f64 = per_window.iter().sum();
     let mine = (nll / 4080.0).exp();
+    // The standard error over the 16 windows (equal, 255 scored tokens each): that of the mean
+    // of the per-window mean NLLs, sd / sqrt(16); the perplexity's by the delta method.
+    let means: Vec<f64> = per_window.iter().map(|x| x / 255.0).collect();
+    let avg = means.iter().sum::<f64>() / 16.0;
+    let sd = (means.iter().map(|x| (x - avg).powi(2)).sum::<f64>() / 15.0).sqrt();
+    let se = p.mean_nll_stderr.unwrap();
+    assert!((se - sd / 4.0).abs() < 1e-5 * se, "{se} vs {}", sd / 4.0);
+    let pse = p.perplexity_stderr.unwrap();
+    assert!((pse - p.perplexity * se).abs() < 1e-9 * pse, "{pse}");
+    println!(
+        "stories260k mean NLL {:.4} ± {se:.4}, perplexity ± {pse:.4}",
+        p.mean_nll
+    );
     let want = g["perplexity"].as_f64().unwrap();
     println!(
         "stories260k perplexity: ddp {:.6}, independent {mine:.6}, transformers {want:.6}",
@@ -192,6 +206,11 @@ fn multiple_choice_scorer_on_a_hand_written_task() {
 }
 
 fn cli_perplexity(model: &str, seq: usize, tokens: usize) -> f64 {
+    cli_eval(model, seq, tokens)["perplexity"].as_f64().unwrap()
+}
+
+/// `ddp-run eval --json`'s perplexity object.
+fn cli_eval(model: &str, seq: usize, tokens: usize) -> serde_json::Value {
     let text = fixtures().join("corpora/moby-dick.txt");
     let (ok, out, err) = ddp_run(&[
         "eval",
@@ -207,7 +226,24 @@ fn cli_perplexity(model: &str, seq: usize, tokens: usize) -> f64 {
     ]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["perplexity"]["perplexity"].as_f64().unwrap()
+    v["perplexity"].clone()
+}
+
+#[test]
+fn eval_command_reports_the_perplexity_with_its_standard_error() {
+    let p = cli_eval(fixtures().join("stories260k").to_str().unwrap(), 256, 4096);
+    let (ppl, se) = (
+        p["perplexity"].as_f64().unwrap(),
+        p["perplexity_stderr"].as_f64(),
+    );
+    let nll_se = p["mean_nll_stderr"].as_f64();
+    // 16 windows: a standard error that is positive, small beside the perplexity, and the
+    // delta method's ppl * SE(mean NLL).
+    let (Some(se), Some(nll_se)) = (se, nll_se) else {
+        panic!("no standard error: {p}")
+    };
+    assert!(se > 0.0 && se < 0.2 * ppl, "{p}");
+    assert!((se - ppl * nll_se).abs() < 1e-9 * se, "{p}");
 }
 
 #[test]
