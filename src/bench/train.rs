@@ -121,6 +121,7 @@ fn config(p: &TrainProtocol, steps: usize) -> TrainConfig {
         mu0: 0.5,
         mu_end: 0.1,
         seed: 0,
+        adapt: Default::default(),
     }
 }
 

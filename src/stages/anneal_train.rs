@@ -16,7 +16,7 @@ use crate::engine::params::{choice, float, int, StageParams};
 use crate::engine::stage::{Input, InputSpec, Metrics, ParamSpec, StageContext, StageKind};
 use crate::io::ModelFiles;
 use crate::prune::teacher::TopK;
-use crate::prune::train::{self, GateState, Method, TrainConfig};
+use crate::prune::train::{self, Adapt, GateState, LambdaScale, Method, TrainConfig};
 
 /// The kind's name in recipes and cache paths.
 pub const KIND: &str = "anneal-train";
@@ -59,6 +59,26 @@ crate::choice_enum! {
     }
 }
 
+crate::choice_enum! {
+    /// How `anneal-train` scales the multipliers' rates with their family's size (see
+    /// [`LambdaScale`]).
+    pub enum MultiplierScale {
+        /// The same rates for every family (METHOD.md).
+        None = "none",
+        /// Each family's rates times sqrt(its units per layer / the smallest family's).
+        SqrtUnits = "sqrt-units",
+    }
+}
+
+impl From<MultiplierScale> for LambdaScale {
+    fn from(m: MultiplierScale) -> Self {
+        match m {
+            MultiplierScale::None => LambdaScale::None,
+            MultiplierScale::SqrtUnits => LambdaScale::SqrtUnits,
+        }
+    }
+}
+
 crate::stage_params! {
     /// The `anneal-train` stage's parameters.
     pub struct AnnealTrainParams {
@@ -76,10 +96,20 @@ crate::stage_params! {
         grad_accum: usize = 1 => int(1),
         /// learning rate of the gates z
         lr_z: f64 = 2e-2 => float(0.0, 10.0),
-        /// learning rate of lambda1 and lambda3 (ascent)
-        lr_lambda: f64 = 2e-2 => float(0.0, 10.0),
-        /// learning rate of lambda2 (ascent)
-        lr_lambda2: f64 = 0.4 => float(0.0, 10.0),
+        /// learning rate of lambda1 and lambda3 (ascent), for a run of lr_steps_ref steps
+        lr_lambda: f64 = 2e-2 => float(0.0, 100.0),
+        /// learning rate of lambda2 (ascent), for a run of lr_steps_ref steps
+        lr_lambda2: f64 = 0.4 => float(0.0, 1000.0),
+        /// the run length the multiplier rates are tuned for (the paper's 1000): a run of fewer steps multiplies lr_lambda and lr_lambda2 by lr_steps_ref / steps, so the multipliers grow at the same pace per fraction of the run; 0: the rates per step as given (METHOD.md)
+        lr_steps_ref: usize = 1000 => int(0),
+        /// raise lr_z so that z can travel this far while mu >= 0.3 (the first quarter of the schedule, where the retention score has a slope at z ~ 1); the paper's run gives 4.0; 0: lr_z as given
+        z_travel: f64 = 1.5 => float(0.0, 100.0),
+        /// none: the same multiplier rates for every family (METHOD.md); sqrt-units: each family's times sqrt(its units per layer / the smallest family's), since a large family's penalty gradient per gate is smaller against its task gradient
+        lambda_scale: MultiplierScale = "sqrt-units" => choice::<MultiplierScale>(),
+        /// hold mu at mu0 until every family's expected sparsity is within this of its target, then anneal over the remaining steps (ddp only); 0: anneal from the first step (METHOD.md)
+        mu_hold_tol: f64 = 0.01 => float(0.0, 1.0),
+        /// the longest hold, as a fraction of the steps
+        mu_hold_max: f64 = 0.5 => float(0.0, 1.0),
         /// weight of KL(teacher || student)
         eta: f64 = 2.0 => float(0.0, 100.0),
         /// initial annealing temperature mu_0
@@ -99,7 +129,8 @@ impl StageKind for AnnealTrain {
     }
     fn version(&self) -> u32 {
         // 2: train_log.csv gains seconds and tokens per step, metrics tokens_per_s.
-        2
+        // 3: convergence metrics (relu sparsity, converged, the hold, the rates used).
+        3
     }
     fn about(&self) -> &'static str {
         "Train the gates mask-only (weights frozen) with the DDP annealed l0 surrogate, learned Lagrange multipliers and distillation from the dense model."
@@ -158,6 +189,13 @@ impl StageKind for AnnealTrain {
             mu0: p.mu0,
             mu_end: p.mu_end,
             seed: p.seed,
+            adapt: Adapt {
+                lr_steps_ref: p.lr_steps_ref,
+                z_travel: p.z_travel,
+                lambda_scale: p.lambda_scale.into(),
+                mu_hold_tol: p.mu_hold_tol,
+                mu_hold_max: p.mu_hold_max,
+            },
         };
         let device = self.device;
         let task = Task {
@@ -179,16 +217,18 @@ impl StageKind for AnnealTrain {
         write_json(&ctx.out_dir.join(GATES), &state)?;
         forward_model_json(gates_in, ctx.out_dir)?;
         let _ = std::fs::remove_file(ctx.out_dir.join(CHECKPOINT));
-        Ok(metrics(ctx, &p, &state, resumed_at, last))
+        Ok(metrics(ctx, &p, &cfg, &state, resumed_at, last))
     }
 }
 
-/// The stage's metrics: steps, where it resumed, and the last step's figures (`last`, with the
-/// throughput), each family's distance to its target among them; warns of a family that ended
-/// far from its target ([`off_target`]).
+/// The stage's metrics: steps, tokens trained, where it resumed, the rates used, and the last
+/// step's figures (`last`, with the throughput) with each family's convergence figures; warns of
+/// a family that ended far from its target ([`off_target`]) or short of converged
+/// ([`unconverged`]).
 fn metrics(
     ctx: &StageContext,
     p: &AnnealTrainParams,
+    cfg: &TrainConfig,
     state: &GateState,
     resumed_at: usize,
     last: Option<(train::StepLog, f64)>,
@@ -197,28 +237,78 @@ fn metrics(
         ("steps".into(), state.step as f64),
         ("resumed_at".into(), resumed_at as f64),
     ]);
+    let rates = cfg.rates(state);
+    m.insert("lr_z_used".into(), rates.lr_z);
+    for (f, r) in state.families.iter().zip(&rates.lambdas) {
+        m.insert(format!("lr_lambda_used_{}", f.name), r[0]);
+        m.insert(format!("lr_lambda2_used_{}", f.name), r[1]);
+    }
+    if let Some(h) = state.mu_hold_until {
+        m.insert("mu_hold_until".into(), h as f64);
+    }
     let Some((l, tokens_per_s)) = last else {
         return m;
     };
+    m.insert("tokens_trained".into(), (l.tokens * state.step) as f64);
     m.insert("tokens_per_s".into(), tokens_per_s);
     m.insert("loss".into(), l.loss);
     m.insert("ce".into(), l.ce);
     m.insert("kl".into(), l.kl);
-    for (name, q, l1, l2, l3, bin) in l.families {
+    let conv = train::convergence(state, &l);
+    for ((name, q, l1, l2, l3, bin), c) in l.families.into_iter().zip(&conv) {
         m.insert(format!("expected_sparsity_{name}"), q);
         m.insert(format!("lambda1_{name}"), l1);
         m.insert(format!("lambda2_{name}"), l2);
         m.insert(format!("lambda3_{name}"), l3);
         m.insert(format!("binarity_{name}"), bin);
-        let Some(f) = state.families.iter().find(|f| f.name.name() == name) else {
-            continue;
-        };
-        m.insert(format!("sparsity_gap_{name}"), q - f.target);
-        if let Some(w) = off_target(&name, q, f.target, p) {
-            ctx.warn(&w);
+        m.insert(format!("relu_sparsity_{name}"), c.relu);
+        m.insert(format!("sparsity_gap_{name}"), q - c.target);
+        match off_target(&name, q, c.target, p) {
+            Some(w) => ctx.warn(&w),
+            None if !c.converged() => ctx.warn(&unconverged(c, p, cfg, state)),
+            None => {}
         }
     }
+    let converged = conv.iter().all(|c| c.converged());
+    m.insert("converged".into(), if converged { 1.0 } else { 0.0 });
     m
+}
+
+/// Why family `c`, within [`TARGET_SLACK`] of its target, is not converged, and what to change.
+fn unconverged(
+    c: &train::FamilyConvergence,
+    p: &AnnealTrainParams,
+    cfg: &TrainConfig,
+    state: &GateState,
+) -> String {
+    let figures = format!(
+        "{} not converged: expected sparsity {:.3}, relu rule {:.3} (target {:.3}), mean s(1-s) {:.4}",
+        c.name, c.expected, c.relu, c.target, c.binarity
+    );
+    let tol = train::TOLERANCE;
+    let held_to_limit = state.mu_hold_until == Some(train::hold_limit(cfg));
+    let cause = if held_to_limit && (c.expected - c.target).abs() > tol {
+        format!(
+            "mu was held until the limit (step {} of {}) without every family reaching its target: let the multipliers grow faster (lr_lambda {}, lr_lambda2 {}, lambda_scale = \"sqrt-units\") or train longer",
+            train::hold_limit(cfg),
+            p.steps,
+            p.lr_lambda,
+            p.lr_lambda2
+        )
+    } else if c.binarity > tol {
+        format!(
+            "the scores did not harden: mu_end {} is too high, or too few steps annealed after the hold (mu_hold_max {})",
+            p.mu_end, p.mu_hold_max
+        )
+    } else if (c.expected - c.target).abs() > tol {
+        format!(
+            "train longer (steps {}) or raise lr_lambda / lr_lambda2",
+            p.steps
+        )
+    } else {
+        "gates stranded just above 0: the relu rule disagrees with the expected sparsity; use rule = \"topk\" or lower mu_end".to_string()
+    };
+    format!("{figures}: {cause}")
 }
 
 struct Task<'a> {

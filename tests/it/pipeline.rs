@@ -36,12 +36,10 @@ fn stories260k_pipeline_runs_end_to_end_and_the_result_loads() {
             m("anneal-train")
         );
     }
-    // topk removes exactly the budget.
-    assert!(
-        (m("threshold")["sparsity_channels"] - 0.4).abs() < 0.01,
-        "{:?}",
-        m("threshold")
-    );
+    // topk removes the budget, and the gates training closed beyond it (a gate at 0 keeps
+    // nothing): 30 steps end within 2 % of the target.
+    let achieved = m("threshold")["sparsity_channels"];
+    assert!((0.4..0.42).contains(&achieved), "{:?}", m("threshold"));
     // FLOPs per token of the sliced shapes: fewer than dense (the LM head is never pruned).
     let fk = m("threshold")["flops_kept"];
     assert!(fk < 1.0 && fk > 0.4, "flops kept {fk}");

@@ -328,9 +328,10 @@ fn a_collapsed_training_is_flagged_and_threshold_refuses_to_remove_everything() 
 
 #[test]
 fn a_training_short_of_its_target_is_told_so_not_called_a_collapse() {
-    // The default rates over a few steps barely move the gates: the gap is recorded and the
-    // warning says the target was not reached.
-    let env = Env::new(&recipe("", ""));
+    // The paper's per-step rates (the adaptations off) over a few steps barely move the gates:
+    // the gap is recorded and the warning says the target was not reached.
+    let paper = "lr_steps_ref = 0\nz_travel = 0.0\nmu_hold_tol = 0.0\nlambda_scale = \"none\"";
+    let env = Env::new(&recipe(paper, ""));
     let obs = Recorder::default();
     let train = env.train(&env.run(&[], &obs));
     for fam in FAMILIES {

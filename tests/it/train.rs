@@ -29,6 +29,7 @@ fn cfg(steps: usize) -> TrainConfig {
         mu0: 0.5,
         mu_end: 0.5,
         seed: 0,
+        adapt: Default::default(),
     }
 }
 
@@ -409,4 +410,110 @@ fn fast_paths_train_as_burns_ops_do() {
         );
     }
     println!("{report}");
+}
+
+/// stories260k at targets the relu rule can meet exactly (5 of 20 KV groups, 430 of 860
+/// channels), with the paper's rates and mu annealed to 0.1.
+fn paper_short_run(steps: usize, adapt: train::Adapt) -> TrainConfig {
+    TrainConfig {
+        warmup: steps / 10,
+        lr_lambda: 0.02,
+        mu_end: 0.1,
+        adapt,
+        ..cfg(steps)
+    }
+}
+
+fn convergence_setup() -> (ddp::io::ModelFiles, data::Blocks, GateState) {
+    let (files, blocks, _) = setup(None, 32);
+    let c = &files.config;
+    let fams = vec![
+        (FamilyKind::Heads, 0.25, vec![c.num_key_value_heads; 5]),
+        (FamilyKind::Channels, 0.5, vec![c.intermediate_size; 5]),
+    ];
+    let state = GateState::init(&fams, HeadGates::PerGroup, Scope::Global, 1);
+    (files, blocks, state)
+}
+
+/// The adaptations anneal-train turns on by default.
+fn adapted() -> train::Adapt {
+    train::Adapt {
+        lr_steps_ref: 1000,
+        z_travel: 1.5,
+        lambda_scale: train::LambdaScale::SqrtUnits,
+        mu_hold_tol: 0.01,
+        mu_hold_max: 0.5,
+    }
+}
+
+/// Measured: 30 and 300 steps end within 1 % of both targets (the paper's claim); 90 steps end
+/// with the channels 2 % over theirs (0.521), so the bound asserted is 2.5 %.
+#[test]
+fn short_runs_converge_with_the_adaptations_and_not_with_the_paper_rates() {
+    let (files, blocks, init) = convergence_setup();
+    for steps in [30, 90, 300] {
+        let figures = |adapt| {
+            let mut st = init.clone();
+            let logs = run(&files, &blocks, &paper_short_run(steps, adapt), &mut st);
+            (train::convergence(&st, logs.last().unwrap()), st)
+        };
+        let (paper, _) = figures(train::Adapt::default());
+        let (ours, st) = figures(adapted());
+        eprintln!(
+            "{steps} steps: paper {paper:?}\n  adapted {ours:?}, hold until {:?}",
+            st.mu_hold_until
+        );
+        // The paper's per-step rates are tuned for 1000 steps: here the channels (the larger
+        // family) end far short of their target.
+        assert!(
+            paper.iter().any(|c| c.target - c.relu > 0.1),
+            "{steps} steps, paper rates: {paper:?}"
+        );
+        for c in &ours {
+            let near = |x: f64| (x - c.target).abs() <= 0.025;
+            assert!(near(c.expected) && near(c.relu), "{steps} steps: {c:?}");
+            assert!(c.binarity <= train::TOLERANCE, "{steps} steps: {c:?}");
+        }
+        // The hold ended when the targets were reached, before its limit.
+        let h = st.mu_hold_until.expect("the hold ended");
+        assert!(
+            h < train::hold_limit(&paper_short_run(steps, adapted())),
+            "{h}"
+        );
+    }
+}
+
+#[test]
+fn a_run_resumed_during_or_after_the_mu_hold_ends_where_the_uninterrupted_one_does() {
+    let (files, blocks, init) = convergence_setup();
+    let model = model_of(&files);
+    let c = paper_short_run(30, adapted());
+    let mut straight = init.clone();
+    let mut holds = vec![];
+    train::train(&model, &blocks.train, &c, &mut straight, |l, st| {
+        holds.push((l.step, st.mu_hold_until));
+        Ok(())
+    })
+    .unwrap();
+    let h = straight.mu_hold_until.expect("the hold ended");
+    for kill_at in [h.saturating_sub(1).max(1), h + 2] {
+        let mut killed = init.clone();
+        let mut saved = None;
+        let _ = train::train(&model, &blocks.train, &c, &mut killed, |l, st| {
+            if l.step == kill_at {
+                saved = Some(serde_json::to_string(st).unwrap());
+                return Err(ddp::Error::Invalid("killed".into()));
+            }
+            Ok(())
+        });
+        let mut resumed: GateState = serde_json::from_str(&saved.unwrap()).unwrap();
+        assert_eq!(resumed.mu_hold_until.is_some(), kill_at >= h, "{holds:?}");
+        train::train(&model, &blocks.train, &c, &mut resumed, |_, _| Ok(())).unwrap();
+        assert_eq!(resumed.mu_hold_until, Some(h));
+        let d = distance(&resumed, &straight);
+        assert!(
+            d < 1e-4,
+            "killed at step {kill_at} (hold until {h}): distance {d}"
+        );
+    }
 }

@@ -11,12 +11,16 @@
 //! `method.rs` what differs between DDP and the hard-concrete baselines, `leaves.rs` the
 //! parameters as autodiff leaves, `loss.rs` the loss terms and `optim.rs` the optimiser.
 
+mod adapt;
+mod convergence;
 mod leaves;
 mod loss;
 mod method;
 mod optim;
 mod state;
 
+pub use adapt::{hold_limit, Adapt, LambdaScale, Rates};
+pub use convergence::{convergence, FamilyConvergence, TOLERANCE};
 pub use method::{deployed_values, Method};
 pub use state::{Family, GateState, HeadGates, Moments, Scope, StepLog, StepTime};
 
@@ -26,7 +30,6 @@ use burn::tensor::{backend::AutodiffBackend, Int, Tensor, TensorData};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::surrogate::mu_at;
 use super::teacher::TopK;
 use crate::error::{Error, Result};
 use crate::model::layers::Ffn;
@@ -63,6 +66,16 @@ pub struct TrainConfig {
     pub mu_end: f64,
     /// Seed of the block order and of the hard-concrete noise.
     pub seed: u64,
+    /// How the rates and the mu schedule adapt to the run ([`Adapt`]; the default is METHOD.md).
+    #[serde(default)]
+    pub adapt: Adapt,
+}
+
+impl TrainConfig {
+    /// The learning rates a run of this config uses on `state`'s families (after [`Adapt`]).
+    pub fn rates(&self, state: &GateState) -> Rates {
+        adapt::rates(self, &state.families)
+    }
 }
 
 /// Runs training from `state.step` to `cfg.steps`, calling `on_step` after every step (for
@@ -101,6 +114,7 @@ pub fn train_with_teacher<B: AutodiffBackend>(
     let mut order: Vec<usize> = (0..blocks.len()).collect();
     order.shuffle(&mut StdRng::seed_from_u64(cfg.seed ^ 0x5eed));
     let run = Run {
+        rates: cfg.rates(state),
         model,
         inner: model.inner(),
         dev: model.device.clone(),
@@ -182,6 +196,8 @@ struct Run<'a, B: AutodiffBackend> {
     blocks: &'a [Vec<u32>],
     teacher: Option<&'a TopK>,
     cfg: &'a TrainConfig,
+    /// The peak learning rates, after the config's adaptations.
+    rates: Rates,
     /// The order blocks are walked in.
     order: Vec<usize>,
     /// Tokens per block.
@@ -209,8 +225,8 @@ impl<B: AutodiffBackend> Run<'_, B> {
     fn step(&self, state: &mut GateState) -> Result<StepLog> {
         let cfg = self.cfg;
         let t = state.step;
-        let mu = mu_at(t, cfg.steps, cfg.mu0, cfg.mu_end);
-        let f_lr = optim::lr_factor(t, cfg.warmup, cfg.steps);
+        let mu = adapt::mu(cfg, state, t);
+        let f_lr = adapt::lr_at(cfg, state, t);
         let mut grads = Grads::zeros(&state.families);
         let (mut loss_sum, mut ce_sum, mut kl_sum) = (0.0, 0.0, 0.0);
         let mut fam_log = vec![];
@@ -225,8 +241,18 @@ impl<B: AutodiffBackend> Run<'_, B> {
         let t_update = Instant::now();
         let k = self.micro_batches() as f64;
         let step_no = t + 1;
-        optim::update(&mut state.families, &grads, k, cfg, f_lr, step_no);
+        optim::update(
+            &mut state.families,
+            &grads,
+            k,
+            cfg,
+            &self.rates,
+            f_lr,
+            step_no,
+        );
         state.step = step_no;
+        let q: Vec<f64> = fam_log.iter().map(|f| f.1).collect();
+        adapt::after_step(cfg, state, &q, step_no);
         time.update = t_update.elapsed().as_secs_f64();
         Ok(StepLog {
             step: step_no,
@@ -234,7 +260,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
             ce: ce_sum / k,
             kl: kl_sum / k,
             mu,
-            lr_z: cfg.lr_z * f_lr,
+            lr_z: self.rates.lr_z * f_lr,
             families: fam_log,
             tokens: cfg.batch * self.seq * self.micro_batches(),
             time,

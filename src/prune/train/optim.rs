@@ -1,6 +1,7 @@
 //! The optimiser: AdamW without weight decay on `z` (descent) and on the multipliers (ascent),
 //! with a cosine learning-rate schedule after a linear warm-up.
 
+use super::adapt::Rates;
 use super::{Family, TrainConfig};
 
 const BETA1: f64 = 0.9;
@@ -48,13 +49,14 @@ impl Grads {
 }
 
 /// Step `step_no` (from 1) of the optimiser: `z` descends the mean gradient over `micro`
-/// micro-batches (then constrained by the method), the multipliers ascend it; learning rates
-/// scaled by `f_lr`.
+/// micro-batches (then constrained by the method), the multipliers ascend it; peak learning
+/// rates `rates` scaled by `f_lr`.
 pub(crate) fn update(
     families: &mut [Family],
     grads: &Grads,
     micro: f64,
     cfg: &TrainConfig,
+    rates: &Rates,
     f_lr: f64,
     step_no: usize,
 ) {
@@ -67,18 +69,14 @@ pub(crate) fn update(
                     &mut p,
                     grads.z[fi][i][j] / micro,
                     (&mut mo.m[j], &mut mo.v[j]),
-                    cfg.lr_z * f_lr,
+                    rates.lr_z * f_lr,
                     step_no,
                 );
                 *zj = cfg.method.constrain(p);
             }
         }
         for (j, g) in grads.lambdas[fi].iter().enumerate() {
-            let lr = if j == 1 {
-                cfg.lr_lambda2
-            } else {
-                cfg.lr_lambda
-            };
+            let lr = rates.lambdas[fi][j];
             // Gradient ascent on the multipliers.
             let (m, v) = (&mut f.lambda_moments.m[j], &mut f.lambda_moments.v[j]);
             adam(&mut f.lambdas[j], -g / micro, (m, v), lr * f_lr, step_no);

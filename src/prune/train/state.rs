@@ -55,6 +55,10 @@ pub struct Family {
     pub z_moments: Vec<Moments>,
     /// Adam moments of the three multipliers.
     pub lambda_moments: Moments,
+    /// With a mu hold: the first step after which the family's expected sparsity was within
+    /// the hold's tolerance of its target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reached_at: Option<usize>,
 }
 
 /// Everything training needs to continue: checkpointed as JSON.
@@ -75,6 +79,10 @@ pub struct GateState {
     pub families: Vec<Family>,
     /// Steps trained so far.
     pub step: usize,
+    /// With a mu hold (`Adapt::mu_hold_tol`): the step after which mu started to anneal, once
+    /// every family reached its target or the hold its limit; `None` while mu is held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mu_hold_until: Option<usize>,
 }
 
 /// What one step measured.
@@ -153,6 +161,7 @@ impl GateState {
                         m: vec![0.0; 3],
                         v: vec![0.0; 3],
                     },
+                    reached_at: None,
                 }
             })
             .collect();
@@ -163,6 +172,7 @@ impl GateState {
             scored_by: None,
             families,
             step: 0,
+            mu_hold_until: None,
         }
     }
 

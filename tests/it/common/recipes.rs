@@ -32,8 +32,6 @@ kind = "anneal-train"
 after = ["gate-insert", "calibrate"]
 steps = 30
 warmup = 3
-lr_lambda = 0.1
-mu_end = 0.5
 checkpoint_every = 10
 [stages.threshold]
 kind = "threshold"
@@ -110,8 +108,6 @@ kind = "anneal-train"
 after = ["gate-insert", "calibrate"]
 steps = 25
 warmup = 3
-lr_lambda = 0.1
-mu_end = 0.5
 [stages.threshold]
 kind = "threshold"
 after = ["anneal-train"]
@@ -171,8 +167,6 @@ kind = "anneal-train"
 after = ["gate-insert", "calibrate"]
 steps = 12
 warmup = 2
-lr_lambda = 0.1
-mu_end = 0.5
 [stages.oneshot]
 kind = "oneshot"
 after = ["gate-insert", "calibrate"]
