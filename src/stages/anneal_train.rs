@@ -300,7 +300,12 @@ fn unconverged(
             "the scores did not harden: mu_end {} is too high, or too few steps annealed after the hold (mu_hold_max {})",
             p.mu_end, p.mu_hold_max
         )
-    } else if (c.expected - c.target).abs() > tol {
+    } else if c.expected - c.target > tol {
+        format!(
+            "it overshot: the multipliers outgrew the steps left to correct them (lr_lambda {}, lr_lambda2 {}, lambda_scale {}); lower them or train longer",
+            p.lr_lambda, p.lr_lambda2, p.lambda_scale
+        )
+    } else if c.target - c.expected > tol {
         format!(
             "train longer (steps {}) or raise lr_lambda / lr_lambda2",
             p.steps

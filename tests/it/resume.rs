@@ -414,3 +414,29 @@ fn slicing_away_every_head_names_the_layers_and_what_to_do() {
         );
     }
 }
+
+#[test]
+fn an_unconverged_training_is_flagged_with_its_cause() {
+    // 30 steps of the shared training recipe end near the 0.5 targets but a family 1-5 % over
+    // it: not converged (the paper's 1 %), and the warning names the family and the cause.
+    let env = Env::new(&recipes::training(30, "", ""));
+    let obs = Recorder::default();
+    let m = env.train(&env.run(&[], &obs)).metrics;
+    assert_eq!(m["converged"], 0.0, "{m:?}");
+    let warns = obs.lines();
+    let over: Vec<&str> = FAMILIES
+        .into_iter()
+        .filter(|f| (0.01..0.05).contains(&(m[&format!("expected_sparsity_{f}")] - 0.5)))
+        .collect();
+    assert!(!over.is_empty(), "{m:?}");
+    for fam in over {
+        assert!(
+            warns
+                .iter()
+                .any(|w| w.contains(&format!("{fam} not converged"))
+                    && w.contains("overshot")
+                    && w.contains("lambda_scale sqrt-units")),
+            "{fam}: {warns:?}"
+        );
+    }
+}
