@@ -9,11 +9,9 @@ use crate::common::*;
 use std::fs;
 use std::path::Path;
 
-use burn::backend::ndarray::NdArrayDevice;
-use burn::tensor::{Int, Tensor, TensorData};
 use ddp::engine::{self, cache::Cache, Options, Outcome};
 use ddp::model::accounting::{self, LayerUnits};
-use ddp::model::{Logits, ModelConfig};
+use ddp::model::ModelConfig;
 use ddp::prune::budget::{self, Basis};
 use ddp::prune::mask::{self, FamilyKind, FinalMask, Rule};
 use ddp::prune::train::{GateState, HeadGates, Scope};
@@ -180,20 +178,6 @@ multiple = 8
 "#,
         model = fixtures().join("stories260k").display(),
     )
-}
-
-fn gated_logits(files: &ddp::io::ModelFiles, mask: &FinalMask, ids: &[i64]) -> Vec<f32> {
-    let gates = gates_of(&files.config, mask);
-    let m = model(files);
-    m.check_gates(&gates).unwrap();
-    let t = Tensor::<B, 2, Int>::from_data(
-        TensorData::new(ids.to_vec(), [1, ids.len()]),
-        &NdArrayDevice::Cpu,
-    );
-    m.forward(t, None, Some(&gates), Logits::All)
-        .into_data()
-        .into_vec()
-        .unwrap()
 }
 
 const TRANSFORMERS_LOGITS: &str = r#"

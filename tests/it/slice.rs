@@ -53,20 +53,6 @@ fn mask_for(files: &ModelFiles, per_group: bool, seed: u32, drop: f32, spread: f
     FinalMask { layers }
 }
 
-fn gated_logits(files: &ModelFiles, mask: &FinalMask, ids: &[i64]) -> Vec<f32> {
-    let m = model(files);
-    let gates = gates_of(&files.config, mask);
-    m.check_gates(&gates).unwrap();
-    let t = Tensor::<B, 2, Int>::from_data(
-        TensorData::new(ids.to_vec(), [1, ids.len()]),
-        &NdArrayDevice::Cpu,
-    );
-    m.forward(t, None, Some(&gates), Logits::All)
-        .into_data()
-        .into_vec()
-        .unwrap()
-}
-
 fn check(
     files: &ModelFiles,
     ids: &[i64],

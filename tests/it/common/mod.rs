@@ -116,6 +116,26 @@ pub fn ddp_run(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// The unsliced model's logits on `ids` with `mask` applied as gates (what a sliced model must
+/// reproduce).
+pub fn gated_logits(
+    files: &ModelFiles,
+    mask: &ddp::prune::mask::FinalMask,
+    ids: &[i64],
+) -> Vec<f32> {
+    let m = model(files);
+    let gates = gates_of(&files.config, mask);
+    m.check_gates(&gates).unwrap();
+    let t = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(ids.to_vec(), [1, ids.len()]),
+        &NdArrayDevice::Cpu,
+    );
+    m.forward(t, None, Some(&gates), Logits::All)
+        .into_data()
+        .into_vec()
+        .unwrap()
+}
+
 /// A final mask as gates of the unsliced model (heads; channels and expert channels where the
 /// layer has them).
 pub fn gates_of(cfg: &ddp::model::ModelConfig, mask: &ddp::prune::mask::FinalMask) -> Gates<B> {
