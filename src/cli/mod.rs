@@ -80,6 +80,10 @@ pub enum Failure {
     /// The recipe does not validate: nothing ran (exit code 2).
     #[error("invalid recipe\n{0}")]
     InvalidRecipe(String),
+    /// A flag names something that is not there (e.g. `compare --columns`): exit code 2, as
+    /// clap's own usage errors.
+    #[error("{0}")]
+    Usage(String),
 }
 
 /// Parses the command line, runs the command, prints an error and picks the exit code.
@@ -90,7 +94,7 @@ pub fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             match e.downcast_ref::<Failure>() {
-                Some(Failure::InvalidRecipe(_)) => ExitCode::from(2),
+                Some(Failure::InvalidRecipe(_) | Failure::Usage(_)) => ExitCode::from(2),
                 None => ExitCode::from(1),
             }
         }

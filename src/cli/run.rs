@@ -8,6 +8,7 @@ use anyhow::{anyhow, Result};
 use super::{Failure, Global};
 use ddp::engine::{self, cache::Cache, lockfile};
 use ddp::recipe::Recipe;
+use ddp::report::{Columns, CompareError, CompareOptions};
 use ddp::stages;
 
 /// `ddp-run run`.
@@ -15,6 +16,12 @@ use ddp::stages;
 pub struct RunArgs {
     /// The recipe (TOML).
     recipe: PathBuf,
+    /// Set a stage parameter as if the recipe wrote it: `--set anneal-train.steps=60`,
+    /// `--set threshold.rule=topk`, `--set calibrate.data='["a.txt","b.txt"]'`; also
+    /// `model.NAME`, `data.NAME`, `vars.NAME` for the recipe's variables. VALUE is read as
+    /// TOML (a bare word is a string). Repeatable; recorded in the lock file.
+    #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
+    set: Vec<String>,
     /// Rerun this stage (or instance) and everything downstream of it. Repeatable.
     #[arg(long)]
     force: Vec<String>,
@@ -45,6 +52,9 @@ pub struct RunArgs {
 #[derive(clap::Args)]
 pub struct PlanArgs {
     recipe: PathBuf,
+    /// Set a stage parameter as `run --set` does (the plan's keys change accordingly).
+    #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
+    set: Vec<String>,
     #[arg(long)]
     force: Vec<String>,
 }
@@ -53,6 +63,9 @@ pub struct PlanArgs {
 #[derive(clap::Args)]
 pub struct StatusArgs {
     recipe: PathBuf,
+    /// Set a stage parameter as `run --set` does.
+    #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
+    set: Vec<String>,
 }
 
 /// `ddp-run explain`.
@@ -69,15 +82,22 @@ pub struct CompareArgs {
     /// Only instances of this stage.
     #[arg(long)]
     stage: Option<String>,
-    /// Show deltas against this instance.
+    /// Show deltas against this instance (or row).
     #[arg(long)]
     baseline: Option<String>,
+    /// Every metric, one row per instance (default: the swept values, perplexity and its delta,
+    /// accuracies, parameters kept, speed-ups beside the ideal; one row per measured model).
+    #[arg(long, conflicts_with = "columns")]
+    all: bool,
+    /// These columns, in this order (axis and metric names as `--all` shows them).
+    #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+    columns: Vec<String>,
     #[arg(long, default_value = "out")]
     out: PathBuf,
 }
 
-fn load_recipe(path: &Path) -> Result<Recipe> {
-    ddp::recipe::load(path, &stages::registry())
+fn load_recipe(path: &Path, overrides: &[String]) -> Result<Recipe> {
+    ddp::recipe::load_with(path, &stages::registry(), overrides)
         .map_err(|e| anyhow::Error::new(Failure::InvalidRecipe(e.to_string())))
 }
 
@@ -93,7 +113,7 @@ fn outcome(o: &engine::Outcome) -> String {
 
 /// Runs what is not cached; prints one row per instance, where the results are, the lock file.
 pub fn run(a: RunArgs, g: &Global) -> Result<ExitCode> {
-    let recipe = load_recipe(&a.recipe)?;
+    let recipe = load_recipe(&a.recipe, &a.set)?;
     let cache = Cache::open(&g.cache)?;
     let opts = engine::Options {
         force: a.force,
@@ -108,6 +128,15 @@ pub fn run(a: RunArgs, g: &Global) -> Result<ExitCode> {
     let obs = super::progress::Stages::new();
     let registry = stages::registry_on(g.device);
     let summary = engine::run_observed(&recipe, &registry, &cache, &opts, &obs)?;
+    drop(obs);
+    if !recipe.overrides.is_empty() {
+        let sets: Vec<String> = recipe
+            .overrides
+            .iter()
+            .map(|o| format!("--set {o}"))
+            .collect();
+        println!("overrides: {}\n", sets.join(" "));
+    }
     println!("| stage | key | result | seconds | headline |");
     println!("|---|---|---|---|---|");
     for d in &summary.results {
@@ -133,7 +162,7 @@ pub fn run(a: RunArgs, g: &Global) -> Result<ExitCode> {
 
 /// Prints every instance with its key, kind, CACHED/RUN (and why) and its inputs.
 pub fn plan(a: PlanArgs, g: &Global) -> Result<ExitCode> {
-    let recipe = load_recipe(&a.recipe)?;
+    let recipe = load_recipe(&a.recipe, &a.set)?;
     let cache = Cache::open(&g.cache)?;
     let opts = engine::Options {
         force: a.force,
@@ -141,6 +170,14 @@ pub fn plan(a: PlanArgs, g: &Global) -> Result<ExitCode> {
     };
     let plan = engine::plan(&recipe, &stages::registry(), &cache, &opts)?;
     println!("recipe {} ({} stage instances)", recipe.name, plan.len());
+    if !recipe.overrides.is_empty() {
+        let sets: Vec<String> = recipe
+            .overrides
+            .iter()
+            .map(|o| format!("--set {o}"))
+            .collect();
+        println!("overrides: {}", sets.join(" "));
+    }
     for p in &plan {
         let status = match &p.status {
             engine::Status::Cached => "CACHED".to_string(),
@@ -160,7 +197,7 @@ pub fn plan(a: PlanArgs, g: &Global) -> Result<ExitCode> {
 
 /// Prints done/missing per instance with its headline metric.
 pub fn status(a: StatusArgs, g: &Global) -> Result<ExitCode> {
-    let recipe = load_recipe(&a.recipe)?;
+    let recipe = load_recipe(&a.recipe, &a.set)?;
     let cache = Cache::open(&g.cache)?;
     let reg = stages::registry();
     let plan = engine::plan(&recipe, &reg, &cache, &Default::default())?;
@@ -220,16 +257,37 @@ pub fn explain(a: ExplainArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The sweep table: printed, and written as Markdown, CSV and JSON under `OUT/<recipe>/`.
+/// The sweep table: printed, and written as Markdown and CSV (the columns shown) and JSON
+/// (every metric) under `OUT/<recipe>/`.
 pub fn compare(a: CompareArgs) -> Result<ExitCode> {
-    let recipe = load_recipe(&a.recipe)?;
+    let recipe = load_recipe(&a.recipe, &[])?;
     let lock = lockfile::LockFile::read(&recipe.path).ok_or_else(|| {
         anyhow!(
             "{} has no lock file: run the recipe first",
             recipe.path.display()
         )
     })?;
-    let c = ddp::report::compare(&recipe, &lock, a.stage.as_deref(), a.baseline.as_deref())?;
+    let reg = stages::registry();
+    let kind_headlines = reg
+        .names()
+        .into_iter()
+        .filter_map(|n| Some((n.to_string(), reg.get(n)?.headline()?.to_string())))
+        .collect();
+    let columns = match (a.all, a.columns.is_empty()) {
+        (true, _) => Columns::All,
+        (false, true) => Columns::Headline,
+        (false, false) => Columns::Chosen(a.columns),
+    };
+    let opts = CompareOptions {
+        stage: a.stage,
+        baseline: a.baseline,
+        columns,
+        kind_headlines,
+    };
+    let c = ddp::report::compare(&recipe, &lock, &opts).map_err(|e| match e {
+        CompareError::UnknownColumns(m) => anyhow::Error::new(Failure::Usage(m)),
+        e => e.into(),
+    })?;
     print!("{}", c.markdown());
     let dir = a.out.join(&recipe.name);
     std::fs::create_dir_all(&dir)?;

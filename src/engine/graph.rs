@@ -50,6 +50,9 @@ pub struct Recipe {
     pub axes: Vec<Axis>,
     /// In topological order.
     pub instances: Vec<Instance>,
+    /// The command line's `--set STAGE.PARAM=VALUE` overrides, as given (already applied to the
+    /// instances' parameters; kept for the lock file and `plan`).
+    pub overrides: Vec<String>,
 }
 
 impl Recipe {

@@ -33,6 +33,10 @@ pub struct LockFile {
     pub recipe: String,
     /// `ddp` version (`CARGO_PKG_VERSION`) of the last run.
     pub tool_version: String,
+    /// The `--set STAGE.PARAM=VALUE` overrides of the last run, as given (their values are in
+    /// the stages' `params` too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<String>,
     /// Instance name -> what ran.
     pub stages: BTreeMap<String, LockedStage>,
 }
@@ -120,6 +124,7 @@ pub(crate) fn record(
     let mut lock = LockFile::read(&recipe.path).unwrap_or_default();
     lock.recipe = recipe.name.clone();
     lock.tool_version = env!("CARGO_PKG_VERSION").into();
+    lock.overrides = recipe.overrides.clone();
     let current: BTreeSet<&str> = planned.iter().map(|p| p.instance.name.as_str()).collect();
     lock.stages.retain(|k, _| current.contains(k.as_str()));
     let key_of = |name: &String| {

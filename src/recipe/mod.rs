@@ -16,10 +16,13 @@
 //! A recipe goes through, in order: `syntax` (the files as written, their `[stages]` merged),
 //! `pipeline` (the pipelines it builds on), `variables` (`${...}`), `sweep` (the axes),
 //! `resolve` (kinds and parameters), `inputs` (how stages connect, and their order), and
-//! `sweep` again (expansion into instances). Every problem found on the way is collected
-//! (`problems`) and reported at once, each at its file:line:col.
+//! `sweep` again (expansion into instances). Command-line `--set`s (`overrides`) are applied
+//! to the stages and variables as read, before `resolve`, as if the recipe wrote them. Every
+//! problem found on the way is collected (`problems`) and reported at once, each at its
+//! file:line:col (or naming its `--set`).
 
 mod inputs;
+mod overrides;
 mod pipeline;
 mod problems;
 mod resolve;
@@ -43,6 +46,8 @@ use variables::{defined_names, merge_vars, set_recipe_name, unused_vars};
 /// recipe is source 0, then the pipelines it includes) and the problems found in them.
 struct Parser<'r> {
     registry: &'r Registry,
+    /// `--set STAGE.PARAM=VALUE` flags, as given.
+    overrides: &'r [String],
     srcs: Vec<Src>,
     problems: Vec<Problem>,
 }
@@ -97,6 +102,8 @@ impl Parser<'_> {
         });
         set_recipe_name(&mut vars, &name);
         let axes = self.axes(file.sweep, &stages);
+        let overrides = self.overrides;
+        self.apply_overrides(overrides, &mut stages, &mut vars, &axes);
         let resolved = self.resolve_stages(&stages, &vars, &axes);
         let order = self.order(&stages, &resolved)?;
         if !self.problems.is_empty() {
@@ -108,12 +115,24 @@ impl Parser<'_> {
             path,
             axes,
             instances,
+            overrides: self.overrides.to_vec(),
         })
     }
 }
 
 /// Parses, validates and expands a recipe file.
 pub fn load(path: &Path, registry: &Registry) -> Result<Recipe, RecipeError> {
+    load_with(path, registry, &[])
+}
+
+/// [`load`] with command-line overrides: each `STAGE.PARAM=VALUE` (or `model.NAME=VALUE`,
+/// `data.NAME=...`, `vars.NAME=...`) replaces what the files set, as if written there; VALUE is
+/// read as a TOML value, a bare word as a string.
+pub fn load_with(
+    path: &Path,
+    registry: &Registry,
+    overrides: &[String],
+) -> Result<Recipe, RecipeError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         RecipeError(vec![Problem {
             file: path.to_path_buf(),
@@ -122,16 +141,28 @@ pub fn load(path: &Path, registry: &Registry) -> Result<Recipe, RecipeError> {
             message: format!("cannot read the recipe: {e}"),
         }])
     })?;
-    parse(&text, path, registry)
+    parse_with(&text, path, registry, overrides)
 }
 
 /// Parses a recipe given as text (`path` is used for messages and to find pipelines).
 pub fn parse(text: &str, path: &Path, registry: &Registry) -> Result<Recipe, RecipeError> {
+    parse_with(text, path, registry, &[])
+}
+
+/// [`parse`] with command-line overrides (see [`load_with`]).
+pub fn parse_with(
+    text: &str,
+    path: &Path,
+    registry: &Registry,
+    overrides: &[String],
+) -> Result<Recipe, RecipeError> {
     let mut p = Parser {
         registry,
+        overrides,
         srcs: vec![Src {
             path: path.to_path_buf(),
             text: text.to_string(),
+            whole: false,
         }],
         problems: vec![],
     };

@@ -101,6 +101,7 @@ impl Parser<'_> {
         self.srcs.push(Src {
             path: pp.clone(),
             text,
+            whole: false,
         });
         Some((self.srcs.len() - 1, pp))
     }

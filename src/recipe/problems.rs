@@ -11,7 +11,8 @@ pub(super) type Span = std::ops::Range<usize>;
 pub struct Problem {
     /// The file it is in: the recipe, or a pipeline the recipe includes.
     pub file: PathBuf,
-    /// Line, from 1 (0 when the recipe file could not be read at all).
+    /// Line, from 1 (0 for a problem with the whole source: a recipe that could not be read, a
+    /// `--set`; then neither line nor column is shown).
     pub line: usize,
     /// Column in characters, from 1 (0 when the recipe file could not be read at all).
     pub col: usize,
@@ -21,6 +22,9 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            return write!(f, "{}: {}", self.file.display(), self.message);
+        }
         write!(
             f,
             "{}:{}:{}: {}",
@@ -63,11 +67,21 @@ pub(super) struct Src {
     pub(super) path: PathBuf,
     /// The whole file.
     pub(super) text: String,
+    /// A source with no lines to point at (a `--set` flag): its problems are about all of it.
+    pub(super) whole: bool,
 }
 
 impl Src {
     /// A problem at the start of `span`: line and column (in characters) from 1.
     pub(super) fn at(&self, span: Span, message: impl Into<String>) -> Problem {
+        if self.whole {
+            return Problem {
+                file: self.path.clone(),
+                line: 0,
+                col: 0,
+                message: message.into(),
+            };
+        }
         let upto = &self.text[..span.start.min(self.text.len())];
         let line = upto.matches('\n').count() + 1;
         let col = upto.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;

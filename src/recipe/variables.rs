@@ -101,7 +101,7 @@ fn references(s: &str) -> Vec<(String, Option<String>)> {
 }
 
 /// The candidate nearest to `name` by edit distance, if it is a plausible typo of it.
-fn closest<'a>(name: &str, candidates: &[&'a str]) -> Option<&'a str> {
+pub(super) fn closest<'a>(name: &str, candidates: &[&'a str]) -> Option<&'a str> {
     let (best, d) = candidates
         .iter()
         .map(|c| (*c, strsim::levenshtein(name, c)))
