@@ -167,9 +167,7 @@ impl LogTicker {
             while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(period) {
                 let bars = watched.lock().unwrap_or_else(|e| e.into_inner());
                 for (name, bar) in bars.iter().filter(|(_, b)| !b.is_finished()) {
-                    if let Some(line) = progress_line(name, bar) {
-                        eprintln!("{line}");
-                    }
+                    eprintln!("{}", progress_line(name, bar));
                 }
             }
         });
@@ -200,12 +198,13 @@ impl Drop for LogTicker {
     }
 }
 
-/// `[ddp] prog  NAME: POS/LEN (P%), RATE/s, ETA T (MESSAGE)`; `None` before the stage has
-/// reported any work.
-fn progress_line(name: &str, bar: &ProgressBar) -> Option<String> {
+/// `[ddp] prog  NAME: POS/LEN (P%), RATE/s, ETA T (MESSAGE)`; before the stage reports any
+/// work (loading a model, a stage without a bar), `[ddp] prog  NAME: running for T`.
+fn progress_line(name: &str, bar: &ProgressBar) -> String {
     let (pos, len) = (bar.position(), bar.length().unwrap_or(0));
     if pos == 0 && len == 0 {
-        return None;
+        let t = duration_text(bar.elapsed().as_secs_f64());
+        return format!("[ddp] prog  {name}: running for {t}");
     }
     let rate = bar.per_sec();
     let mut line = format!("[ddp] prog  {name}: ");
@@ -223,7 +222,7 @@ fn progress_line(name: &str, bar: &ProgressBar) -> Option<String> {
     if !msg.is_empty() {
         line += &format!(" ({msg})");
     }
-    Some(line)
+    line
 }
 
 /// A rate with about three significant digits.
@@ -254,15 +253,15 @@ mod tests {
     #[test]
     fn a_progress_line_tells_position_share_rate_and_eta() {
         let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden());
-        assert_eq!(
-            progress_line("calibrate", &bar),
-            None,
-            "nothing reported yet"
+        let idle = progress_line("slice", &bar);
+        assert!(
+            idle.starts_with("[ddp] prog  slice: running for "),
+            "{idle}"
         );
         bar.set_length(3000);
         bar.set_position(1200);
         bar.set_message("loss 3.210");
-        let line = progress_line("calibrate", &bar).unwrap();
+        let line = progress_line("calibrate", &bar);
         assert!(
             line.starts_with("[ddp] prog  calibrate: 1200/3000 (40%), ")
                 && line.contains("/s")
