@@ -17,15 +17,16 @@ use crate::engine::stage::ParamType;
 const VAR_TABLES: [&str; 3] = ["model", "data", "vars"];
 
 /// The value of `--set KEY=TEXT`: TEXT read as a TOML value (`60`, `0.5`, `"topk"`, `["a","b"]`,
-/// `true`); text that is not one is a bare string, and so is any text given for a string
-/// (`like_string`), so `rule=topk` and `name=2024` mean what they say.
+/// `true`); text that is not one is a bare string, and so is a number or boolean given for a
+/// string (`like_string`), so `rule=topk` and `name=2024` mean what they say (a list stays a
+/// list, for the type check to refuse).
 fn value_of(text: &str, like_string: bool) -> Value {
     let parsed = toml::from_str::<toml::Table>(&format!("v = {text}"))
         .ok()
         .filter(|t| t.len() == 1)
         .and_then(|mut t| t.remove("v"));
     match parsed {
-        Some(v @ Value::String(_)) => v,
+        Some(v @ (Value::String(_) | Value::Array(_) | Value::Table(_))) => v,
         Some(v) if !like_string => v,
         _ => Value::String(text.to_string()),
     }
@@ -174,8 +175,10 @@ mod tests {
         assert_eq!(value_of("topk", false), Value::String("topk".into()));
         assert_eq!(value_of("2024", true), Value::String("2024".into()));
         assert_eq!(value_of("true", false), Value::Boolean(true));
-        let list = value_of("[\"a\", \"b\"]", false);
-        assert_eq!(list.as_array().map(Vec::len), Some(2));
+        for like_string in [false, true] {
+            let list = value_of("[\"a\", \"b\"]", like_string);
+            assert_eq!(list.as_array().map(Vec::len), Some(2));
+        }
         // Text that would be a second TOML line stays one string value.
         assert_eq!(
             value_of("1\nx = 2", false),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::syntax::RawStage;
 use super::variables::{closest, substitute, value_label};
 use super::{Axis, Parser};
-use crate::engine::stage::{ParamSpec, Params, StageKind};
+use crate::engine::stage::{ParamSpec, ParamType, Params, StageKind};
 
 /// A stage resolved against its kind (before expansion into instances).
 pub(super) struct Resolved {
@@ -132,11 +132,14 @@ impl Parser<'_> {
                 Ok(v) => {
                     params.insert(pname.clone(), v);
                 }
-                Err(e) => self.err(
-                    *src,
-                    vspan.clone(),
-                    format!("stage `{name}`, parameter `{pname}`: {e}"),
-                ),
+                Err(e) => {
+                    let hint = choice_hint(&spec.ty, &value);
+                    self.err(
+                        *src,
+                        vspan.clone(),
+                        format!("stage `{name}`, parameter `{pname}`: {e}{hint}"),
+                    )
+                }
             }
         }
         params
@@ -192,5 +195,15 @@ impl Parser<'_> {
                 ),
             }
         }
+    }
+}
+
+/// ` (did you mean "X"?)` for a string that is a plausible typo of one of a choice's names.
+fn choice_hint(ty: &ParamType, v: &toml::Value) -> String {
+    match (ty, v.as_str()) {
+        (ParamType::Choice(names), Some(s)) => {
+            closest(s, names).map_or(String::new(), |c| format!(" (did you mean \"{c}\"?)"))
+        }
+        _ => String::new(),
     }
 }

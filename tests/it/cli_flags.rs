@@ -193,11 +193,15 @@ fn a_bad_set_exits_2_naming_the_flag_the_stage_the_key_and_what_was_expected() {
         ),
         (
             "threshold.rule=topq",
-            &["parameter `rule`", "\"topk\"", "\"topq\""],
+            &["parameter `rule`", "\"topq\"", "(did you mean \"topk\"?)"],
         ),
         (
             "gate-insert.sparsity=1.5",
             &["parameter `sparsity`", "a number in [0"],
+        ),
+        (
+            "calibrate.data=[\"a.txt\", \"b.txt\"]",
+            &["parameter `data`", "expected a string, found a list"],
         ),
         ("steps", &["expected STAGE.PARAM=VALUE"]),
         (
