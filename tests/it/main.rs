@@ -7,6 +7,7 @@ mod bad_text;
 mod cache_trust;
 mod campaign;
 mod cli;
+mod dropin;
 mod engine;
 mod errors;
 mod eval;
