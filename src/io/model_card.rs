@@ -175,7 +175,12 @@ impl CardFacts {
     /// (`(heading, markdown)`, e.g. the evaluation), then how to load the model.
     pub fn render(&self, sections: &[(String, String)]) -> String {
         let mut s = self.front_matter();
-        let title = self.source_info.name.as_deref().unwrap_or(&self.source);
+        let info = &self.source_info;
+        let title = info
+            .repo
+            .as_deref()
+            .or(info.name.as_deref())
+            .unwrap_or(&self.source);
         s += &format!("\n# {title}, pruned with ddp\n\n");
         s += &format!(
             "A structurally pruned copy of `{}`: whole attention heads, key/value groups and \
@@ -259,11 +264,20 @@ impl CardFacts {
             src.num_key_value_heads,
             src.intermediate_size
         );
-        for (i, l) in self.layers.iter().enumerate() {
+        // Runs of equal layers share a row (`0-29` for a uniform model).
+        let mut i = 0;
+        while i < self.layers.len() {
+            let l = &self.layers[i];
+            let n = self.layers[i..].iter().take_while(|x| *x == l).count();
+            let span = match n {
+                1 => i.to_string(),
+                _ => format!("{i}-{}", i + n - 1),
+            };
             s += &format!(
-                "| {i} | {} | {} | {} |\n",
+                "| {span} | {} | {} | {} |\n",
                 l.num_attention_heads, l.num_key_value_heads, l.intermediate_size
             );
+            i += n;
         }
         s
     }
@@ -272,7 +286,7 @@ impl CardFacts {
         if !self.standard {
             return "\n## How to load it\n\nIts layers have different widths (config.json's \
                     `ddp_layer_shapes`), which transformers' config cannot express: load it with \
-                    ddp (`ddp-run generate DIR \"Once upon a time\"`, `ddp-run eval DIR`).\n"
+                    ddp (`ddp-run generate --model DIR --prompt \"Once upon a time\"`, `ddp-run eval --model DIR --text FILE`).\n"
                 .into();
         }
         "\n## How to load it\n\n```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n\
@@ -280,10 +294,11 @@ impl CardFacts {
          tokenizer = AutoTokenizer.from_pretrained(path)\n\
          model = AutoModelForCausalLM.from_pretrained(path)  # in the stored dtype\n\
          messages = [{\"role\": \"user\", \"content\": \"What is pruning?\"}]\n\
-         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\")\n\
-         print(tokenizer.decode(model.generate(ids, max_new_tokens=32)[0]))\n```\n\n\
+         inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\", return_dict=True)\n\
+         out = model.generate(**inputs, max_new_tokens=32)\n\
+         print(tokenizer.decode(out[0][inputs[\"input_ids\"].shape[1]:], skip_special_tokens=True))\n```\n\n\
          (`apply_chat_template` needs a source with a chat template; otherwise pass text to \
-         `tokenizer(...)`.) ddp reads it too: `ddp-run generate DIR \"...\"`.\n"
+         `tokenizer(...)`.) ddp reads it too: `ddp-run generate --model DIR --prompt \"...\"`.\n"
             .into()
     }
 }

@@ -390,9 +390,10 @@ fn slice_and_export_write_the_directory_a_user_expects() {
         &format!("`oneshot` (oneshot): `{}`", keys["oneshot"]),
         &format!("`evaluate` (evaluate): `{}`", keys["evaluate"]),
         &format!(
-            "| 4 | {} | {} | {} |",
+            "| 0-4 | {} | {} | {} |",
             c.num_attention_heads, c.num_key_value_heads, c.intermediate_size
         ),
+        "# karpathy/tinyllamas, pruned with ddp",
         "| source | 8 | 4 | 172 |",
         "## Evaluation",
         "stored in bfloat16",
