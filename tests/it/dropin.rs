@@ -524,3 +524,67 @@ fn transformers_check(dir: &Path, files: &ddp::io::ModelFiles, dtype: &str) {
     eprintln!("transformers in {dtype} vs ddp in f32: max |logit| {scale}, diff {diff}");
     assert!(diff <= 0.05 * scale, "logits differ by {diff}");
 }
+
+#[test]
+fn the_card_of_a_per_layer_model_lists_its_layers_and_says_what_loads_it() {
+    use ddp::io::model_card::{CardFacts, SourceInfo};
+    use ddp::model::config::LayerShape;
+    let l = |h, kv, f| LayerShape {
+        num_attention_heads: h,
+        num_key_value_heads: kv,
+        intermediate_size: f,
+        ..Default::default()
+    };
+    let facts = CardFacts {
+        source: "x.gguf".into(),
+        source_info: SourceInfo {
+            license: Some("mit".into()),
+            ..Default::default()
+        },
+        dtype: "float16".into(),
+        params_source: 1000,
+        params: 600,
+        source_layer: l(9, 3, 1536),
+        layers: vec![l(9, 3, 1512), l(6, 2, 1051), l(6, 2, 1051), l(3, 1, 1200)],
+        standard: false,
+        ..Default::default()
+    };
+    let card = facts.render(&[]);
+    assert!(
+        card.contains("| 0 | 9 | 3 | 1512 |\n| 1-2 | 6 | 2 | 1051 |\n| 3 | 3 | 1 | 1200 |\n"),
+        "{card}"
+    );
+    assert!(card.contains("`ddp_layer_shapes`") && !card.contains("AutoModelForCausalLM"));
+    assert!(
+        !card.contains("base_model:"),
+        "no base_model without a known repository"
+    );
+    let block = facts.config_block();
+    assert_eq!(block["kept"]["heads"], json!([9, 6, 6, 3]));
+    assert_eq!(
+        block["kept"]["intermediate_size"],
+        json!([1512, 1051, 1051, 1200])
+    );
+    assert_eq!(block["kept"]["params_fraction"], json!(0.6));
+}
+
+#[test]
+fn a_chat_template_jinja_file_is_the_template_when_tokenizer_config_has_none() {
+    let d = tempfile::tempdir().unwrap();
+    fs::write(
+        d.path().join("tokenizer_config.json"),
+        r#"{"bos_token": "<s>"}"#,
+    )
+    .unwrap();
+    fs::write(d.path().join("chat_template.jinja"), TEMPLATE).unwrap();
+    let m = ddp::io::tokenizer::TokenizerMeta::from_hf_dir(d.path()).unwrap();
+    assert_eq!(m.chat_template.as_deref(), Some(TEMPLATE));
+    fs::write(d.path().join("tokenizer_config.json"), "{not json").unwrap();
+    let e = ddp::io::tokenizer::TokenizerMeta::from_hf_dir(d.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("tokenizer_config.json") && e.contains("invalid JSON"),
+        "{e}"
+    );
+}
