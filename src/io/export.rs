@@ -1,14 +1,17 @@
-//! Writing a model as a Hugging Face directory: model.safetensors (sharded above a size),
-//! config.json in transformers' format, tokenizer.json. Files are written under temporary names
+//! Writing a model as a Hugging Face directory: model.safetensors in a chosen dtype (sharded
+//! above a size), config.json in transformers' format, the tokenizer files, generation_config.json
+//! and a model card. Files are written under temporary names
 //! and renamed, so a killed export never leaves a directory that looks complete.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::TensorView;
 use serde_json::{json, Value};
 
+pub use super::dtype::WeightDtype;
+use super::hf_tokenizer;
 use super::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
 use crate::model::config::{Arch, ModelConfig, RopeScaling};
@@ -109,14 +112,31 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
-/// Writes `tensors` (HF names) with `cfg` and an optional tokenizer into `dir`.
+/// What [`write_hf_dir_with`] writes besides the weights and config.
+#[derive(Debug, Clone, Default)]
+pub struct HfOptions {
+    /// The dtype of the weights (tensors are given in f32 and cast when written).
+    pub dtype: WeightDtype,
+    /// Shard size in bytes of the written dtype; `None`: [`SHARD_BYTES`].
+    pub shard_bytes: Option<usize>,
+    /// The source's generation_config.json, carried over; `None`: one from the config's and
+    /// tokenizer's special-token ids.
+    pub generation_config: Option<Value>,
+    /// config.json's `ddp` block (what the model was pruned from and how; transformers keeps
+    /// unknown keys as attributes and ignores them).
+    pub ddp: Option<Value>,
+    /// README.md (the model card), if any.
+    pub readme: Option<String>,
+}
+
+/// Writes `tensors` (HF names) in f32 with `cfg` and an optional tokenizer into `dir`.
 pub fn write_hf_dir(
     dir: &Path,
     cfg: &ModelConfig,
     tensors: &BTreeMap<String, HostTensor>,
     tokenizer: Option<&Tokenizer>,
 ) -> Result<()> {
-    write_hf_dir_sharded(dir, cfg, tensors, tokenizer, SHARD_BYTES)
+    write_hf_dir_with(dir, cfg, tensors, tokenizer, &HfOptions::default())
 }
 
 /// [`write_hf_dir`] with shards of at most `shard_bytes` (a tensor larger than that gets a
@@ -128,12 +148,65 @@ pub fn write_hf_dir_sharded(
     tokenizer: Option<&Tokenizer>,
     shard_bytes: usize,
 ) -> Result<()> {
+    let opts = HfOptions {
+        shard_bytes: Some(shard_bytes),
+        ..HfOptions::default()
+    };
+    write_hf_dir_with(dir, cfg, tensors, tokenizer, &opts)
+}
+
+/// Writes the directory transformers' `save_pretrained` would: the weights in `opts.dtype`
+/// (model.safetensors, or shards and their index above the shard size), config.json, the
+/// tokenizer's files (tokenizer.json, tokenizer_config.json, special_tokens_map.json),
+/// generation_config.json, and README.md when `opts` has one.
+pub fn write_hf_dir_with(
+    dir: &Path,
+    cfg: &ModelConfig,
+    tensors: &BTreeMap<String, HostTensor>,
+    tokenizer: Option<&Tokenizer>,
+    opts: &HfOptions,
+) -> Result<()> {
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    // Greedy packing in name order.
+    write_weights(dir, tensors, opts)?;
+    if let Some(t) = tokenizer {
+        for (name, text) in hf_tokenizer::files(t, cfg).map_err(|e| Error::bad_file(dir, e))? {
+            write_atomic(&dir.join(name), text.as_bytes())?;
+        }
+    }
+    let gen = opts
+        .generation_config
+        .clone()
+        .unwrap_or_else(|| hf_tokenizer::generation_config(cfg, tokenizer));
+    write_atomic(&dir.join("generation_config.json"), pretty(&gen).as_bytes())?;
+    if let Some(readme) = &opts.readme {
+        write_atomic(&dir.join("README.md"), readme.as_bytes())?;
+    }
+    let mut config = config_json(cfg);
+    config["torch_dtype"] = json!(opts.dtype.torch_name());
+    if let Some(block) = &opts.ddp {
+        config["ddp"] = block.clone();
+    }
+    // config.json last: its presence marks a complete directory.
+    write_atomic(&dir.join("config.json"), pretty(&config).as_bytes())
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).expect("JSON values serialize") + "\n"
+}
+
+/// The safetensors file(s), packed greedily in name order into shards of at most the shard
+/// size (counted in bytes of the written dtype), with an index when there are several.
+fn write_weights(
+    dir: &Path,
+    tensors: &BTreeMap<String, HostTensor>,
+    opts: &HfOptions,
+) -> Result<()> {
+    let shard_bytes = opts.shard_bytes.unwrap_or(SHARD_BYTES);
+    let width = opts.dtype.size();
     let mut shards: Vec<Vec<(&String, &HostTensor)>> = vec![vec![]];
     let mut acc = 0;
     for (name, t) in tensors {
-        let b = t.numel() * 4;
+        let b = t.numel() * width;
         if acc > 0 && acc + b > shard_bytes {
             shards.push(vec![]);
             acc = 0;
@@ -141,7 +214,7 @@ pub fn write_hf_dir_sharded(
         acc += b;
         shards.last_mut().unwrap().push((name, t));
     }
-    let total: usize = tensors.values().map(|t| t.numel() * 4).sum();
+    let total: usize = tensors.values().map(|t| t.numel() * width).sum();
     let n_shards = shards.len();
     let mut weight_map = serde_json::Map::new();
     for (i, shard) in shards.iter().enumerate() {
@@ -150,14 +223,23 @@ pub fn write_hf_dir_sharded(
         } else {
             format!("model-{:05}-of-{n_shards:05}.safetensors", i + 1)
         };
-        let views: Vec<(String, TensorView)> = shard
+        let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = shard
             .iter()
             .map(|(n, t)| {
-                let bytes: &[u8] = bytemuck::cast_slice(&t.data);
-                let view = TensorView::new(Dtype::F32, t.shape.clone(), bytes)
-                    .map_err(|e| Error::bad_tensor(dir, n.as_str(), e.to_string()))?;
+                let bytes = opts
+                    .dtype
+                    .encode(&t.data, &format!("tensor {n}"))
+                    .map_err(|e| Error::bad_tensor(dir, n.as_str(), e))?;
                 weight_map.insert((*n).clone(), json!(file));
-                Ok(((*n).clone(), view))
+                Ok(((*n).clone(), t.shape.clone(), bytes))
+            })
+            .collect::<Result<_>>()?;
+        let views: Vec<(String, TensorView)> = encoded
+            .iter()
+            .map(|(n, shape, bytes)| {
+                TensorView::new(opts.dtype.safetensors(), shape.clone(), bytes)
+                    .map(|v| (n.clone(), v))
+                    .map_err(|e| Error::bad_tensor(dir, n.as_str(), e.to_string()))
             })
             .collect::<Result<_>>()?;
         let meta = Some(
@@ -176,17 +258,7 @@ pub fn write_hf_dir_sharded(
             index.to_string().as_bytes(),
         )?;
     }
-    if let Some(t) = tokenizer {
-        let p = dir.join("tokenizer.json");
-        let s = t
-            .inner
-            .to_string(false)
-            .map_err(|e| Error::bad_file(&p, e.to_string()))?;
-        write_atomic(&p, s.as_bytes())?;
-    }
-    let cfg_text = serde_json::to_string_pretty(&config_json(cfg)).unwrap();
-    // config.json last: its presence marks a complete directory.
-    write_atomic(&dir.join("config.json"), cfg_text.as_bytes())
+    Ok(())
 }
 
 /// Every tensor of a source, in HF form (e.g. to convert a GGUF into a HF directory).

@@ -1,10 +1,13 @@
 //! Reading models from disk: HF directories (config.json, safetensors, tokenizer.json) and GGUF
 //! files, plus the sources they are fetched from.
 
+pub mod dtype;
 pub mod export;
 pub(crate) mod gguf;
 pub(crate) mod gguf_model;
 pub(crate) mod hf_config;
+pub mod hf_tokenizer;
+pub mod model_card;
 pub mod quants;
 pub(crate) mod safetensors;
 pub mod source;

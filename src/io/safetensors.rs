@@ -146,6 +146,17 @@ impl SafetensorsWeights {
     }
 }
 
+impl SafetensorsWeights {
+    /// The stored dtype and shape of every tensor (what `dtype = "source"` is decided from).
+    pub fn dtypes(&self) -> Vec<(Dtype, Vec<usize>)> {
+        self.index
+            .iter()
+            .filter_map(|(n, &i)| self.shards[i].meta.info(n))
+            .map(|i| (i.dtype, i.shape.clone()))
+            .collect()
+    }
+}
+
 impl WeightSource for SafetensorsWeights {
     fn origin(&self) -> &Path {
         &self.origin

@@ -19,7 +19,73 @@ pub struct Tokenizer {
     pub eos_id: Option<u32>,
     /// Whether `encode(.., true)` prepends BOS (the model's convention).
     pub add_bos: bool,
+    /// What the source says beyond the vocabulary (chat template, padding, ...), carried into
+    /// an exported directory's tokenizer_config.json.
+    pub meta: TokenizerMeta,
     origin: String,
+}
+
+/// The source's tokenizer settings that tokenizer.json does not hold: from an HF directory's
+/// tokenizer_config.json (and chat_template.jinja), or from a GGUF's `tokenizer.*` metadata.
+#[derive(Debug, Clone, Default)]
+pub struct TokenizerMeta {
+    /// The Jinja chat template (`chat_template`, GGUF `tokenizer.chat_template`).
+    pub chat_template: Option<String>,
+    /// Padding token id (GGUF `tokenizer.ggml.padding_token_id`).
+    pub pad_id: Option<u32>,
+    /// Unknown-token id (GGUF `tokenizer.ggml.unknown_token_id`).
+    pub unk_id: Option<u32>,
+    /// Whether EOS is appended (GGUF `tokenizer.ggml.add_eos_token`).
+    pub add_eos: bool,
+    /// The source's tokenizer_config.json as it was (HF directory sources), whose keys an
+    /// export keeps.
+    pub source_config: Option<serde_json::Map<String, Json>>,
+}
+
+impl TokenizerMeta {
+    /// Reads `tokenizer_config.json` (and `chat_template.jinja`, where newer transformers
+    /// keep the template) in `dir`; neither file is required.
+    pub fn from_hf_dir(dir: &Path) -> Result<Self> {
+        let mut m = Self::default();
+        let path = dir.join("tokenizer_config.json");
+        if path.is_file() {
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+            let v: Json = serde_json::from_str(&text)
+                .map_err(|e| Error::bad_file(&path, format!("invalid JSON: {e}")))?;
+            let Json::Object(o) = v else {
+                return Err(Error::bad_file(&path, "not a JSON object"));
+            };
+            m.chat_template = match o.get("chat_template") {
+                Some(Json::String(t)) => Some(t.clone()),
+                _ => None,
+            };
+            m.add_eos = o.get("add_eos_token").and_then(Json::as_bool) == Some(true);
+            m.source_config = Some(o);
+        }
+        let jinja = dir.join("chat_template.jinja");
+        if m.chat_template.is_none() && jinja.is_file() {
+            m.chat_template =
+                Some(std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, e))?);
+        }
+        Ok(m)
+    }
+
+    /// Reads the `tokenizer.*` keys of a GGUF beyond the vocabulary.
+    fn from_gguf(f: &GgufFile) -> Self {
+        Self {
+            chat_template: f
+                .get("tokenizer.chat_template")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            pad_id: meta_token_id(f, "tokenizer.ggml.padding_token_id"),
+            unk_id: meta_token_id(f, "tokenizer.ggml.unknown_token_id"),
+            add_eos: f
+                .get("tokenizer.ggml.add_eos_token")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            source_config: None,
+        }
+    }
 }
 
 impl Tokenizer {
@@ -39,6 +105,10 @@ impl Tokenizer {
             bos_id,
             eos_id,
             add_bos: false,
+            meta: match path.parent() {
+                Some(dir) => TokenizerMeta::from_hf_dir(dir)?,
+                None => TokenizerMeta::default(),
+            },
             origin,
         };
         // The post-processor decides; probe it rather than guess.
@@ -117,6 +187,7 @@ impl Tokenizer {
             bos_id: v.bos_id,
             eos_id: v.eos_id,
             add_bos,
+            meta: TokenizerMeta::from_gguf(f),
             origin,
         })
     }

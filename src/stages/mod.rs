@@ -5,6 +5,7 @@ pub mod benchmark;
 pub mod calibrate;
 pub mod common;
 pub mod evaluate;
+pub mod export;
 pub mod gate_insert;
 pub mod load;
 pub mod oneshot;
@@ -36,6 +37,7 @@ pub fn registry_on(device: DeviceSpec) -> Registry {
     r.register(Arc::new(evaluate::Evaluate { device }));
     r.register(Arc::new(benchmark::Benchmark { device }));
     r.register(Arc::new(report::Report));
+    r.register(Arc::new(export::Export));
     r.register(Arc::new(oneshot::Oneshot));
     r
 }

@@ -122,6 +122,7 @@ fn the_shipped_recipes_plan_with_the_expected_graph() {
             ("slice", 1),
             ("evaluate", 2),
             ("benchmark", 1),
+            ("export", 1),
             ("report", 1),
         ] {
             assert_eq!(count(&text, kind), n, "{r}: {kind}\n{text}");
@@ -136,6 +137,7 @@ fn the_shipped_recipes_plan_with_the_expected_graph() {
         ("slice", 8),
         ("evaluate", 9),
         ("benchmark", 8),
+        ("export", 4),
         ("report", 1),
     ] {
         assert_eq!(count(&text, kind), n, "sweep-methods: {kind}\n{text}");

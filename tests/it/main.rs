@@ -8,6 +8,7 @@ mod cache_trust;
 mod campaign;
 mod cli;
 mod cli_flags;
+mod dropin;
 mod engine;
 mod errors;
 mod eval;
