@@ -155,7 +155,7 @@ fn llama_cpp_bin() -> Option<PathBuf> {
         return Some(dir);
     }
     eprintln!(
-        "skipping the llama.cpp comparison: no llama-perplexity in {}; build it with tools/build_llama_cpp.sh (~15 minutes on 2 cores, cached) or set DDP_LLAMA_CPP_BIN",
+        "skipping the llama.cpp comparison: no llama-perplexity in {}; build it with tools/build_llama_cpp.sh (about 6 minutes on 2 cores, cached) or set DDP_LLAMA_CPP_BIN",
         dir.display()
     );
     None
