@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::{progress, Global};
 use ddp::backend::run_on;
 use ddp::bench::{self, dense, train, CompareTask, Protocol};
+use ddp::eval::perplexity::{Perplexity, Protocol as PplProtocol};
 use ddp::eval::suite::{build_suite, EvalTask, SuiteSpec};
 use ddp::io::open_source;
 
@@ -25,7 +26,13 @@ pub struct EvalArgs {
     /// 0: non-overlapping windows; else strided windows scoring each token once.
     #[arg(long, default_value_t = 0)]
     stride: usize,
-    /// Only the first N tokens of the text.
+    /// How the perplexity cuts the text: `windows` (ddp's, with --stride) or `llama.cpp`
+    /// (llama-perplexity's: chunks of --seq-len (its -c), the second half of each scored, BOS
+    /// at each chunk's start when the tokenizer adds one; its `±`). llama-perplexity reads
+    /// the whole file: give it `--chunks` = the chunks printed here.
+    #[arg(long, default_value = "windows", value_parser = ["windows", "llama.cpp"])]
+    protocol: String,
+    /// Only the first N tokens of the text (llama.cpp: BOS included).
     #[arg(long, default_value_t = 8192)]
     max_tokens: usize,
     /// Items of each built-in cloze task drawn from the text (0: none).
@@ -100,6 +107,7 @@ pub fn eval(a: EvalArgs, g: &Global) -> Result<ExitCode> {
         data: a.text,
         seq_len: a.seq_len,
         stride: a.stride,
+        protocol: PplProtocol::parse(&a.protocol)?,
         max_tokens: a.max_tokens,
         cloze_items: a.cloze_items,
         cloze_choices: 4,
@@ -124,13 +132,29 @@ pub fn eval(a: EvalArgs, g: &Global) -> Result<ExitCode> {
     }
     println!("model {}", a.model);
     if let Some(p) = &r.perplexity {
-        println!(
-            "perplexity {:.4}  (mean NLL {:.6}; {} tokens, {} windows of {} (stride {}), {} scored)",
-            p.perplexity, p.mean_nll, p.tokens, p.windows, p.window, p.stride, p.scored_tokens
-        );
+        print_perplexity(p);
     }
     print!("{}", r.markdown(None));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The perplexity line; llama.cpp's protocol also as llama-perplexity prints its estimate.
+fn print_perplexity(p: &Perplexity) {
+    match p.protocol {
+        PplProtocol::Windows => println!(
+            "perplexity {:.4}  (mean NLL {:.6}; {} tokens, {} windows of {} (stride {}), {} scored)",
+            p.perplexity, p.mean_nll, p.tokens, p.windows, p.window, p.stride, p.scored_tokens
+        ),
+        PplProtocol::LlamaCpp => {
+            println!(
+                "perplexity {:.4}  (llama.cpp protocol: mean NLL {:.6}; {} tokens, {} chunks of {}, second halves scored: {} tokens)",
+                p.perplexity, p.mean_nll, p.tokens, p.windows, p.window, p.scored_tokens
+            );
+            if let Some(se) = p.perplexity_stderr {
+                println!("Final estimate: PPL = {:.4} +/- {:.5}", p.perplexity, se);
+            }
+        }
+    }
 }
 
 fn write_json(path: Option<&Path>, v: &impl Serialize) -> Result<()> {

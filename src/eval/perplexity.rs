@@ -12,11 +12,51 @@
 //! per-token standard error would understate the uncertainty. The mean NLL is a ratio of sums
 //! over windows (total NLL / scored tokens), so its standard error is the ratio estimator's
 //! ([`mean_stderr`]); the perplexity's follows by the delta method, `ppl * SE(mean NLL)`.
+//!
+//! llama.cpp's protocol ([`Protocol::LlamaCpp`], what `llama-perplexity` computes, so numbers
+//! can be set beside the ones users know): the stream (BOS first when the tokenizer adds one)
+//! is cut into `tokens / n_ctx` non-overlapping chunks of exactly `n_ctx` tokens, the rest
+//! dropped; each chunk's first token is replaced by BOS when the tokenizer adds one, and only
+//! the second half is scored: the predictions of tokens `n_ctx/2 + 1 .. n_ctx - 1`
+//! ([`llama_cpp_chunks`]). Its `±` is llama.cpp's, over tokens ([`token_stderr`]).
 
 use serde::{Deserialize, Serialize};
 
-use super::score::{Request, Scorer};
+use super::score::{Request, Scored, Scorer};
+use crate::engine::params::Choice;
+use crate::error::{Error, Result};
 use burn::tensor::backend::Backend;
+
+crate::choice_enum! {
+    /// How a token stream is cut into scored sequences.
+    pub enum Protocol {
+        /// Windows of `window` tokens every `stride` tokens ([`windows`]); ddp's own.
+        Windows = "windows",
+        /// llama.cpp's `llama-perplexity` ([`llama_cpp_chunks`]).
+        LlamaCpp = "llama.cpp",
+    }
+}
+
+impl Default for Protocol {
+    /// ddp's windows: results written before protocols existed were measured so.
+    fn default() -> Self {
+        Self::Windows
+    }
+}
+
+impl Protocol {
+    /// The protocol named `name` (one of [`Choice::NAMES`]).
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "windows" => Ok(Self::Windows),
+            "llama.cpp" => Ok(Self::LlamaCpp),
+            other => Err(Error::Invalid(format!(
+                "unknown perplexity protocol {other:?} (expected one of: {})",
+                Self::NAMES.join(", ")
+            ))),
+        }
+    }
+}
 
 /// The perplexity of a token stream and how it was measured.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -27,7 +67,10 @@ pub struct Perplexity {
     pub window: usize,
     /// Tokens between window starts (`window`: non-overlapping).
     pub stride: usize,
-    /// Windows scored.
+    /// How the stream was cut ([`Protocol::Windows`] in results written before it existed).
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Windows (llama.cpp: chunks) scored.
     pub windows: usize,
     /// Next-token predictions scored.
     pub scored_tokens: usize,
@@ -35,8 +78,9 @@ pub struct Perplexity {
     pub mean_nll: f64,
     /// `exp(mean_nll)`.
     pub perplexity: f64,
-    /// Standard error of `mean_nll` over the windows as independent units ([`mean_stderr`]);
-    /// `None` with fewer than two windows.
+    /// Standard error of `mean_nll`: over the windows as independent units ([`mean_stderr`]),
+    /// or for [`Protocol::LlamaCpp`] over tokens as llama.cpp computes it ([`token_stderr`]);
+    /// `None` with fewer than two units.
     #[serde(default)]
     pub mean_nll_stderr: Option<f64>,
     /// Standard error of `perplexity` by the delta method: `perplexity * mean_nll_stderr`.
@@ -88,6 +132,33 @@ pub fn windows(n: usize, window: usize, stride: usize) -> Vec<(usize, usize, usi
     out
 }
 
+/// llama-perplexity's chunks over `n` tokens, as (start, end, first scored position): the
+/// `n / n_ctx` whole chunks of `n_ctx` tokens (the rest is dropped), each scoring the tokens
+/// after its middle, `n_ctx/2 + 1 .. n_ctx` (llama.cpp's `first = n_ctx/2` is the first
+/// position whose logits it reads; they predict the next token).
+pub fn llama_cpp_chunks(n: usize, n_ctx: usize) -> Vec<(usize, usize, usize)> {
+    assert!(
+        n_ctx >= 3,
+        "llama.cpp's protocol scores nothing with n_ctx < 3"
+    );
+    (0..n / n_ctx)
+        .map(|i| (i * n_ctx, (i + 1) * n_ctx, n_ctx / 2 + 1))
+        .collect()
+}
+
+/// llama.cpp's standard error of the mean NLL over `count` tokens with NLL sum `sum` and sum
+/// of squares `sum2`: `sqrt((sum2/count - mean^2) / (count - 1))`, the tokens taken as
+/// independent (which they are not: it understates the uncertainty, see the module doc).
+/// `None` when llama.cpp prints no `±` (fewer than two tokens, no positive variance).
+pub fn token_stderr(sum: f64, sum2: f64, count: usize) -> Option<f64> {
+    if count < 2 {
+        return None;
+    }
+    let mean = sum / count as f64;
+    let var = sum2 / count as f64 - mean * mean;
+    (var > 0.0).then(|| (var / (count - 1) as f64).sqrt())
+}
+
 /// Scores `ids` in the [`windows`] of `window` tokens every `stride` tokens; `on_batch` is
 /// told how many windows each batch finished.
 pub fn perplexity<B: Backend>(
@@ -109,24 +180,75 @@ pub fn perplexity<B: Backend>(
         .iter()
         .map(|s| (-s.total(), s.logprobs.len()))
         .collect();
-    let nll: f64 = units.iter().map(|u| u.0).sum();
-    let count: usize = units.iter().map(|u| u.1).sum();
+    let mut p = summary(&scored, ids.len(), window, stride, Protocol::Windows);
+    p.mean_nll_stderr = mean_stderr(&units);
+    p.perplexity_stderr = p.mean_nll_stderr.map(|e| p.perplexity * e);
+    p
+}
+
+/// The sequences llama-perplexity scores over `ids` with context `n_ctx` ([`llama_cpp_chunks`]):
+/// each chunk's first token becomes `bos` when the tokenizer adds one (`Some`), as llama.cpp
+/// does, so every chunk starts like a document.
+pub fn llama_cpp_requests(ids: &[u32], n_ctx: usize, bos: Option<u32>) -> Vec<Request> {
+    llama_cpp_chunks(ids.len(), n_ctx)
+        .into_iter()
+        .map(|(s, e, from)| {
+            let mut chunk = ids[s..e].to_vec();
+            if let Some(b) = bos {
+                chunk[0] = b;
+            }
+            Request { ids: chunk, from }
+        })
+        .collect()
+}
+
+/// Scores `ids` as llama-perplexity does with `-c n_ctx` ([`llama_cpp_requests`]; `ids` is the
+/// whole text tokenised with BOS first when the tokenizer adds one, `bos` then `Some`), with
+/// llama.cpp's per-token standard error ([`token_stderr`]).
+pub fn llama_cpp<B: Backend>(
+    scorer: &Scorer<B>,
+    ids: &[u32],
+    n_ctx: usize,
+    bos: Option<u32>,
+    on_batch: impl FnMut(usize),
+) -> Perplexity {
+    let scored = scorer.score(&llama_cpp_requests(ids, n_ctx, bos), on_batch);
+    let (sum, sum2) = scored
+        .iter()
+        .flat_map(|s| &s.logprobs)
+        .fold((0.0, 0.0), |(a, b), &lp| (a - lp, b + lp * lp));
+    let mut p = summary(&scored, ids.len(), n_ctx, n_ctx, Protocol::LlamaCpp);
+    p.mean_nll_stderr = token_stderr(sum, sum2, p.scored_tokens);
+    p.perplexity_stderr = p.mean_nll_stderr.map(|e| p.perplexity * e);
+    p
+}
+
+/// The mean NLL and perplexity of scored sequences (standard errors left to the protocol).
+fn summary(
+    scored: &[Scored],
+    tokens: usize,
+    window: usize,
+    stride: usize,
+    protocol: Protocol,
+) -> Perplexity {
+    let nll: f64 = scored.iter().map(|s| -s.total()).sum();
+    let count: usize = scored.iter().map(|s| s.logprobs.len()).sum();
     let mean = if count == 0 {
         f64::NAN
     } else {
         nll / count as f64
     };
-    let se = mean_stderr(&units);
     Perplexity {
-        tokens: ids.len(),
+        tokens,
         window,
         stride,
-        windows: reqs.len(),
+        protocol,
+        windows: scored.len(),
         scored_tokens: count,
         mean_nll: mean,
         perplexity: mean.exp(),
-        mean_nll_stderr: se,
-        perplexity_stderr: se.map(|e| mean.exp() * e),
+        mean_nll_stderr: None,
+        perplexity_stderr: None,
     }
 }
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cloze::{self, ClozeItem, ClozeResult};
 use super::mc::{self, Item, McResult};
-use super::perplexity::{self, Perplexity};
+use super::perplexity::{self, Perplexity, Protocol};
 use super::score::Scorer;
 use crate::backend::BackendTask;
 use crate::data;
@@ -18,11 +18,50 @@ use crate::error::{Error, Result};
 use crate::io::{tokenizer::Tokenizer, ModelFiles};
 use crate::model::Model;
 
+/// The perplexity part of a [`Suite`].
+#[derive(Debug, Clone)]
+pub struct PerplexityInput {
+    /// The token stream (for [`Protocol::LlamaCpp`], with BOS first when the tokenizer adds one).
+    pub ids: Vec<u32>,
+    /// Window (llama.cpp: context) length in tokens.
+    pub window: usize,
+    /// Tokens between window starts ([`Protocol::Windows`]).
+    pub stride: usize,
+    /// How the stream is cut.
+    pub protocol: Protocol,
+    /// The BOS id when the tokenizer adds one (llama.cpp puts it at each chunk's start).
+    pub bos: Option<u32>,
+}
+
+impl PerplexityInput {
+    /// Sequences it scores.
+    pub fn requests(&self) -> usize {
+        match self.protocol {
+            Protocol::Windows => {
+                perplexity::windows(self.ids.len(), self.window, self.stride).len()
+            }
+            Protocol::LlamaCpp => perplexity::llama_cpp_chunks(self.ids.len(), self.window).len(),
+        }
+    }
+
+    /// Scores it with `scorer`; `tick` is told how many sequences each batch finished.
+    pub fn run<B: Backend>(&self, scorer: &Scorer<B>, tick: impl FnMut(usize)) -> Perplexity {
+        match self.protocol {
+            Protocol::Windows => {
+                perplexity::perplexity(scorer, &self.ids, self.window, self.stride, tick)
+            }
+            Protocol::LlamaCpp => {
+                perplexity::llama_cpp(scorer, &self.ids, self.window, self.bos, tick)
+            }
+        }
+    }
+}
+
 /// What to measure.
 #[derive(Debug, Clone, Default)]
 pub struct Suite {
-    /// Token stream, window, stride.
-    pub perplexity: Option<(Vec<u32>, usize, usize)>,
+    /// Token stream and how to cut it.
+    pub perplexity: Option<PerplexityInput>,
     /// LAMBADA-style cloze items drawn from the text (greedy exact match of the last word).
     pub lambada: Vec<ClozeItem>,
     /// Multiple-choice cloze items drawn from the text.
@@ -49,9 +88,10 @@ pub struct Results {
 impl Suite {
     /// Sequences to score (for a progress bar's length).
     pub fn requests(&self) -> usize {
-        let ppl = self.perplexity.as_ref().map_or(0, |(ids, w, s)| {
-            perplexity::windows(ids.len(), *w, *s).len()
-        });
+        let ppl = self
+            .perplexity
+            .as_ref()
+            .map_or(0, PerplexityInput::requests);
         let mc = |items: &[Item]| items.iter().map(Item::choices).sum::<usize>();
         ppl + self.lambada.len()
             + mc(&self.cloze_mc)
@@ -68,9 +108,9 @@ impl Suite {
         let scorer = Scorer::new(model);
         let tick = |n: usize| bar.inc(n as u64);
         let mut r = Results::default();
-        if let Some((ids, w, s)) = &self.perplexity {
+        if let Some(input) = &self.perplexity {
             bar.set_message("perplexity");
-            let p = perplexity::perplexity(&scorer, ids, *w, *s, tick);
+            let p = input.run(&scorer, tick);
             if !p.mean_nll.is_finite() {
                 return Err(Error::Invalid(format!(
                     "the model's log-likelihoods are not finite (mean NLL {}): its logits contain NaN or inf; check its weights",
@@ -182,7 +222,9 @@ pub struct SuiteSpec {
     pub seq_len: usize,
     /// 0: non-overlapping windows; else the stride of windows that score each token once.
     pub stride: usize,
-    /// Perplexity over the first N tokens of the text.
+    /// How the perplexity's stream is cut: ddp's windows (with `stride`) or llama.cpp's chunks.
+    pub protocol: Protocol,
+    /// Perplexity over the first N tokens of the text (llama.cpp: BOS included).
     pub max_tokens: usize,
     /// Items of each built-in cloze task drawn from the text (0: none).
     pub cloze_items: usize,
@@ -214,31 +256,7 @@ pub fn build_suite(spec: &SuiteSpec, tok: &Tokenizer, cache: &Path) -> Result<Su
             )));
         }
         let src = data::resolve(d, cache)?;
-        let mut ids = data::token_stream(&src, tok, spec.max_tokens, false)?;
-        ids.truncate(spec.max_tokens);
-        // A shorter text would be scored with less context than seq_len promises.
-        if ids.len() < spec.seq_len {
-            return Err(Error::Source {
-                spec: d.into(),
-                what: format!(
-                    "only {} tokens: fewer than one perplexity window of {} (seq_len); give more text or a smaller seq_len",
-                    ids.len(),
-                    spec.seq_len
-                ),
-            });
-        }
-        let stride = if spec.stride == 0 {
-            spec.seq_len
-        } else {
-            spec.stride
-        };
-        if stride > spec.seq_len {
-            return Err(Error::Invalid(format!(
-                "stride {stride} is longer than seq_len {}",
-                spec.seq_len
-            )));
-        }
-        suite.perplexity = Some((ids, spec.seq_len, stride));
+        suite.perplexity = Some(perplexity_input(spec, d, &src, tok)?);
         if spec.cloze_items > 0 {
             let text = data::texts(&src)?.join("\n\n");
             let passages = cloze::passages(&text, spec.min_words);
@@ -263,6 +281,70 @@ pub fn build_suite(spec: &SuiteSpec, tok: &Tokenizer, cache: &Path) -> Result<Su
         ));
     }
     Ok(suite)
+}
+
+/// The perplexity stream of `src` (the resolved form of the spec `d`): ddp's convention (the
+/// text as it is, documents joined by EOS), or llama-perplexity's (BOS first when the tokenizer
+/// adds one, as `common_tokenize(.., add_special = true)` does on the file).
+fn perplexity_input(
+    spec: &SuiteSpec,
+    d: &str,
+    src: &str,
+    tok: &Tokenizer,
+) -> Result<PerplexityInput> {
+    let bos = tok.bos_id.filter(|_| tok.add_bos);
+    let llama = spec.protocol == Protocol::LlamaCpp;
+    let mut ids: Vec<u32> = bos.filter(|_| llama).into_iter().collect();
+    ids.extend(data::token_stream(src, tok, spec.max_tokens, false)?);
+    ids.truncate(spec.max_tokens);
+    let too_few = |what: String| Error::Source {
+        spec: d.into(),
+        what: format!("only {} tokens: {what}", ids.len()),
+    };
+    if llama {
+        if spec.seq_len < 3 {
+            return Err(Error::Invalid(format!(
+                "seq_len {} is too short for llama.cpp's protocol, which scores the second half of each chunk after its first token: use at least 3",
+                spec.seq_len
+            )));
+        }
+        // llama-perplexity refuses fewer than two chunks' worth too.
+        if ids.len() < 2 * spec.seq_len {
+            return Err(too_few(format!(
+                "llama.cpp's protocol needs at least 2 x seq_len = {} (max_tokens {}); give more text, a larger max_tokens or a smaller seq_len",
+                2 * spec.seq_len,
+                spec.max_tokens
+            )));
+        }
+    } else if ids.len() < spec.seq_len {
+        // A shorter text would be scored with less context than seq_len promises.
+        return Err(too_few(format!(
+            "fewer than one perplexity window of {} (seq_len); give more text or a smaller seq_len",
+            spec.seq_len
+        )));
+    }
+    let stride = match spec.stride {
+        0 => spec.seq_len,
+        s if llama => {
+            return Err(Error::Invalid(format!(
+                "stride {s} does not apply to llama.cpp's protocol (non-overlapping chunks): leave it at 0"
+            )))
+        }
+        s if s > spec.seq_len => {
+            return Err(Error::Invalid(format!(
+                "stride {s} is longer than seq_len {}",
+                spec.seq_len
+            )))
+        }
+        s => s,
+    };
+    Ok(PerplexityInput {
+        ids,
+        window: spec.seq_len,
+        stride,
+        protocol: spec.protocol,
+        bos,
+    })
 }
 
 /// Loads a model and runs a suite on it, on the chosen backend.

@@ -12,10 +12,11 @@ use super::common::{open_input, read_json, write_json};
 use crate::artifacts::{BLOCKS, EVAL, EVAL_MD};
 use crate::backend::{run_on, DeviceSpec};
 use crate::data::{self, Blocks};
-use crate::engine::params::{int, StageParams};
+use crate::engine::params::{choice, int, StageParams};
 use crate::engine::stage::{
     InputSpec, Metrics, ParamSpec, ParamType, Params, StageContext, StageKind,
 };
+use crate::eval::perplexity::Protocol;
 use crate::eval::suite::{build_suite, task_spec, EvalTask, SuiteSpec};
 use crate::model::accounting;
 
@@ -37,7 +38,9 @@ crate::stage_params! {
         seq_len: usize = 512 => int(2),
         /// 0: non-overlapping windows; else strided windows that score each token once with up to seq_len-1 tokens of context
         stride: usize = 0 => int(0),
-        /// perplexity over the first N tokens of the text (at least seq_len)
+        /// how the perplexity cuts the text: windows (ddp's, with stride) or llama.cpp (llama-perplexity's chunks of seq_len, second halves scored, BOS at each chunk's start)
+        protocol: Protocol = "windows" => choice::<Protocol>(),
+        /// perplexity over the first N tokens of the text (at least seq_len; llama.cpp: 2 x seq_len, BOS included)
         max_tokens: usize = 8192 => int(2),
         /// items of each built-in cloze task (LAMBADA-style and multiple choice) drawn from the text; 0: none
         cloze_items: usize = 100 => int(0),
@@ -62,6 +65,7 @@ impl From<EvaluateParams> for SuiteSpec {
             data: Some(p.data),
             seq_len: p.seq_len,
             stride: p.stride,
+            protocol: p.protocol,
             max_tokens: p.max_tokens,
             cloze_items: p.cloze_items,
             cloze_choices: p.cloze_choices,
@@ -196,9 +200,9 @@ impl StageKind for Evaluate {
         let tok = files.tokenizer()?;
         let spec: SuiteSpec = ctx.typed::<EvaluateParams>()?.into();
         let suite = build_suite(&spec, tok, ctx.cache_root)?;
-        if let (Some(cal), Some((ids, _, _))) = (ctx.inputs.get("calibration"), &suite.perplexity) {
+        if let (Some(cal), Some(ppl)) = (ctx.inputs.get("calibration"), &suite.perplexity) {
             let blocks: Blocks = read_json(&cal.dir.join(BLOCKS))?;
-            check_disjoint(ids, &blocks, &format!("stage {}", cal.stage))?;
+            check_disjoint(&ppl.ids, &blocks, &format!("stage {}", cal.stage))?;
         }
         let device = self.device;
         let results = run_on(

@@ -16,7 +16,7 @@ fn moby() -> String {
 }
 
 /// log p(ids[t+1] | ids[..=t]) for every t, from full logits, in f64.
-fn logprobs(m: &ddp::model::Model<B>, ids: &[u32]) -> Vec<f64> {
+pub(crate) fn logprobs(m: &ddp::model::Model<B>, ids: &[u32]) -> Vec<f64> {
     let v = m.config.vocab_size;
     let ids64: Vec<i64> = ids.iter().map(|&x| x as i64).collect();
     let lg = logits(m, &ids64);

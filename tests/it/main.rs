@@ -18,6 +18,7 @@ mod fuzz;
 mod golden;
 mod heads;
 mod layers;
+mod llama_cpp;
 mod model;
 mod pipeline;
 mod quants;
