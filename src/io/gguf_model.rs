@@ -242,13 +242,15 @@ fn arch_of(f: &GgufFile, a: &str, n_experts: usize) -> Result<Arch> {
         ("qwen3", _) => Arch::Qwen3,
         ("qwen2moe", _) => Arch::Qwen2Moe,
         ("qwen3moe", _) => Arch::Qwen3Moe,
-        _ => return Err(Error::bad_config(
-            &f.path,
-            "general.architecture",
-            format!(
+        _ => {
+            return Err(Error::bad_config(
+                &f.path,
+                "general.architecture",
+                format!(
                 "{a:?} is not supported (supported: llama, deci, qwen2, qwen3, qwen2moe, qwen3moe)"
             ),
-        )),
+            ))
+        }
     })
 }
 

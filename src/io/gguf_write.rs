@@ -375,7 +375,7 @@ fn rope_factors(cfg: &ModelConfig) -> Option<Vec<f32>> {
             original_max_position_embeddings,
         } => {
             let dim = cfg.head_dim;
-            let old = *original_max_position_embeddings as f64;
+            let old = *original_max_position_embeddings;
             let (low_wl, high_wl) = (old / low_freq_factor, old / high_freq_factor);
             let f = (0..dim / 2).map(|i| {
                 let freq = 1.0 / cfg.rope_theta.powf((2 * i) as f64 / dim as f64);

@@ -603,3 +603,87 @@ fn gguf_py_reads_the_files_and_agrees_on_quantisation() {
         serde_json::json!(["F32", [64, 24]])
     );
 }
+
+/// A 40-token sentencepiece vocabulary for the tiny models (`<unk>`, `<s>`, `</s>`, 37 pieces).
+fn tiny_tokenizer() -> Vec<(String, Value)> {
+    let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>"].map(String::from).to_vec();
+    tokens.extend(
+        "▁abcdefghijklmnopqrstuvwxyz0123456789"
+            .chars()
+            .map(String::from),
+    );
+    let types = (0..40).map(|i| Value::I32([2, 3, 3].get(i).copied().unwrap_or(1)));
+    vec![
+        ("tokenizer.ggml.model".into(), Value::Str("llama".into())),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(tokens.into_iter().map(Value::Str).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(types.collect()),
+        ),
+        (
+            "tokenizer.ggml.scores".into(),
+            Value::Array(vec![Value::F32(0.0); 40]),
+        ),
+        ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
+        ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),
+    ]
+}
+
+/// Tiny random models of each architecture written uniformly: qwen2 (biases, no permutation),
+/// qwen3 (q/k norms), llama with tied embeddings (no output.weight) and llama3 RoPE scaling
+/// (written as rope_freqs.weight, as the converter computes it) or linear scaling: each reads
+/// back with the in-memory model's logits.
+#[test]
+fn tiny_architectures_read_back_with_the_same_logits() {
+    use burn::backend::ndarray::NdArrayDevice;
+    let d = tempfile::tempdir().unwrap();
+    let ids: Vec<i64> = (0..24).map(|i| (i * 7 % 40) as i64).collect();
+    let mut llama3 = tiny::config(Arch::Llama, 4, 2);
+    llama3.tie_word_embeddings = true;
+    llama3.rope_scaling = Some(tiny::llama3_scaling());
+    let mut linear = tiny::config(Arch::Llama, 2, 2);
+    linear.rope_scaling = Some(ddp::model::config::RopeScaling::Linear { factor: 2.0 });
+    let cases = [
+        (tiny::config(Arch::Qwen2, 2, 1), "qwen2"),
+        (tiny::config(Arch::Qwen3, 4, 2), "qwen3"),
+        (llama3, "llama"),
+        (linear, "llama"),
+    ];
+    for (k, (mut cfg, arch)) in cases.into_iter().enumerate() {
+        cfg.bos_token_id = Some(1);
+        cfg.eos_token_id = Some(2);
+        let w = tiny::random_weights(&cfg, k as u64);
+        let opts = GgufOptions {
+            ty: GgmlType::F32,
+            name: arch.into(),
+            tokenizer: tiny_tokenizer(),
+            check_tokenizer: None,
+            extra: vec![],
+        };
+        let out = d.path().join(format!("{k}.gguf"));
+        write_gguf(&out, &cfg, &w.map, &opts).unwrap();
+        let f = GgufFile::open(&out).unwrap();
+        assert_eq!(meta(&f, "general.architecture"), &Value::Str(arch.into()));
+        assert_eq!(
+            f.tensors.contains_key("output.weight"),
+            !cfg.tie_word_embeddings
+        );
+        let back = open_model(&out).unwrap();
+        let want = ddp::model::load::load_model::<B>(&cfg, &w, &NdArrayDevice::Cpu, None).unwrap();
+        let diff = max_abs_diff(&logits(&model(&back), &ids), &logits(&want, &ids));
+        assert!(diff <= 1e-5, "{arch} #{k}: logits differ by {diff}");
+        match &cfg.rope_scaling {
+            Some(ddp::model::config::RopeScaling::Llama3 { .. }) => {
+                assert!(f.tensors.contains_key("rope_freqs.weight"))
+            }
+            Some(_) => assert_eq!(
+                meta(&f, "llama.rope.scaling.type"),
+                &Value::Str("linear".into())
+            ),
+            None => assert_eq!(back.config, cfg),
+        }
+    }
+}
