@@ -58,8 +58,8 @@ enum Cmd {
     Inspect(model::InspectArgs),
     /// Continue a prompt.
     Generate(model::GenerateArgs),
-    /// Write a model (e.g. a GGUF) as a Hugging Face directory: f32 safetensors, config.json,
-    /// tokenizer.json.
+    /// Write a model as a Hugging Face directory (`--to hf`: f32 safetensors, config.json,
+    /// tokenizer.json) or as a GGUF file for llama.cpp (`--to gguf`, `--type f32|f16|q8_0|q4_0`).
     Convert(model::ConvertArgs),
     /// Perplexity (and optionally cloze and multiple-choice tasks) of a model on a text: the
     /// code the `evaluate` stage runs.

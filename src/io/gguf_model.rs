@@ -13,6 +13,30 @@ use crate::model::config::{
 };
 use crate::model::weights::{summarize_dtypes, HostTensor, WeightSource};
 
+/// llama.cpp's names of a layer's dense tensors (`blk.N.{gguf}.weight|bias`) and their Hugging
+/// Face names (`model.layers.N.{hf}.weight|bias`), as llama.cpp's `tensor_mapping.py` pairs
+/// them; the writer (`gguf_write`) uses the same table the other way.
+pub(crate) const BLOCK_NAMES: &[(&str, &str)] = &[
+    ("attn_norm", "input_layernorm"),
+    ("ffn_norm", "post_attention_layernorm"),
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("attn_q_norm", "self_attn.q_norm"),
+    ("attn_k_norm", "self_attn.k_norm"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+];
+
+/// The model-wide tensors: GGUF name, Hugging Face name.
+pub(crate) const GLOBAL_NAMES: &[(&str, &str)] = &[
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+];
+
 /// How one HF tensor is read from the GGUF.
 #[derive(Debug, Clone)]
 struct Entry {
@@ -21,6 +45,9 @@ struct Entry {
     expert: Option<usize>,
     /// Undo llama.cpp's q/k permutation with this many heads.
     unpermute_heads: Option<usize>,
+    /// Not in the file: zeros of this shape (the attention of a layer without heads, which
+    /// llama.cpp's `deci` stores nothing of and ddp's loader reads as empty matrices).
+    zeros: Option<Vec<usize>>,
 }
 
 /// A GGUF model: the file, the config read from its metadata, and the map from Hugging Face
@@ -115,6 +142,25 @@ impl ArchMeta<'_> {
     fn bad(&self, s: &str, what: impl Into<String>) -> Error {
         Error::bad_config(&self.f.path, self.key(s), what)
     }
+    /// A key that is one integer for every layer, or an array of one per layer.
+    fn per_layer(&self, s: &str, layers: usize) -> Result<Vec<usize>> {
+        let Some(Value::Array(a)) = self.get(s) else {
+            return Ok(vec![self.usize(s)?; layers]);
+        };
+        if a.len() != layers {
+            return Err(self.bad(
+                s,
+                format!("{} entries for block_count = {layers} layers", a.len()),
+            ));
+        }
+        a.iter()
+            .map(|v| {
+                v.as_u64().map(|x| x as usize).ok_or_else(|| {
+                    self.bad(s, format!("expected non-negative integers, found {v:?}"))
+                })
+            })
+            .collect()
+    }
 }
 
 fn config_from_metadata(f: &GgufFile) -> Result<ModelConfig> {
@@ -134,10 +180,25 @@ fn config_from_metadata(f: &GgufFile) -> Result<ModelConfig> {
             format!("{layers} is more than {MAX_LAYERS}: not a real model"),
         ));
     }
-    let heads = m.usize("attention.head_count")?;
-    let kv = m.usize_or("attention.head_count_kv", heads)?;
-    let head_dim = m.usize_or("attention.key_length", hidden / heads.max(1))?;
-    let (intermediate, per_layer_ffn) = feed_forward_length(&m, n_experts)?;
+    // Scalars, or per-layer arrays (llama.cpp's `deci`, ddp's per-layer widths).
+    let heads_of = m.per_layer("attention.head_count", layers)?;
+    let kv_of = match m.get("attention.head_count_kv") {
+        Some(_) => m.per_layer("attention.head_count_kv", layers)?,
+        None => heads_of.clone(),
+    };
+    let ffn_of = match m.get("feed_forward_length") {
+        Some(_) => m.per_layer("feed_forward_length", layers)?,
+        // MoE models may omit it.
+        None if n_experts > 0 => vec![0; layers],
+        None => return Err(m.bad("feed_forward_length", "missing from the GGUF metadata")),
+    };
+    let widest = |v: &[usize]| v.iter().copied().max().unwrap_or(0);
+    let (heads, kv, intermediate) = (widest(&heads_of), widest(&kv_of), widest(&ffn_of));
+    // llama.cpp's own default: the hidden size over layer 0's heads.
+    let head_dim = m.usize_or(
+        "attention.key_length",
+        hidden / heads_of.first().map_or(1, |&h| h.max(1)),
+    )?;
     let vocab = vocab_size(&m)?;
     let rope_scaling = gguf_rope_scaling(&m)?;
     // Its error, if any, is reported after those of the keys read in the struct below.
@@ -161,7 +222,7 @@ fn config_from_metadata(f: &GgufFile) -> Result<ModelConfig> {
         moe: moe.transpose()?,
         bos_token_id: tok("tokenizer.ggml.bos_token_id"),
         eos_token_id: tok("tokenizer.ggml.eos_token_id"),
-        layer_shapes: per_layer_shapes(per_layer_ffn, heads, kv),
+        layer_shapes: per_layer_shapes(&heads_of, &kv_of, &ffn_of),
         sliding_window: None,
         sliding_layers_from: 0,
     };
@@ -175,6 +236,8 @@ fn arch_of(f: &GgufFile, a: &str, n_experts: usize) -> Result<Arch> {
     Ok(match (a, n_experts > 0) {
         ("llama", false) => Arch::Llama,
         ("llama", true) => Arch::Mixtral,
+        // NVIDIA's per-layer llama (Nemotron-NAS), which ddp writes for per-layer widths.
+        ("deci", false) => Arch::Llama,
         ("qwen2", _) => Arch::Qwen2,
         ("qwen3", _) => Arch::Qwen3,
         ("qwen2moe", _) => Arch::Qwen2Moe,
@@ -184,28 +247,10 @@ fn arch_of(f: &GgufFile, a: &str, n_experts: usize) -> Result<Arch> {
                 &f.path,
                 "general.architecture",
                 format!(
-                    "{a:?} is not supported (supported: llama, qwen2, qwen3, qwen2moe, qwen3moe)"
-                ),
+                "{a:?} is not supported (supported: llama, deci, qwen2, qwen3, qwen2moe, qwen3moe)"
+            ),
             ))
         }
-    })
-}
-
-/// The FFN width, and the per-layer widths when `feed_forward_length` is a list (as in some
-/// files). MoE models may omit it.
-fn feed_forward_length(m: &ArchMeta, n_experts: usize) -> Result<(usize, Option<Vec<usize>>)> {
-    Ok(match m.get("feed_forward_length") {
-        Some(Value::Array(a)) => {
-            let v: Vec<usize> = a
-                .iter()
-                .filter_map(Value::as_u64)
-                .map(|x| x as usize)
-                .collect();
-            (v.first().copied().unwrap_or(0), Some(v))
-        }
-        Some(_) => (m.usize("feed_forward_length")?, None),
-        None if n_experts > 0 => (0, None),
-        None => return Err(m.bad("feed_forward_length", "missing from the GGUF metadata")),
     })
 }
 
@@ -279,24 +324,19 @@ fn moe_config(
     })
 }
 
-/// Layer shapes for per-layer FFN widths, when they are not all the same.
-fn per_layer_shapes(
-    per_layer_ffn: Option<Vec<usize>>,
-    heads: usize,
-    kv: usize,
-) -> Option<Vec<LayerShape>> {
-    per_layer_ffn
-        .filter(|v| v.iter().any(|&x| x != v[0]))
-        .map(|v| {
-            v.into_iter()
-                .map(|ff| LayerShape {
-                    num_attention_heads: heads,
-                    num_key_value_heads: kv,
-                    intermediate_size: ff,
-                    ..Default::default()
-                })
-                .collect()
-        })
+/// Layer shapes when heads, KV heads or FFN widths differ between layers.
+fn per_layer_shapes(heads: &[usize], kv: &[usize], ffn: &[usize]) -> Option<Vec<LayerShape>> {
+    let uniform = |v: &[usize]| v.iter().all(|&x| x == v[0]);
+    if uniform(heads) && uniform(kv) && uniform(ffn) {
+        return None;
+    }
+    let shape = |i: usize| LayerShape {
+        num_attention_heads: heads[i],
+        num_key_value_heads: kv[i],
+        intermediate_size: ffn[i],
+        ..Default::default()
+    };
+    Some((0..heads.len()).map(shape).collect())
 }
 
 impl Entry {
@@ -306,6 +346,35 @@ impl Entry {
             gguf: g.to_string(),
             expert: None,
             unpermute_heads: None,
+            zeros: None,
+        }
+    }
+}
+
+/// Empty attention matrices (and a norm llama.cpp leaves out) for every layer without heads.
+fn map_headless_layers(cfg: &ModelConfig, map: &mut BTreeMap<String, Entry>) {
+    let (h, bias) = (cfg.hidden_size, cfg.attention_bias);
+    for i in (0..cfg.num_hidden_layers).filter(|&i| cfg.layer(i).num_attention_heads == 0) {
+        let p = format!("model.layers.{i}");
+        let mut shapes = [
+            ("self_attn.q_proj.weight", vec![0, h]),
+            ("self_attn.k_proj.weight", vec![0, h]),
+            ("self_attn.v_proj.weight", vec![0, h]),
+            ("self_attn.o_proj.weight", vec![h, 0]),
+            ("input_layernorm.weight", vec![h]),
+        ]
+        .map(|(n, s)| (n.to_string(), s))
+        .to_vec();
+        if bias {
+            for n in ["q", "k", "v"].map(|x| format!("self_attn.{x}_proj.bias")) {
+                shapes.push((n, vec![0]));
+            }
+        }
+        for (n, shape) in shapes {
+            map.entry(format!("{p}.{n}")).or_insert(Entry {
+                zeros: Some(shape),
+                ..Entry::plain("")
+            });
         }
     }
 }
@@ -313,11 +382,10 @@ impl Entry {
 fn name_map(f: &GgufFile, cfg: &ModelConfig) -> Result<BTreeMap<String, Entry>> {
     let mut map = BTreeMap::new();
     for name in &f.order {
-        let hf = match name.as_str() {
-            "token_embd.weight" => "model.embed_tokens.weight",
-            "output_norm.weight" => "model.norm.weight",
-            "output.weight" => "lm_head.weight",
-            "rope_freqs.weight" => continue,
+        let global = GLOBAL_NAMES.iter().find(|(g, _)| g == name);
+        let hf = match (name.as_str(), global) {
+            (_, Some((_, hf))) => *hf,
+            ("rope_freqs.weight", _) => continue,
             _ => {
                 let block = name
                     .strip_prefix("blk.")
@@ -332,6 +400,7 @@ fn name_map(f: &GgufFile, cfg: &ModelConfig) -> Result<BTreeMap<String, Entry>> 
         };
         map.insert(hf.into(), Entry::plain(name));
     }
+    map_headless_layers(cfg, &mut map);
     // Older Mixtral GGUFs store experts one tensor each: blk.N.ffn_gate.E.weight.
     if let Some(m) = cfg.spec().moe {
         map_per_expert_tensors(f, m, &mut map);
@@ -354,9 +423,8 @@ fn map_block_tensor(
     let (base, suffix) = tail.rsplit_once('.').unwrap_or((tail, ""));
     let moe = spec.moe;
     let blk = moe.map(|m| m.block).unwrap_or("mlp");
+    let dense = BLOCK_NAMES.iter().find(|(g, _)| *g == base);
     let hf_base: Option<String> = match base {
-        "attn_norm" => Some(format!("{p}.input_layernorm")),
-        "ffn_norm" => Some(format!("{p}.post_attention_layernorm")),
         "attn_q" | "attn_k" => {
             let which = &base[5..];
             let heads = if which == "q" {
@@ -371,11 +439,7 @@ fn map_block_tensor(
             map.insert(format!("{p}.self_attn.{which}_proj.{suffix}"), e);
             None
         }
-        "attn_v" => Some(format!("{p}.self_attn.v_proj")),
-        "attn_output" => Some(format!("{p}.self_attn.o_proj")),
-        "attn_q_norm" => Some(format!("{p}.self_attn.q_norm")),
-        "attn_k_norm" => Some(format!("{p}.self_attn.k_norm")),
-        "ffn_gate" | "ffn_up" | "ffn_down" => Some(format!("{p}.mlp.{}_proj", &base[4..])),
+        _ if dense.is_some() => dense.map(|(_, hf)| format!("{p}.{hf}")),
         "ffn_gate_inp" => moe.map(|m| format!("{p}.{blk}.{}", m.router)),
         "ffn_gate_inp_shexp" => Some(format!("{p}.mlp.shared_expert_gate")),
         "ffn_gate_shexp" | "ffn_up_shexp" | "ffn_down_shexp" => Some(format!(
@@ -447,6 +511,9 @@ impl WeightSource for GgufModel {
 
     fn shape(&self, name: &str) -> Option<Vec<usize>> {
         let e = self.map.get(name)?;
+        if let Some(z) = &e.zeros {
+            return Some(z.clone());
+        }
         let s = self.info(e).shape();
         Some(if e.expert.is_some() {
             s[1..].to_vec()
@@ -467,6 +534,9 @@ impl WeightSource for GgufModel {
         let e = self.map.get(name).ok_or_else(|| {
             Error::bad_tensor(&self.file.path, name, "missing (no GGUF tensor maps to it)")
         })?;
+        if let Some(z) = &e.zeros {
+            return Ok(HostTensor::new(z.clone(), vec![0.0; z.iter().product()]));
+        }
         let info = self.info(e);
         let raw = self.file.raw(info);
         let shape = self.shape(name).expect("mapped names have shapes");

@@ -1,10 +1,13 @@
 //! Reading models from disk: HF directories (config.json, safetensors, tokenizer.json) and GGUF
-//! files, plus the sources they are fetched from.
+//! files, plus the sources they are fetched from; writing them as HF directories (`export`)
+//! and GGUF files (`gguf_write`, tokenizer metadata in `gguf_vocab`).
 
 pub mod dtype;
 pub mod export;
-pub(crate) mod gguf;
+pub mod gguf;
 pub(crate) mod gguf_model;
+pub mod gguf_vocab;
+pub mod gguf_write;
 pub(crate) mod hf_config;
 pub mod hf_tokenizer;
 pub mod model_card;

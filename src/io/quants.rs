@@ -61,6 +61,25 @@ impl GgmlType {
         })
     }
 
+    /// The GGUF type id (the inverse of [`from_id`](Self::from_id)).
+    pub fn id(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Q4_0 => 2,
+            Self::Q4_1 => 3,
+            Self::Q5_0 => 6,
+            Self::Q5_1 => 7,
+            Self::Q8_0 => 8,
+            Self::Q2K => 10,
+            Self::Q3K => 11,
+            Self::Q4K => 12,
+            Self::Q5K => 13,
+            Self::Q6K => 14,
+            Self::BF16 => 30,
+        }
+    }
+
     /// The type's name as ggml spells it (`Q4_K`, `F16`).
     pub fn name(self) -> &'static str {
         match self {
@@ -324,4 +343,47 @@ fn q6_k(b: &[u8], y: &mut [f32]) {
             o[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
         }
     }
+}
+
+/// Encodes `x` as `ty` (F32, F16, Q8_0 or Q4_0), bit for bit as ggml's reference
+/// quantisers (`quantize_row_q8_0_ref`, `quantize_row_q4_0_ref`) do; `None` for another type,
+/// or when `x` is not a whole number of blocks.
+pub fn quantize(ty: GgmlType, x: &[f32]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(ty.bytes_for(x.len())?);
+    match ty {
+        GgmlType::F32 => x.iter().for_each(|v| out.extend(v.to_le_bytes())),
+        GgmlType::F16 => x
+            .iter()
+            .for_each(|&v| out.extend(f16::from_f32(v).to_le_bytes())),
+        GgmlType::Q8_0 => x.chunks_exact(QK).for_each(|b| quantize_q8_0(b, &mut out)),
+        GgmlType::Q4_0 => x.chunks_exact(QK).for_each(|b| quantize_q4_0(b, &mut out)),
+        _ => return None,
+    }
+    Some(out)
+}
+
+/// One Q8_0 block: scale amax/127, values rounded half away from zero (C's `roundf`).
+fn quantize_q8_0(x: &[f32], out: &mut Vec<u8>) {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    out.extend(f16::from_f32(d).to_le_bytes());
+    out.extend(x.iter().map(|&v| (v * id).round() as i8 as u8));
+}
+
+/// One Q4_0 block: the value of largest magnitude maps to -8; nibbles `min(15, trunc(v/d + 8.5))`,
+/// element j in the low nibble of byte j and element j + 16 in its high nibble.
+fn quantize_q4_0(x: &[f32], out: &mut Vec<u8>) {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    let d = max / -8.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    out.extend(f16::from_f32(d).to_le_bytes());
+    let nibble = |v: f32| ((v * id + 8.5) as i8).min(15) as u8;
+    out.extend((0..QK / 2).map(|j| nibble(x[j]) | (nibble(x[j + QK / 2]) << 4)));
 }

@@ -15,6 +15,7 @@ mod eval;
 mod exposure;
 mod formats;
 mod fuzz;
+mod gguf_export;
 mod golden;
 mod heads;
 mod layers;
