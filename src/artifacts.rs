@@ -14,6 +14,10 @@ pub const MODEL: &str = "model.json";
 /// tokenizer.json). Written by `slice`; read through [`MODEL`] by `evaluate` and `benchmark`.
 pub const MODEL_DIR: &str = "model";
 
+/// `model.gguf`: the sliced model as a GGUF for llama.cpp (per-layer widths as its `deci`
+/// architecture). Written by `export` when its `formats` include "gguf".
+pub const MODEL_GGUF: &str = "model.gguf";
+
 /// `gates.json`: the gate state (`prune::train::GateState`: families, targets, z, multipliers,
 /// step). Written by `gate-insert` (initial), `anneal-train` (trained) and `oneshot` (scores);
 /// read by `anneal-train`, `oneshot` (from `gate-insert`) and `threshold`.

@@ -271,6 +271,11 @@ impl<B: Backend> Mlp<B> {
         x: Tensor<B, D>,
         gate: Option<&Tensor<B, 1>>,
     ) -> Tensor<B, D> {
+        if self.width() == 0 {
+            // A layer whose FFN was pruned away entirely (a per-layer slice) adds nothing; the
+            // zero-width products would fail to reshape.
+            return x.zeros_like();
+        }
         let mut h =
             crate::backend::swiglu::swiglu(self.gate.forward(x.clone()), self.up.forward(x));
         if let Some(g) = gate {

@@ -1,7 +1,9 @@
 //! `export`: the model as it ships. Takes the slice's directory (hard links to its files, a
 //! copy where the file system refuses links) and writes its model card again with what the
 //! pipeline measured after slicing: the evaluation (perplexity, accuracies, their change from
-//! the dense model) and the benchmark. `formats` names the outputs; today "hf" (the directory).
+//! the dense model) and the benchmark. `formats` names the outputs: "hf" (the directory) and
+//! "gguf" (`model.gguf` for llama.cpp, Ollama, LM Studio: `io::gguf_write`, per-layer widths as
+//! llama.cpp's `deci`).
 
 use std::path::Path;
 
@@ -9,18 +11,47 @@ use anyhow::{bail, Context, Result};
 
 use super::common::{read_json, write_json, Location, ModelRef};
 use super::slice::CARD;
-use crate::artifacts::{BENCH_MD, EVAL_MD, MODEL_DIR};
-use crate::engine::params::StageParams;
+use crate::artifacts::{BENCH_MD, EVAL_MD, MODEL_DIR, MODEL_GGUF};
+use crate::engine::params::{choice, StageParams};
 use crate::engine::stage::{
     Input, InputSpec, Metrics, ParamSpec, ParamType, StageContext, StageKind,
 };
+use crate::io::gguf::Value;
+use crate::io::gguf_write::{write_gguf, GgufOptions};
 use crate::io::model_card::{CardFacts, StageRef};
+use crate::io::quants::GgmlType;
+use crate::io::{gguf_vocab, open_model};
+
+crate::choice_enum! {
+    /// `gguf_type`: what the GGUF's matrices are stored as.
+    pub enum GgufType {
+        /// Plain f32: exact, four bytes a weight.
+        F32 = "f32",
+        /// IEEE half: what llama.cpp's converter writes by default.
+        F16 = "f16",
+        /// 8-bit blocks of 32 with an f16 scale.
+        Q8_0 = "q8_0",
+        /// 4-bit blocks of 32 with an f16 scale.
+        Q4_0 = "q4_0",
+    }
+}
+
+impl GgufType {
+    fn ggml(self) -> GgmlType {
+        match self {
+            GgufType::F32 => GgmlType::F32,
+            GgufType::F16 => GgmlType::F16,
+            GgufType::Q8_0 => GgmlType::Q8_0,
+            GgufType::Q4_0 => GgmlType::Q4_0,
+        }
+    }
+}
 
 /// The kind's name in recipes and cache paths.
 pub const KIND: &str = "export";
 
 /// The formats `formats` accepts.
-pub const FORMATS: &[&str] = &["hf"];
+pub const FORMATS: &[&str] = &["hf", "gguf"];
 
 /// The `export` stage kind.
 pub struct Export;
@@ -28,8 +59,10 @@ pub struct Export;
 crate::stage_params! {
     /// The `export` stage's parameters.
     pub struct ExportParams {
-        /// what to write: "hf" (model/: the Hugging Face directory with the model card)
+        /// what to write: "hf" (model/: the Hugging Face directory with the model card), "gguf" (model.gguf for llama.cpp; per-layer widths as its `deci` architecture)
         formats: Vec<String> = vec!["hf".to_string()] => ParamType::StrList,
+        /// with "gguf": the storage type of its matrices (norms and 1-D tensors stay f32)
+        gguf_type: GgufType = "f16" => choice::<GgufType>(),
         /// the recipe's name, for the card (the pipeline sets "${recipe.name}")
         recipe: String = "" => ParamType::Str,
         /// the card's base_model (a Hub repository id), when the source does not name it
@@ -45,7 +78,7 @@ impl StageKind for Export {
         1
     }
     fn about(&self) -> &'static str {
-        "The model as it ships: the slice's directory (hard links) with a model card (README.md) that adds the evaluation and benchmark numbers."
+        "The model as it ships: the slice's directory (hard links) with a model card (README.md) that adds the evaluation and benchmark numbers, and with formats = [\"hf\", \"gguf\"] model.gguf for llama.cpp."
     }
     fn params(&self) -> Vec<ParamSpec> {
         ExportParams::specs()
@@ -131,6 +164,12 @@ impl StageKind for Export {
         }
         write_json(&ctx.out_dir.join(CARD), &facts)?;
         let mut m = Metrics::from([("params_total".into(), facts.params as f64)]);
+        if p.formats.iter().any(|f| f == "gguf") {
+            let path = ctx.out_dir.join(MODEL_GGUF);
+            write_model_gguf(&slice.dir.join(MODEL_DIR), &path, &facts, p.gguf_type.ggml())?;
+            let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            m.insert("gguf_bytes".into(), bytes as f64);
+        }
         if let Some(ppl) = ctx
             .inputs
             .get("evaluation")
@@ -140,6 +179,30 @@ impl StageKind for Export {
         }
         Ok(m)
     }
+}
+
+/// Writes the sliced HF directory `dir` as a GGUF at `path`: its tokenizer (and chat template)
+/// carried over and checked, named after the source, with `ddp.*` keys saying what it is.
+fn write_model_gguf(dir: &Path, path: &Path, facts: &CardFacts, ty: GgmlType) -> Result<()> {
+    let files = open_model(dir)?;
+    let tensors = crate::io::export::read_all(files.weights.as_ref())?;
+    let base = facts.source_info.name.as_deref().unwrap_or("model");
+    let mut extra = vec![
+        ("ddp.source".to_string(), Value::Str(facts.source.clone())),
+        ("ddp.pruned".to_string(), Value::Bool(true)),
+    ];
+    if let Some(m) = &facts.method {
+        extra.push(("ddp.method".to_string(), Value::Str(m.clone())));
+    }
+    let opts = GgufOptions {
+        ty,
+        name: format!("{base} (pruned by ddp)"),
+        tokenizer: gguf_vocab::tokenizer_metadata(&files)?,
+        check_tokenizer: files.tokenizer.as_ref(),
+        extra,
+    };
+    write_gguf(path, &files.config, &tensors, &opts)?;
+    Ok(())
 }
 
 /// The markdown an evaluate or benchmark entry wrote (`file`), without its `# ` heading.

@@ -103,15 +103,14 @@ impl StageKind for Slice {
         let c = &s.config;
         if standard && c.arch == Arch::Llama && c.hidden_size % c.num_attention_heads != 0 {
             ctx.warn(&format!(
-                "{} heads do not divide hidden_size {}: transformers 5 refuses such a LlamaConfig (its validate_architecture ignores head_dim); transformers 4, vLLM and ddp load it",
+                "{} heads do not divide hidden_size {}: transformers 5.25 refuses such a LlamaConfig (its validate_architecture ignores head_dim); ddp and llama.cpp (export formats = [\"gguf\"]) load it",
                 c.num_attention_heads, c.hidden_size
             ));
         }
         if !standard {
-            ctx.progress.println(format!(
-                "{}: layers have different shapes; the config records them in `ddp_layer_shapes` (ddp loads it). Standard runtimes need uniform shapes: threshold rule = \"uniform\" or slice uniform = true.",
-                ctx.instance
-            ));
+            ctx.note(
+                "layers have different shapes: config.json records them in `ddp_layer_shapes` (ddp loads it) and export formats = [\"gguf\"] writes llama.cpp's per-layer `deci` GGUF; transformers and vLLM need uniform shapes (threshold rule = \"uniform\" or slice uniform = true)",
+            );
         }
         // model.json for downstream stages: the sliced model, inside this entry.
         let rel = ctx.out_dir.strip_prefix(ctx.cache_root).ok();

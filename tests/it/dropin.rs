@@ -2,7 +2,7 @@
 //! dtype (or the one asked for) that read back, the tokenizer files transformers reads
 //! (tokenizer_config.json with the special tokens and the source's chat template,
 //! special_tokens_map.json, generation_config.json), the model card, config.json's `ddp`
-//! block, and the `export` stage's card with the evaluation; transformers loads the result
+//! block, and the `export` stage's card with the evaluation and its GGUF; transformers loads the result
 //! when /work/torchenv is present.
 
 use crate::common::*;
@@ -276,6 +276,8 @@ kind = "export"
 inputs = {{ model = "slice", evaluation = "evaluate" }}
 recipe = "${{recipe.name}}"
 base_model = "karpathy/tinyllamas"
+formats = ["hf", "gguf"]
+gguf_type = "f32"
 "#,
         model = source.display(),
         eval = eval.display(),
@@ -422,6 +424,7 @@ fn slice_and_export_write_the_directory_a_user_expects() {
         );
     }
     transformers_check(&shipped, &files, "torch.bfloat16");
+    gguf_check(&out.join("export/model.gguf"), &shipped, "llama");
     // dtype = "f16" reruns slice and what follows it only.
     fs::write(
         &run.recipe,
@@ -448,6 +451,24 @@ fn slice_and_export_write_the_directory_a_user_expects() {
         read_json(&shipped.join("config.json"))["torch_dtype"],
         json!("float16")
     );
+}
+
+/// The export's model.gguf (f32) is `arch`, carries the chat template, names its source and
+/// computes the shipped directory's logits.
+fn gguf_check(gguf: &Path, dir: &Path, arch: &str) {
+    use ddp::io::gguf::{GgufFile, Value};
+    let f = GgufFile::open(gguf).unwrap();
+    assert_eq!(f.get("general.architecture"), Some(&Value::Str(arch.into())));
+    assert_eq!(
+        f.get("tokenizer.chat_template"),
+        Some(&Value::Str(TEMPLATE.into()))
+    );
+    assert_eq!(f.get("ddp.method"), Some(&Value::Str("magnitude".into())));
+    let (ids, _, _) = golden("stories260k.safetensors");
+    let want = logits(&model(&ddp::io::open_model(dir).unwrap()), &ids);
+    let got = logits(&model(&ddp::io::open_model(gguf).unwrap()), &ids);
+    let diff = max_abs_diff(&got, &want);
+    assert!(diff <= 1e-5, "model.gguf's logits differ by {diff}");
 }
 
 const TRANSFORMERS_DROPIN: &str = r#"

@@ -204,8 +204,12 @@ fn per_layer_model_is_written_as_deci_and_reads_back() {
     let shapes = c.layer_shapes.as_ref().expect("per-layer shapes");
     let d = tempfile::tempdir().unwrap();
     // The reference is the unsliced model under the mask's gates (what the sliced model must
-    // compute; ddp's own model cannot run a zero-width FFN, which the GGUF pads).
+    // compute, with its zero-width FFN; the GGUF pads that one).
     let want = gated_logits(&files, &mask, &ids);
+    let hf = d.path().join("hf");
+    ddp::io::export::write_hf_dir(&hf, c, &sliced.tensors, files.tokenizer.as_ref()).unwrap();
+    let diff = max_abs_diff(&logits(&model(&open_model(&hf).unwrap()), &ids), &want);
+    assert!(diff <= 1e-4, "the sliced directory's logits differ by {diff}");
 
     let out = write(d.path(), &files, c, &sliced.tensors, GgmlType::F32);
     let f = GgufFile::open(&out).unwrap();

@@ -199,7 +199,76 @@ fn cases() -> Vec<Case> {
             ctx: 512,
             chunks: 4,
         },
+        Case {
+            name: "stories260k, uniform pruned, ddp's F32 GGUF (llama)",
+            make: |_, d| pruned_gguf(&fixture("stories260k"), &[2; 5], &[120; 5], true, d),
+            text: || fixtures().join("corpora/moby-dick.txt"),
+            ctx: 128,
+            chunks: 16,
+        },
+        Case {
+            name: "stories260k, per-layer pruned, ddp's F32 GGUF (deci)",
+            make: |_, d| {
+                let f = fixture("stories260k");
+                pruned_gguf(&f, &[3, 1, 2, 4, 2], &[150, 100, 40, 60, 172], false, d)
+            },
+            text: || fixtures().join("corpora/moby-dick.txt"),
+            ctx: 128,
+            chunks: 16,
+        },
+        Case {
+            name: "SmolLM2-135M, uniform pruned, ddp's F32 GGUF (llama)",
+            make: |_, d| pruned_gguf(&open(SMOLLM2), &[2; 30], &[1024; 30], true, d),
+            text: || fixtures().join("corpora/sotu/1999_william_j_clinton_d.txt"),
+            ctx: 512,
+            chunks: 2,
+        },
+        Case {
+            name: "SmolLM2-135M, per-layer pruned, ddp's F32 GGUF (deci)",
+            make: |_, d| {
+                let groups: Vec<usize> = (0..30).map(|l| [3, 2, 1][l % 3]).collect();
+                let channels: Vec<usize> = (0..30).map(|l| [1512, 1280, 1051][l % 3]).collect();
+                pruned_gguf(&open(SMOLLM2), &groups, &channels, false, d)
+            },
+            text: || fixtures().join("corpora/sotu/1999_william_j_clinton_d.txt"),
+            ctx: 512,
+            chunks: 2,
+        },
     ]
+}
+
+/// `files`' model sliced to the first `groups[l]` KV groups (their query heads with them) and
+/// `channels[l]` FFN channels of each layer, written by ddp as an F32 GGUF.
+fn pruned_gguf(
+    files: &ddp::io::ModelFiles,
+    groups: &[usize],
+    channels: &[usize],
+    uniform: bool,
+    dir: &Path,
+) -> PathBuf {
+    let c = &files.config;
+    let per_group = c.num_attention_heads / c.num_key_value_heads;
+    let keep = |n: usize, k: usize| (0..n).map(|i| if i < k { 1.0 } else { 0.0 }).collect();
+    let layers = (0..c.num_hidden_layers)
+        .map(|l| ddp::prune::mask::LayerMask {
+            heads: keep(c.num_attention_heads, groups[l] * per_group),
+            channels: keep(c.intermediate_size, channels[l]),
+            experts: vec![],
+        })
+        .collect();
+    let mask = ddp::prune::mask::FinalMask { layers };
+    let sliced = ddp::prune::slice::slice(c, files.weights.as_ref(), &mask, uniform, 1)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = dir.join("pruned-f32.gguf");
+    ddp::io::gguf_write::write_model_gguf(
+        &out,
+        files,
+        &sliced.config,
+        &sliced.tensors,
+        ddp::io::quants::GgmlType::F32,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    out
 }
 
 /// `llama-quantize --allow-requantize SRC OUT F32` on the GGUF the source spec names.
