@@ -166,7 +166,12 @@ impl StageKind for Export {
         let mut m = Metrics::from([("params_total".into(), facts.params as f64)]);
         if p.formats.iter().any(|f| f == "gguf") {
             let path = ctx.out_dir.join(MODEL_GGUF);
-            write_model_gguf(&slice.dir.join(MODEL_DIR), &path, &facts, p.gguf_type.ggml())?;
+            write_model_gguf(
+                &slice.dir.join(MODEL_DIR),
+                &path,
+                &facts,
+                p.gguf_type.ggml(),
+            )?;
             let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             m.insert("gguf_bytes".into(), bytes as f64);
         }

@@ -458,7 +458,10 @@ fn slice_and_export_write_the_directory_a_user_expects() {
 fn gguf_check(gguf: &Path, dir: &Path, arch: &str) {
     use ddp::io::gguf::{GgufFile, Value};
     let f = GgufFile::open(gguf).unwrap();
-    assert_eq!(f.get("general.architecture"), Some(&Value::Str(arch.into())));
+    assert_eq!(
+        f.get("general.architecture"),
+        Some(&Value::Str(arch.into()))
+    );
     assert_eq!(
         f.get("tokenizer.chat_template"),
         Some(&Value::Str(TEMPLATE.into()))

@@ -209,7 +209,10 @@ fn per_layer_model_is_written_as_deci_and_reads_back() {
     let hf = d.path().join("hf");
     ddp::io::export::write_hf_dir(&hf, c, &sliced.tensors, files.tokenizer.as_ref()).unwrap();
     let diff = max_abs_diff(&logits(&model(&open_model(&hf).unwrap()), &ids), &want);
-    assert!(diff <= 1e-4, "the sliced directory's logits differ by {diff}");
+    assert!(
+        diff <= 1e-4,
+        "the sliced directory's logits differ by {diff}"
+    );
 
     let out = write(d.path(), &files, c, &sliced.tensors, GgmlType::F32);
     let f = GgufFile::open(&out).unwrap();
