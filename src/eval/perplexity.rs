@@ -23,18 +23,18 @@
 use serde::{Deserialize, Serialize};
 
 use super::score::{Request, Scored, Scorer};
-use crate::engine::params::Choice;
 use crate::error::{Error, Result};
 use burn::tensor::backend::Backend;
 
-crate::choice_enum! {
-    /// How a token stream is cut into scored sequences.
-    pub enum Protocol {
-        /// Windows of `window` tokens every `stride` tokens ([`windows`]); ddp's own.
-        Windows = "windows",
-        /// llama.cpp's `llama-perplexity` ([`llama_cpp_chunks`]).
-        LlamaCpp = "llama.cpp",
-    }
+/// How a token stream is cut into scored sequences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Protocol {
+    /// Windows of `window` tokens every `stride` tokens ([`windows`]); ddp's own.
+    #[serde(rename = "windows")]
+    Windows,
+    /// llama.cpp's `llama-perplexity` ([`llama_cpp_chunks`]).
+    #[serde(rename = "llama.cpp")]
+    LlamaCpp,
 }
 
 impl Default for Protocol {
@@ -45,7 +45,10 @@ impl Default for Protocol {
 }
 
 impl Protocol {
-    /// The protocol named `name` (one of [`Choice::NAMES`]).
+    /// The protocols' names, as recipes, `eval --protocol` and eval.json write them.
+    pub const NAMES: &'static [&'static str] = &["windows", "llama.cpp"];
+
+    /// The protocol named `name` (one of [`Protocol::NAMES`]).
     pub fn parse(name: &str) -> Result<Self> {
         match name {
             "windows" => Ok(Self::Windows),

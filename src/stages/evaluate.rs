@@ -23,6 +23,25 @@ use crate::model::accounting;
 /// The kind's name in recipes and cache paths.
 pub const KIND: &str = "evaluate";
 
+crate::choice_enum! {
+    /// `protocol`: how the perplexity text is cut into scored sequences ([`Protocol`]).
+    pub enum EvalProtocol {
+        /// ddp's windows (`seq_len`, `stride`).
+        Windows = "windows",
+        /// llama-perplexity's chunks, second halves scored.
+        LlamaCpp = "llama.cpp",
+    }
+}
+
+impl From<EvalProtocol> for Protocol {
+    fn from(p: EvalProtocol) -> Self {
+        match p {
+            EvalProtocol::Windows => Protocol::Windows,
+            EvalProtocol::LlamaCpp => Protocol::LlamaCpp,
+        }
+    }
+}
+
 /// The `evaluate` stage kind.
 pub struct Evaluate {
     /// Where its models run (the `--device` the registry was built for).
@@ -39,7 +58,7 @@ crate::stage_params! {
         /// 0: non-overlapping windows; else strided windows that score each token once with up to seq_len-1 tokens of context
         stride: usize = 0 => int(0),
         /// how the perplexity cuts the text: windows (ddp's, with stride) or llama.cpp (llama-perplexity's chunks of seq_len, second halves scored, BOS at each chunk's start)
-        protocol: Protocol = "windows" => choice::<Protocol>(),
+        protocol: EvalProtocol = "windows" => choice::<EvalProtocol>(),
         /// perplexity over the first N tokens of the text (at least seq_len; llama.cpp: 2 x seq_len, BOS included)
         max_tokens: usize = 8192 => int(2),
         /// items of each built-in cloze task (LAMBADA-style and multiple choice) drawn from the text; 0: none
@@ -65,7 +84,7 @@ impl From<EvaluateParams> for SuiteSpec {
             data: Some(p.data),
             seq_len: p.seq_len,
             stride: p.stride,
-            protocol: p.protocol,
+            protocol: p.protocol.into(),
             max_tokens: p.max_tokens,
             cloze_items: p.cloze_items,
             cloze_choices: p.cloze_choices,
