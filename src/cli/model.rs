@@ -9,7 +9,8 @@ use burn::tensor::backend::Backend;
 
 use super::{progress, Global};
 use ddp::backend::{run_on, BackendTask};
-use ddp::io::quants::GgmlType;
+use ddp::io::dtype::WeightDtype;
+use ddp::io::gguf_write::OUTPUT_TYPE_NAMES;
 use ddp::io::{self, open_source, ModelFiles};
 use ddp::model::generate;
 
@@ -53,8 +54,14 @@ pub struct ConvertArgs {
     to: ConvertTo,
     /// Storage type of a GGUF's matrices (1-D tensors and norms stay f32; rows that are not
     /// whole 32-element blocks fall back to f16, as llama.cpp's converter does).
-    #[arg(long = "type", value_enum, default_value_t = GgufType::F32)]
-    ty: GgufType,
+    #[arg(long = "type", default_value = "f32",
+          value_parser = clap::builder::PossibleValuesParser::new(OUTPUT_TYPE_NAMES))]
+    ty: String,
+    /// Weights' dtype of an HF directory (`--to hf`): `source` keeps the source's (a quantised
+    /// GGUF gives f16), or f32, bf16, f16.
+    #[arg(long, default_value = "source",
+          value_parser = clap::builder::PossibleValuesParser::new(["source", "f32", "bf16", "f16"]))]
+    dtype: String,
 }
 
 /// `convert --to`.
@@ -64,32 +71,6 @@ pub enum ConvertTo {
     Hf,
     /// A GGUF file (llama.cpp, Ollama, LM Studio).
     Gguf,
-}
-
-/// `convert --type`.
-#[derive(Clone, Copy, clap::ValueEnum)]
-pub enum GgufType {
-    /// 32-bit floats.
-    F32,
-    /// 16-bit floats.
-    F16,
-    /// 8-bit blocks of 32 (ggml's Q8_0).
-    #[value(name = "q8_0")]
-    Q8_0,
-    /// 4-bit blocks of 32 (ggml's Q4_0).
-    #[value(name = "q4_0")]
-    Q4_0,
-}
-
-impl GgufType {
-    fn ggml(self) -> GgmlType {
-        match self {
-            GgufType::F32 => GgmlType::F32,
-            GgufType::F16 => GgmlType::F16,
-            GgufType::Q8_0 => GgmlType::Q8_0,
-            GgufType::Q4_0 => GgmlType::Q4_0,
-        }
-    }
 }
 
 /// Prints the model's summary (`io::summary`) as text or JSON.
@@ -128,10 +109,20 @@ pub fn convert(a: ConvertArgs, g: &Global) -> Result<ExitCode> {
     let tensors = io::export::read_all(files.weights.as_ref())?;
     match a.to {
         ConvertTo::Hf => {
-            io::export::write_hf_dir(&a.out, &files.config, &tensors, files.tokenizer.as_ref())?
+            let dtype = match WeightDtype::parse(&a.dtype) {
+                Some(d) => d,
+                None => io::dtype::of_source(&files.path)?,
+            };
+            let opts = io::export::HfOptions {
+                dtype,
+                ..Default::default()
+            };
+            let tok = files.tokenizer.as_ref();
+            io::export::write_hf_dir_with(&a.out, &files.config, &tensors, tok, &opts)?
         }
         ConvertTo::Gguf => {
-            io::gguf_write::write_model_gguf(&a.out, &files, &files.config, &tensors, a.ty.ggml())?
+            let ty = io::gguf_write::output_type(&a.ty)?;
+            io::gguf_write::write_model_gguf(&a.out, &files, &files.config, &tensors, ty)?
         }
     }
     println!("wrote {} ({} tensors)", a.out.display(), tensors.len());

@@ -48,6 +48,32 @@ pub struct GgufOptions<'a> {
     pub extra: Metadata,
 }
 
+/// The storage types GGUF output writes, by the names users give them (`convert --type`,
+/// export's `gguf_type`).
+pub const OUTPUT_TYPES: &[(&str, GgmlType)] = &[
+    ("f32", GgmlType::F32),
+    ("f16", GgmlType::F16),
+    ("q8_0", GgmlType::Q8_0),
+    ("q4_0", GgmlType::Q4_0),
+];
+
+/// The names of [`OUTPUT_TYPES`], for parameter and flag checks.
+pub const OUTPUT_TYPE_NAMES: &[&str] = &["f32", "f16", "q8_0", "q4_0"];
+
+/// The output type called `name` (one of [`OUTPUT_TYPE_NAMES`]).
+pub fn output_type(name: &str) -> Result<GgmlType> {
+    OUTPUT_TYPES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, t)| *t)
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "GGUF output type {name:?} is not one of {}",
+                OUTPUT_TYPE_NAMES.join(", ")
+            ))
+        })
+}
+
 /// The `general.file_type` (llama.cpp's `llama_ftype`) of a file whose matrices are `ty`.
 fn file_type(ty: GgmlType) -> Result<u32> {
     Ok(match ty {

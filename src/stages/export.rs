@@ -12,40 +12,15 @@ use anyhow::{bail, Context, Result};
 use super::common::{read_json, write_json, Location, ModelRef};
 use super::slice::CARD;
 use crate::artifacts::{BENCH_MD, EVAL_MD, MODEL_DIR, MODEL_GGUF};
-use crate::engine::params::{choice, StageParams};
+use crate::engine::params::StageParams;
 use crate::engine::stage::{
     Input, InputSpec, Metrics, ParamSpec, ParamType, StageContext, StageKind,
 };
 use crate::io::gguf::Value;
-use crate::io::gguf_write::{write_gguf, GgufOptions};
+use crate::io::gguf_write::{output_type, write_gguf, GgufOptions, OUTPUT_TYPE_NAMES};
 use crate::io::model_card::{CardFacts, StageRef};
 use crate::io::quants::GgmlType;
 use crate::io::{gguf_vocab, open_model};
-
-crate::choice_enum! {
-    /// `gguf_type`: what the GGUF's matrices are stored as.
-    pub enum GgufType {
-        /// Plain f32: exact, four bytes a weight.
-        F32 = "f32",
-        /// IEEE half: what llama.cpp's converter writes by default.
-        F16 = "f16",
-        /// 8-bit blocks of 32 with an f16 scale.
-        Q8_0 = "q8_0",
-        /// 4-bit blocks of 32 with an f16 scale.
-        Q4_0 = "q4_0",
-    }
-}
-
-impl GgufType {
-    fn ggml(self) -> GgmlType {
-        match self {
-            GgufType::F32 => GgmlType::F32,
-            GgufType::F16 => GgmlType::F16,
-            GgufType::Q8_0 => GgmlType::Q8_0,
-            GgufType::Q4_0 => GgmlType::Q4_0,
-        }
-    }
-}
 
 /// The kind's name in recipes and cache paths.
 pub const KIND: &str = "export";
@@ -62,7 +37,7 @@ crate::stage_params! {
         /// what to write: "hf" (model/: the Hugging Face directory with the model card), "gguf" (model.gguf for llama.cpp; per-layer widths as its `deci` architecture)
         formats: Vec<String> = vec!["hf".to_string()] => ParamType::StrList,
         /// with "gguf": the storage type of its matrices (norms and 1-D tensors stay f32)
-        gguf_type: GgufType = "f16" => choice::<GgufType>(),
+        gguf_type: String = "f16" => ParamType::Choice(OUTPUT_TYPE_NAMES),
         /// the recipe's name, for the card (the pipeline sets "${recipe.name}")
         recipe: String = "" => ParamType::Str,
         /// the card's base_model (a Hub repository id), when the source does not name it
@@ -170,7 +145,7 @@ impl StageKind for Export {
                 &slice.dir.join(MODEL_DIR),
                 &path,
                 &facts,
-                p.gguf_type.ggml(),
+                output_type(&p.gguf_type)?,
             )?;
             let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             m.insert("gguf_bytes".into(), bytes as f64);

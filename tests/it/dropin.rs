@@ -215,11 +215,17 @@ fn a_gguf_source_gives_tokenizer_config_with_its_chat_template_and_generation_co
         ),
         (&json!(1), &json!(2), &json!(0))
     );
-    // convert keeps f32, and the directory reads back with the chat template.
+    // convert keeps the source's dtype (f32 here), and the directory reads back with the chat
+    // template; --dtype picks another.
     assert_eq!(
         read_json(&out.join("config.json"))["torch_dtype"],
         json!("float32")
     );
+    let bf16 = d.path().join("bf16");
+    let (g, b) = (gguf.to_str().unwrap(), bf16.to_str().unwrap());
+    let (ok, _, stderr) = ddp_run(&["convert", "--dtype", "bf16", g, b]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stored_dtypes(&bf16.join("model.safetensors")), vec!["BF16"]);
     let back = ddp::io::open_model(&out).unwrap();
     let t = back.tokenizer.as_ref().unwrap();
     assert_eq!(t.meta.chat_template.as_deref(), Some(TEMPLATE));
