@@ -93,49 +93,9 @@ impl StageKind for Export {
             );
         }
         let slice = ctx.input("model")?;
-        let mut facts: CardFacts = read_json(&slice.dir.join(CARD))?;
-        if !p.recipe.is_empty() {
-            facts.recipe = Some(p.recipe.clone());
-        }
-        if !p.base_model.is_empty() {
-            facts.source_info.repo = Some(p.base_model.clone());
-        }
-        let mut sections = vec![];
-        for (input, file, heading) in [
-            ("evaluation", EVAL_MD, "Evaluation"),
-            ("benchmark", BENCH_MD, "Benchmark"),
-        ] {
-            let Some(inp) = ctx.inputs.get(input) else {
-                continue;
-            };
-            sections.push((heading.to_string(), measured(inp, file)?));
-        }
-        for inp in [
-            Some(slice),
-            ctx.inputs.get("evaluation"),
-            ctx.inputs.get("benchmark"),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            facts.stages.push(StageRef {
-                instance: inp.stage.clone(),
-                kind: inp.kind.clone(),
-                key: inp.key.clone(),
-            });
-        }
-        let dir = ctx.out_dir.join(MODEL_DIR);
+        let (facts, sections) = card(ctx, &p)?;
         if p.formats.iter().any(|f| f == "hf") {
-            link_dir(&slice.dir.join(MODEL_DIR), &dir, &["README.md"])?;
-            std::fs::write(dir.join("README.md"), facts.render(&sections))
-                .with_context(|| format!("writing {}", dir.join("README.md").display()))?;
-            let mut about = ModelRef::read(&slice.dir)?.about;
-            about.insert("card".into(), serde_json::to_value(&facts)?);
-            ModelRef {
-                location: Location::EntryRelative(MODEL_DIR.into()),
-                about,
-            }
-            .write(ctx.out_dir)?;
+            write_hf(ctx, &facts, &sections)?;
         }
         write_json(&ctx.out_dir.join(CARD), &facts)?;
         let mut m = Metrics::from([("params_total".into(), facts.params as f64)]);
@@ -159,6 +119,58 @@ impl StageKind for Export {
         }
         Ok(m)
     }
+}
+
+/// The slice's card facts with the recipe, base model and stage keys added, and the measured
+/// sections (evaluation, benchmark) of the connected inputs.
+fn card(ctx: &StageContext, p: &ExportParams) -> Result<(CardFacts, Vec<(String, String)>)> {
+    let slice = ctx.input("model")?;
+    let mut facts: CardFacts = read_json(&slice.dir.join(CARD))?;
+    if !p.recipe.is_empty() {
+        facts.recipe = Some(p.recipe.clone());
+    }
+    if !p.base_model.is_empty() {
+        facts.source_info.repo = Some(p.base_model.clone());
+    }
+    let mut sections = vec![];
+    for (input, file, heading) in [
+        ("evaluation", EVAL_MD, "Evaluation"),
+        ("benchmark", BENCH_MD, "Benchmark"),
+    ] {
+        if let Some(inp) = ctx.inputs.get(input) {
+            sections.push((heading.to_string(), measured(inp, file)?));
+        }
+    }
+    let inputs = [
+        Some(slice),
+        ctx.inputs.get("evaluation"),
+        ctx.inputs.get("benchmark"),
+    ];
+    for inp in inputs.into_iter().flatten() {
+        facts.stages.push(StageRef {
+            instance: inp.stage.clone(),
+            kind: inp.kind.clone(),
+            key: inp.key.clone(),
+        });
+    }
+    Ok((facts, sections))
+}
+
+/// `model/`: hard links to the slice's files with the card rendered anew, and model.json
+/// pointing at it for downstream stages.
+fn write_hf(ctx: &StageContext, facts: &CardFacts, sections: &[(String, String)]) -> Result<()> {
+    let slice = ctx.input("model")?;
+    let dir = ctx.out_dir.join(MODEL_DIR);
+    link_dir(&slice.dir.join(MODEL_DIR), &dir, &["README.md"])?;
+    std::fs::write(dir.join("README.md"), facts.render(sections))
+        .with_context(|| format!("writing {}", dir.join("README.md").display()))?;
+    let mut about = ModelRef::read(&slice.dir)?.about;
+    about.insert("card".into(), serde_json::to_value(facts)?);
+    ModelRef {
+        location: Location::EntryRelative(MODEL_DIR.into()),
+        about,
+    }
+    .write(ctx.out_dir)
 }
 
 /// Writes the sliced HF directory `dir` as a GGUF at `path`: its tokenizer (and chat template)
