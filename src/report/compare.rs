@@ -123,36 +123,7 @@ pub fn compare(
         });
     }
     let rows = rows(recipe, &insts, lock, opts.columns == Columns::All);
-    let axes: Vec<String> = recipe
-        .axes
-        .iter()
-        .map(|a| a.name.clone())
-        .filter(|a| rows.iter().any(|r| r.axis(a).is_some()))
-        .collect();
-    let all_metrics: Vec<String> = rows
-        .iter()
-        .flat_map(|r| r.metrics.keys().cloned())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let cols: Vec<Col> = match &opts.columns {
-        Columns::All => axes
-            .into_iter()
-            .map(Col::Axis)
-            .chain(all_metrics.into_iter().map(Col::Metric))
-            .collect(),
-        Columns::Headline => {
-            let mut m = headline_metrics(&all_metrics);
-            if m.is_empty() {
-                m = kind_headlines(&rows, &opts.kind_headlines, &all_metrics);
-            }
-            axes.into_iter()
-                .map(Col::Axis)
-                .chain(m.into_iter().map(Col::Metric))
-                .collect()
-        }
-        Columns::Chosen(c) => chosen(c, &axes, &all_metrics)?,
-    };
+    let cols = columns_of(recipe, &rows, opts)?;
     let base = baseline(opts.baseline.as_deref(), &rows, lock)?;
     let metrics: Vec<&String> = cols.iter().filter_map(Col::metric).collect();
     // Rows that have none of the metrics shown say nothing (unless only axes were asked for).
@@ -164,18 +135,7 @@ pub fn compare(
                 || metrics.iter().any(|m| r.metrics.contains_key(*m))
         })
         .collect();
-    let mut columns = vec!["instance".to_string()];
-    for c in &cols {
-        match c {
-            Col::Axis(a) => columns.push(a.clone()),
-            Col::Metric(m) => {
-                columns.push(m.clone());
-                if base.is_some() {
-                    columns.push(format!("Δ {m}"));
-                }
-            }
-        }
-    }
+    let columns = header(&cols, base.is_some());
     let mut cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| row_cells(r, &cols, base.as_ref()))
@@ -201,6 +161,63 @@ pub fn compare(
             base.as_ref(),
         ),
     })
+}
+
+/// The columns `opts` asks for: the axes some row has, then every metric (`--all`), the
+/// headline ones, or those chosen.
+fn columns_of(
+    recipe: &Recipe,
+    rows: &[Row],
+    opts: &CompareOptions,
+) -> Result<Vec<Col>, CompareError> {
+    let axes: Vec<String> = recipe
+        .axes
+        .iter()
+        .map(|a| a.name.clone())
+        .filter(|a| rows.iter().any(|r| r.axis(a).is_some()))
+        .collect();
+    let all_metrics: Vec<String> = rows
+        .iter()
+        .flat_map(|r| r.metrics.keys().cloned())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    Ok(match &opts.columns {
+        Columns::All => axes
+            .into_iter()
+            .map(Col::Axis)
+            .chain(all_metrics.into_iter().map(Col::Metric))
+            .collect(),
+        Columns::Headline => {
+            let mut m = headline_metrics(&all_metrics);
+            if m.is_empty() {
+                m = kind_headlines(rows, &opts.kind_headlines, &all_metrics);
+            }
+            axes.into_iter()
+                .map(Col::Axis)
+                .chain(m.into_iter().map(Col::Metric))
+                .collect()
+        }
+        Columns::Chosen(c) => chosen(c, &axes, &all_metrics)?,
+    })
+}
+
+/// The table's header: the instance, then each column, a metric followed by its delta when
+/// there is a baseline.
+fn header(cols: &[Col], with_delta: bool) -> Vec<String> {
+    let mut columns = vec!["instance".to_string()];
+    for c in cols {
+        match c {
+            Col::Axis(a) => columns.push(a.clone()),
+            Col::Metric(m) => {
+                columns.push(m.clone());
+                if with_delta {
+                    columns.push(format!("Δ {m}"));
+                }
+            }
+        }
+    }
+    columns
 }
 
 /// A column of the table: a sweep axis's values or a metric.
