@@ -30,7 +30,8 @@ pub struct EvalArgs {
     /// (llama-perplexity's: chunks of --seq-len (its -c), the second half of each scored, BOS
     /// at each chunk's start when the tokenizer adds one; its `±`). llama-perplexity reads
     /// the whole file: give it `--chunks` = the chunks printed here.
-    #[arg(long, default_value = "windows", value_parser = ["windows", "llama.cpp"])]
+    #[arg(long, default_value = "windows",
+          value_parser = clap::builder::PossibleValuesParser::new(PplProtocol::NAMES))]
     protocol: String,
     /// Only the first N tokens of the text (llama.cpp: BOS included).
     #[arg(long, default_value_t = 8192)]

@@ -111,6 +111,16 @@ fn outcome(o: &engine::Outcome) -> String {
     }
 }
 
+/// `overrides: --set A --set B`, when the command line gave any.
+fn overrides_line(recipe: &Recipe) -> Option<String> {
+    let sets: Vec<String> = recipe
+        .overrides
+        .iter()
+        .map(|o| format!("--set {o}"))
+        .collect();
+    (!sets.is_empty()).then(|| format!("overrides: {}", sets.join(" ")))
+}
+
 /// Runs what is not cached; prints one row per instance, where the results are, the lock file.
 pub fn run(a: RunArgs, g: &Global) -> Result<ExitCode> {
     let recipe = load_recipe(&a.recipe, &a.set)?;
@@ -129,13 +139,8 @@ pub fn run(a: RunArgs, g: &Global) -> Result<ExitCode> {
     let registry = stages::registry_on(g.device);
     let summary = engine::run_observed(&recipe, &registry, &cache, &opts, &obs)?;
     drop(obs);
-    if !recipe.overrides.is_empty() {
-        let sets: Vec<String> = recipe
-            .overrides
-            .iter()
-            .map(|o| format!("--set {o}"))
-            .collect();
-        println!("overrides: {}\n", sets.join(" "));
+    if let Some(line) = overrides_line(&recipe) {
+        println!("{line}\n");
     }
     println!("| stage | key | result | seconds | headline |");
     println!("|---|---|---|---|---|");
@@ -170,13 +175,8 @@ pub fn plan(a: PlanArgs, g: &Global) -> Result<ExitCode> {
     };
     let plan = engine::plan(&recipe, &stages::registry(), &cache, &opts)?;
     println!("recipe {} ({} stage instances)", recipe.name, plan.len());
-    if !recipe.overrides.is_empty() {
-        let sets: Vec<String> = recipe
-            .overrides
-            .iter()
-            .map(|o| format!("--set {o}"))
-            .collect();
-        println!("overrides: {}", sets.join(" "));
+    if let Some(line) = overrides_line(&recipe) {
+        println!("{line}");
     }
     for p in &plan {
         let status = match &p.status {

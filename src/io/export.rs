@@ -190,7 +190,8 @@ pub fn write_hf_dir_with(
     write_atomic(&dir.join("config.json"), pretty(&config).as_bytes())
 }
 
-fn pretty(v: &Value) -> String {
+/// JSON as transformers writes its files: indented, with a final newline.
+pub(super) fn pretty(v: &Value) -> String {
     serde_json::to_string_pretty(v).expect("JSON values serialize") + "\n"
 }
 

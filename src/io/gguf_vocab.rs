@@ -11,7 +11,7 @@ use serde_json::Value as Json;
 
 use super::gguf::{GgufFile, Value};
 use super::gguf_write::Metadata;
-use super::tokenizer::Tokenizer;
+use super::tokenizer::{Tokenizer, LLAMA3_SPLIT, QWEN2_SPLIT};
 use super::ModelFiles;
 use crate::error::{Error, Result};
 
@@ -22,11 +22,6 @@ const CONTROL: i32 = 3;
 const USER_DEFINED: i32 = 4;
 const UNUSED: i32 = 5;
 const BYTE: i32 = 6;
-
-/// The split regexes of llama.cpp's `llama-bpe` and `qwen2` pre-tokenizers, as the models'
-/// `tokenizer.json` files spell them.
-const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// The `tokenizer.*` keys for a model opened with [`super::open_model`]: copied from its GGUF
 /// file, or converted from its directory's tokenizer files.
@@ -63,11 +58,17 @@ fn read_json(path: &Path) -> Result<Option<Json>> {
         .map_err(|e| Error::bad_file(path, format!("invalid JSON: {e}")))
 }
 
-/// The converted tokenizer of the HF directory `dir` for an embedding of `vocab_size` rows.
+/// The converted tokenizer of the HF directory `dir` for an embedding of `vocab_size` rows;
+/// `tok` is its tokenizer as opened, whose `meta` holds tokenizer_config.json and the chat
+/// template (chat_template.jinja included).
 pub fn from_hf_dir(dir: &Path, vocab_size: usize, tok: &Tokenizer) -> Result<Metadata> {
     let path = dir.join("tokenizer.json");
     let j = read_json(&path)?.ok_or_else(|| Error::bad_file(&path, "missing"))?;
-    let cfg = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Json::Null);
+    let cfg = tok
+        .meta
+        .source_config
+        .clone()
+        .map_or(Json::Null, Json::Object);
     let bad = |what: String| Error::bad_file(&path, what);
     let model = &j["model"];
     if model["type"] != "BPE" {
@@ -110,7 +111,13 @@ pub fn from_hf_dir(dir: &Path, vocab_size: usize, tok: &Tokenizer) -> Result<Met
         Value::Bool(tok.add_bos),
     ));
     m.push(("tokenizer.ggml.add_eos_token".into(), Value::Bool(false)));
-    m.extend(chat_templates(&cfg));
+    let templates = chat_templates(&cfg);
+    if templates.is_empty() {
+        // A template kept in chat_template.jinja (newer transformers) rather than the config.
+        let t = tok.meta.chat_template.clone();
+        m.extend(t.map(|t| ("tokenizer.chat_template".to_string(), Value::Str(t))));
+    }
+    m.extend(templates);
     Ok(m)
 }
 

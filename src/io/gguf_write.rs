@@ -50,11 +50,13 @@ pub struct GgufOptions<'a> {
 
 /// The storage types GGUF output writes, by the names users give them (`convert --type`,
 /// export's `gguf_type`).
-pub const OUTPUT_TYPES: &[(&str, GgmlType)] = &[
-    ("f32", GgmlType::F32),
-    ("f16", GgmlType::F16),
-    ("q8_0", GgmlType::Q8_0),
-    ("q4_0", GgmlType::Q4_0),
+/// With each, the `general.file_type` (llama.cpp's `llama_ftype`) of a file whose matrices are
+/// of that type.
+pub const OUTPUT_TYPES: &[(&str, GgmlType, u32)] = &[
+    ("f32", GgmlType::F32, 0),
+    ("f16", GgmlType::F16, 1),
+    ("q8_0", GgmlType::Q8_0, 7),
+    ("q4_0", GgmlType::Q4_0, 2),
 ];
 
 /// The names of [`OUTPUT_TYPES`], for parameter and flag checks.
@@ -64,8 +66,8 @@ pub const OUTPUT_TYPE_NAMES: &[&str] = &["f32", "f16", "q8_0", "q4_0"];
 pub fn output_type(name: &str) -> Result<GgmlType> {
     OUTPUT_TYPES
         .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, t)| *t)
+        .find(|(n, ..)| *n == name)
+        .map(|(_, t, _)| *t)
         .ok_or_else(|| {
             Error::Invalid(format!(
                 "GGUF output type {name:?} is not one of {}",
@@ -76,18 +78,14 @@ pub fn output_type(name: &str) -> Result<GgmlType> {
 
 /// The `general.file_type` (llama.cpp's `llama_ftype`) of a file whose matrices are `ty`.
 fn file_type(ty: GgmlType) -> Result<u32> {
-    Ok(match ty {
-        GgmlType::F32 => 0,
-        GgmlType::F16 => 1,
-        GgmlType::Q4_0 => 2,
-        GgmlType::Q8_0 => 7,
-        other => {
-            return Err(Error::Invalid(format!(
-                "GGUF output as {} is not supported (supported: f32, f16, q8_0, q4_0)",
-                other.name()
-            )))
-        }
-    })
+    match OUTPUT_TYPES.iter().find(|(_, t, _)| *t == ty) {
+        Some((.., ftype)) => Ok(*ftype),
+        None => Err(Error::Invalid(format!(
+            "GGUF output as {} is not supported (supported: {})",
+            ty.name(),
+            OUTPUT_TYPE_NAMES.join(", ")
+        ))),
+    }
 }
 
 /// How the model is laid out in GGUF: llama.cpp's architecture name and whether q/k rows are
@@ -118,7 +116,7 @@ fn layout(cfg: &ModelConfig) -> Result<Layout> {
     // llama.cpp's qwen2 reads q and o as n_embd x n_embd, and every q bias as n_embd long.
     if (cfg.arch == Arch::Qwen2 || cfg.attention_bias) && q_rows != cfg.hidden_size {
         return refuse(format!(
-            "llama.cpp's {} expects {} query rows (the hidden size), the model has {q_rows}              ({} heads of {})",
+            "llama.cpp's {} expects {} query rows (the hidden size), the model has {q_rows} ({} heads of {})",
             spec.gguf_arch, cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim
         ));
     }

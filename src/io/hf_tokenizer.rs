@@ -8,6 +8,7 @@
 
 use serde_json::{json, Map, Value};
 
+use super::export::pretty;
 use super::tokenizer::Tokenizer;
 use crate::model::config::ModelConfig;
 
@@ -27,7 +28,6 @@ pub fn files(t: &Tokenizer, cfg: &ModelConfig) -> Result<Vec<(&'static str, Stri
         .map_err(|e| format!("tokenizer.json could not be written: {e}"))?;
     let config = tokenizer_config(t, cfg);
     let special = special_tokens_map(&config);
-    let pretty = |v: &Value| serde_json::to_string_pretty(v).expect("JSON values serialize") + "\n";
     Ok(vec![
         ("tokenizer.json", json),
         ("tokenizer_config.json", pretty(&config)),

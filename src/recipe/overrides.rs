@@ -9,7 +9,7 @@ use toml::Value;
 
 use super::problems::Src;
 use super::syntax::RawStage;
-use super::variables::closest;
+use super::variables::did_you_mean as hint;
 use super::{Axis, Parser};
 use crate::engine::stage::ParamType;
 
@@ -30,11 +30,6 @@ fn value_of(text: &str, like_string: bool) -> Value {
         Some(v) if !like_string => v,
         _ => Value::String(text.to_string()),
     }
-}
-
-/// ` (did you mean `X`?)` when `name` is a plausible typo of a candidate, else nothing.
-fn hint(name: &str, candidates: &[&str]) -> String {
-    closest(name, candidates).map_or(String::new(), |c| format!(" (did you mean `{c}`?)"))
 }
 
 impl Parser<'_> {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::syntax::RawStage;
-use super::variables::{closest, substitute, value_label};
+use super::variables::{closest, did_you_mean, substitute, value_label};
 use super::{Axis, Parser};
 use crate::engine::stage::{ParamSpec, ParamType, Params, StageKind};
 
@@ -112,8 +112,7 @@ impl Parser<'_> {
         for (pname, (src, kspan, vspan, value)) in &st.params {
             let Some(spec) = specs.iter().find(|s| s.name == pname) else {
                 let known: Vec<&str> = specs.iter().map(|s| s.name).collect();
-                let hint = closest(pname, &known)
-                    .map_or(String::new(), |c| format!(" (did you mean `{c}`?)"));
+                let hint = did_you_mean(pname, &known);
                 self.err(*src, kspan.clone(), format!("stage `{name}` (kind {kind}): unknown parameter `{pname}`{hint} (expected one of: {})", known.join(", ")));
                 continue;
             };

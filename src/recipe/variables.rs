@@ -73,8 +73,7 @@ pub(super) fn unused_vars(
             if used_here.contains(&n.as_str()) {
                 continue;
             }
-            let hint =
-                closest(n, &used_here).map_or(String::new(), |c| format!(" (did you mean `{c}`?)"));
+            let hint = did_you_mean(n, &used_here);
             out.push((
                 name.span(),
                 format!("[{table}] defines `{n}`, which no stage uses (no `${{{table}.{n}}}` in the recipe or its pipeline){hint}"),
@@ -98,6 +97,11 @@ fn references(s: &str) -> Vec<(String, Option<String>)> {
         rest = &rest[at + end + 1..];
     }
     out
+}
+
+/// `` (did you mean `X`?)`` when `name` is a plausible typo of a candidate, else nothing.
+pub(super) fn did_you_mean(name: &str, candidates: &[&str]) -> String {
+    closest(name, candidates).map_or(String::new(), |c| format!(" (did you mean `{c}`?)"))
 }
 
 /// The candidate nearest to `name` by edit distance, if it is a plausible typo of it.

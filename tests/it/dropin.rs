@@ -618,3 +618,25 @@ fn a_chat_template_jinja_file_is_the_template_when_tokenizer_config_has_none() {
         "{e}"
     );
 }
+
+#[test]
+fn a_chat_template_jinja_file_reaches_the_gguf_of_its_directory() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("hf");
+    stories_as(WeightDtype::F32, &dir);
+    fs::write(dir.join("chat_template.jinja"), TEMPLATE).unwrap();
+    let out = d.path().join("m.gguf");
+    let (ok, _, stderr) = ddp_run(&[
+        "convert",
+        "--to",
+        "gguf",
+        dir.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let f = ddp::io::gguf::GgufFile::open(&out).unwrap();
+    assert_eq!(
+        f.get("tokenizer.chat_template"),
+        Some(&ddp::io::gguf::Value::Str(TEMPLATE.into()))
+    );
+}

@@ -361,7 +361,14 @@ fn byte_level_tokenizer_and_chat_template_from_an_hf_directory() {
     let template = "{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}";
     let cfg = serde_json::json!({"chat_template": template, "pad_token": "<|im_end|>"});
     std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).unwrap();
-    let m = gguf_vocab::from_hf_dir(&dir, smol.config.vocab_size, tok).unwrap();
+    // The directory's tokenizer as ddp opens it (its tokenizer_config.json in `meta`).
+    let hf_tok = ddp::io::tokenizer::Tokenizer::from_file(
+        &dir.join("tokenizer.json"),
+        tok.bos_id,
+        tok.eos_id,
+    )
+    .unwrap();
+    let m = gguf_vocab::from_hf_dir(&dir, smol.config.vocab_size, &hf_tok).unwrap();
     let get =
         |m: &[(String, Value)], k: &str| m.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone());
     assert_eq!(
