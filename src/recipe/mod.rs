@@ -37,6 +37,7 @@ use std::path::Path;
 pub use crate::engine::graph::{Axis, Instance, Recipe};
 use crate::engine::registry::Registry;
 pub use problems::{Problem, RecipeError};
+pub use variables::closest;
 
 use problems::{Span, Src};
 use syntax::RawStage;

@@ -105,7 +105,7 @@ pub(super) fn did_you_mean(name: &str, candidates: &[&str]) -> String {
 }
 
 /// The candidate nearest to `name` by edit distance, if it is a plausible typo of it.
-pub(super) fn closest<'a>(name: &str, candidates: &[&'a str]) -> Option<&'a str> {
+pub fn closest<'a>(name: &str, candidates: &[&'a str]) -> Option<&'a str> {
     let (best, d) = candidates
         .iter()
         .map(|c| (*c, strsim::levenshtein(name, c)))

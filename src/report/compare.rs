@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::engine::lockfile::LockFile;
 use crate::engine::stage::Metrics;
-use crate::recipe::{Instance, Recipe};
+use crate::recipe::{closest, Instance, Recipe};
 
 /// The input by which measurements name the model they measured: instances that share it are
 /// one row of the default table.
@@ -364,15 +364,6 @@ fn chosen(names: &[String], axes: &[String], metrics: &[String]) -> Result<Vec<C
             }
         })
         .collect())
-}
-
-/// The candidate nearest to `name` by edit distance, if it is a plausible typo of it.
-fn closest<'a>(name: &str, candidates: &[&'a str]) -> Option<&'a str> {
-    let (best, d) = candidates
-        .iter()
-        .map(|c| (*c, strsim::levenshtein(name, c)))
-        .min_by_key(|(_, d)| *d)?;
-    (d <= 2.max(name.chars().count() / 3)).then_some(best)
 }
 
 /// The baseline's metrics: the row of that name or holding that instance, else the instance's
