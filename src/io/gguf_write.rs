@@ -19,6 +19,7 @@ use super::tokenizer::Tokenizer;
 use super::ModelFiles;
 use crate::error::{Error, Result};
 use crate::model::config::{Arch, ModelConfig, RopeScaling};
+use crate::model::rope::llama3_divisor;
 use crate::model::weights::HostTensor;
 
 /// GGUF metadata in file order.
@@ -392,27 +393,11 @@ fn check_heads(name: &str, t: &HostTensor, heads: usize) -> Result<()> {
 fn rope_factors(cfg: &ModelConfig) -> Option<Vec<f32>> {
     match cfg.rope_scaling.as_ref()? {
         RopeScaling::Factors { factors } => Some(factors.iter().map(|&x| x as f32).collect()),
-        RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position_embeddings,
-        } => {
+        s @ RopeScaling::Llama3 { .. } => {
             let dim = cfg.head_dim;
-            let old = *original_max_position_embeddings;
-            let (low_wl, high_wl) = (old / low_freq_factor, old / high_freq_factor);
             let f = (0..dim / 2).map(|i| {
-                let freq = 1.0 / cfg.rope_theta.powf((2 * i) as f64 / dim as f64);
-                let wavelen = 2.0 * std::f64::consts::PI / freq;
-                if wavelen < high_wl {
-                    1.0
-                } else if wavelen > low_wl {
-                    *factor as f32
-                } else {
-                    let smooth =
-                        (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
-                    (1.0 / ((1.0 - smooth) / factor + smooth)) as f32
-                }
+                let inv = 1.0 / cfg.rope_theta.powf((2 * i) as f64 / dim as f64);
+                llama3_divisor(s, inv) as f32
             });
             Some(f.collect())
         }

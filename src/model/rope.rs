@@ -5,6 +5,31 @@ use burn::tensor::{backend::Backend, Tensor, TensorData};
 
 use super::config::RopeScaling;
 
+/// What llama3 scaling (`s`, a [`RopeScaling::Llama3`]) divides the inverse frequency `inv` by:
+/// 1 for wavelengths below `original / high_freq_factor`, `factor` above
+/// `original / low_freq_factor`, a smooth blend between (transformers' `_compute_llama3_parameters`;
+/// llama.cpp stores these divisors as `rope_freqs.weight`). 1 for any other scaling.
+pub fn llama3_divisor(s: &RopeScaling, inv: f64) -> f64 {
+    let RopeScaling::Llama3 {
+        factor,
+        low_freq_factor: low,
+        high_freq_factor: high,
+        original_max_position_embeddings: old_ctx,
+    } = *s
+    else {
+        return 1.0;
+    };
+    let wavelen = 2.0 * std::f64::consts::PI / inv;
+    if wavelen < old_ctx / high {
+        1.0
+    } else if wavelen > old_ctx / low {
+        factor
+    } else {
+        let smooth = (old_ctx / wavelen - low) / (high - low);
+        1.0 / ((1.0 - smooth) / factor + smooth)
+    }
+}
+
 /// A model's RoPE frequencies, from which [`tables`](Self::tables) makes cos/sin tables.
 #[derive(Debug, Clone)]
 pub struct Rope {
@@ -34,30 +59,10 @@ impl Rope {
                     *f /= *d as f32;
                 }
             }
-            Some(RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position_embeddings: old_ctx,
-            }) => {
-                let low_wavelen = old_ctx / low_freq_factor;
-                let high_wavelen = old_ctx / high_freq_factor;
+            Some(s @ RopeScaling::Llama3 { .. }) => {
                 for f in &mut inv_freq {
                     let inv = *f as f64;
-                    let wavelen = 2.0 * std::f64::consts::PI / inv;
-                    let scaled = if wavelen > low_wavelen {
-                        inv / factor
-                    } else {
-                        inv
-                    };
-                    let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
-                    *f = if medium {
-                        let smooth = (old_ctx / wavelen - low_freq_factor)
-                            / (high_freq_factor - low_freq_factor);
-                        ((1.0 - smooth) * scaled / factor + smooth * scaled) as f32
-                    } else {
-                        scaled as f32
-                    };
+                    *f = (inv / llama3_divisor(s, inv)) as f32;
                 }
             }
         }
