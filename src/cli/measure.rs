@@ -42,8 +42,13 @@ pub struct EvalArgs {
     /// Multiple-choice task files (JSONL), NAME=PATH or PATH.
     #[arg(long = "task")]
     tasks: Vec<String>,
+    /// First N items of each task file (0: all).
     #[arg(long, default_value_t = 0)]
     task_limit: usize,
+    /// Longest sequence scored for cloze items and tasks (contexts are cut from the left): the
+    /// `evaluate` stage's `max_len`.
+    #[arg(long, default_value_t = 1024)]
+    max_len: usize,
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
@@ -115,7 +120,7 @@ pub fn eval(a: EvalArgs, g: &Global) -> Result<ExitCode> {
         min_words: 40,
         tasks: a.tasks,
         task_limit: a.task_limit,
-        max_len: 1024,
+        max_len: a.max_len,
         seed: 0,
     };
     let suite = build_suite(&spec, files.tokenizer()?, &g.cache)?;

@@ -13,7 +13,9 @@ use crate::artifacts::{BLOCKS, CHECKPOINT, GATES, TEACHER_HEADER, TRAIN_LOG};
 use crate::backend::{run_autodiff_on, AutodiffTask, DeviceSpec};
 use crate::data::Blocks;
 use crate::engine::params::{choice, float, int, StageParams};
-use crate::engine::stage::{Input, InputSpec, Metrics, ParamSpec, StageContext, StageKind};
+use crate::engine::stage::{
+    Input, InputSpec, Metrics, ParamSpec, ParamType, StageContext, StageKind,
+};
 use crate::io::ModelFiles;
 use crate::prune::teacher::TopK;
 use crate::prune::train::{self, Adapt, GateState, LambdaScale, Method, TrainConfig};
@@ -110,6 +112,8 @@ crate::stage_params! {
         mu_hold_tol: f64 = 0.01 => float(0.0, 1.0),
         /// the longest hold, as a fraction of the steps
         mu_hold_max: f64 = 0.5 => float(0.0, 1.0),
+        /// restart the multipliers' Adam moments when the hold ends: their momentum and their memory of the early, large gaps would otherwise carry them past the target (ddp with a hold only); false: one optimiser run throughout (METHOD.md)
+        lambda_restart: bool = true => ParamType::Bool,
         /// weight of KL(teacher || student)
         eta: f64 = 2.0 => float(0.0, 100.0),
         /// initial annealing temperature mu_0
@@ -195,6 +199,7 @@ impl StageKind for AnnealTrain {
                 lambda_scale: p.lambda_scale.into(),
                 mu_hold_tol: p.mu_hold_tol,
                 mu_hold_max: p.mu_hold_max,
+                lambda_restart: p.lambda_restart,
             },
         };
         let device = self.device;

@@ -443,22 +443,25 @@ fn adapted() -> train::Adapt {
         lambda_scale: train::LambdaScale::SqrtUnits,
         mu_hold_tol: 0.01,
         mu_hold_max: 0.5,
+        lambda_restart: true,
     }
 }
 
-/// Measured: 30 and 300 steps end within 1 % of both targets (the paper's claim); 90 steps end
-/// with the channels 2 % over theirs (0.521), so the bound asserted is 2.5 %.
+/// Measured (stories260k, heads 0.25 / channels 0.5): with the adaptations, 30 / 90 / 300 steps
+/// end at channels 0.4988 / 0.5000 / 0.5000 (relu the same, heads exactly 0.25); without the
+/// multipliers' restart at the hold's end, 90 steps end at 0.5174 (0.5209 with the hold's old
+/// latch); with the paper's per-step rates the channels barely move (0.000 at 30 and 90 steps).
 #[test]
 fn short_runs_converge_with_the_adaptations_and_not_with_the_paper_rates() {
     let (files, blocks, init) = convergence_setup();
+    let figures = |steps, adapt| {
+        let mut st = init.clone();
+        let logs = run(&files, &blocks, &paper_short_run(steps, adapt), &mut st);
+        (train::convergence(&st, logs.last().unwrap()), st)
+    };
     for steps in [30, 90, 300] {
-        let figures = |adapt| {
-            let mut st = init.clone();
-            let logs = run(&files, &blocks, &paper_short_run(steps, adapt), &mut st);
-            (train::convergence(&st, logs.last().unwrap()), st)
-        };
-        let (paper, _) = figures(train::Adapt::default());
-        let (ours, st) = figures(adapted());
+        let (paper, _) = figures(steps, train::Adapt::default());
+        let (ours, st) = figures(steps, adapted());
         eprintln!(
             "{steps} steps: paper {paper:?}\n  adapted {ours:?}, hold until {:?}",
             st.mu_hold_until
@@ -469,8 +472,9 @@ fn short_runs_converge_with_the_adaptations_and_not_with_the_paper_rates() {
             paper.iter().any(|c| c.target - c.relu > 0.1),
             "{steps} steps, paper rates: {paper:?}"
         );
+        // The paper's claim: the relu rule lands within 1 % of the target.
         for c in &ours {
-            let near = |x: f64| (x - c.target).abs() <= 0.025;
+            let near = |x: f64| (x - c.target).abs() <= train::TOLERANCE;
             assert!(near(c.expected) && near(c.relu), "{steps} steps: {c:?}");
             assert!(c.binarity <= train::TOLERANCE, "{steps} steps: {c:?}");
         }
@@ -481,6 +485,16 @@ fn short_runs_converge_with_the_adaptations_and_not_with_the_paper_rates() {
             "{h}"
         );
     }
+    // Without the restart, the multipliers' windup carries the channels past the 1 %.
+    let no_restart = train::Adapt {
+        lambda_restart: false,
+        ..adapted()
+    };
+    let (wound, _) = figures(90, no_restart);
+    assert!(
+        wound[1].relu - wound[1].target > train::TOLERANCE,
+        "{wound:?}"
+    );
 }
 
 #[test]

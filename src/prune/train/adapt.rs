@@ -17,16 +17,23 @@
 //!   hard; `sqrt-units` scales each family's multiplier rates by sqrt(its units per layer / the
 //!   smallest family's).
 //! - **Hold mu until the targets are reached** (`mu_hold_tol`): mu stays at mu_0, and the
-//!   learning rates at their peak, until every family's expected sparsity has come within the
-//!   tolerance of its target (at most `mu_hold_max` of the steps); then mu anneals and the rates
-//!   decay over the remaining steps, so the gates still have the rates to cross to 0 while the
-//!   score hardens. The step each family reached its target and the step the hold ended are
-//!   checkpointed.
+//!   learning rates at their peak, until every family's expected sparsity has come up to within
+//!   the tolerance of its target (q starts at 0 and rises; a step that jumps over the band counts,
+//!   at most `mu_hold_max` of the steps); then mu anneals and the rates decay over the remaining
+//!   steps, so the gates still have the rates to cross to 0 while the score hardens. The step
+//!   each family reached its target and the step the hold ended are checkpointed.
+//! - **Restart the multipliers at the hold's end** (`lambda_restart`): on the way to the
+//!   targets the multipliers wind up (Adam's first moment carries lambda1 on past the target, and
+//!   its second moment remembers the early gaps of ~alpha, so the later gaps of ~0.01 move it
+//!   100x slower); the final lock-in by lambda3 then freezes an overshoot of 2-3 % (stories260k,
+//!   90 steps: channels 0.521 for 0.5). Zeroing the multipliers' moments when the hold ends (their
+//!   values kept) lets them answer the gap as it is: within 0.6 % of the target from 30 to 1000
+//!   steps (docs/research/2026-12-07-restart/).
 
 use serde::{Deserialize, Serialize};
 
 use super::optim::lr_factor;
-use super::{Family, GateState, TrainConfig};
+use super::{Family, GateState, Moments, TrainConfig};
 use crate::prune::surrogate::mu_at;
 
 /// How the multipliers' learning rates scale with the size of their family.
@@ -53,6 +60,9 @@ pub struct Adapt {
     pub mu_hold_tol: f64,
     /// The longest hold, as a fraction of the steps.
     pub mu_hold_max: f64,
+    /// Restart the multipliers' Adam moments when the hold ends (false: METHOD.md's one run).
+    #[serde(default)]
+    pub lambda_restart: bool,
 }
 
 impl Default for Adapt {
@@ -63,6 +73,7 @@ impl Default for Adapt {
             lambda_scale: LambdaScale::None,
             mu_hold_tol: 0.0,
             mu_hold_max: 0.5,
+            lambda_restart: false,
         }
     }
 }
@@ -165,20 +176,25 @@ pub fn lr_at(cfg: &TrainConfig, state: &GateState, t: usize) -> f64 {
 }
 
 /// After step `step_no` (from 1) measured each family's expected sparsity `q` (in the order of
-/// `state.families`): marks the families that came within the tolerance of their targets, and
-/// ends the hold once every family has (oscillating around a target still counts), or at the
-/// hold's limit.
+/// `state.families`): marks the families whose q came up to within the tolerance of their
+/// targets (or past them), and ends the hold once every family has, or at the hold's limit;
+/// with `lambda_restart`, the multipliers' moments restart there.
 pub fn after_step(cfg: &TrainConfig, state: &mut GateState, q: &[f64], step_no: usize) {
     if !holds_mu(cfg) || state.mu_hold_until.is_some() {
         return;
     }
     for (f, q) in state.families.iter_mut().zip(q) {
-        if f.reached_at.is_none() && (q - f.target).abs() <= cfg.adapt.mu_hold_tol {
+        if f.reached_at.is_none() && *q >= f.target - cfg.adapt.mu_hold_tol {
             f.reached_at = Some(step_no);
         }
     }
     let reached = state.families.iter().all(|f| f.reached_at.is_some());
     if reached || step_no >= hold_limit(cfg) {
         state.mu_hold_until = Some(step_no);
+        if cfg.adapt.lambda_restart {
+            for f in &mut state.families {
+                f.lambda_moments = Moments::zeros(f.lambdas.len());
+            }
+        }
     }
 }

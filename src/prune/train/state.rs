@@ -38,6 +38,16 @@ pub struct Moments {
     pub v: Vec<f64>,
 }
 
+impl Moments {
+    /// Zero moments of `n` parameters (a fresh optimiser).
+    pub fn zeros(n: usize) -> Self {
+        Self {
+            m: vec![0.0; n],
+            v: vec![0.0; n],
+        }
+    }
+}
+
 /// One gate family (heads or channels): `z` per layer, multipliers, optimiser state.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Family {
@@ -148,19 +158,10 @@ impl GateState {
                 Family {
                     name: *name,
                     target: *target,
-                    z_moments: per_layer
-                        .iter()
-                        .map(|&n| Moments {
-                            m: vec![0.0; n],
-                            v: vec![0.0; n],
-                        })
-                        .collect(),
+                    z_moments: per_layer.iter().map(|&n| Moments::zeros(n)).collect(),
                     z,
                     lambdas: [0.0; 3],
-                    lambda_moments: Moments {
-                        m: vec![0.0; 3],
-                        v: vec![0.0; 3],
-                    },
+                    lambda_moments: Moments::zeros(3),
                     reached_at: None,
                 }
             })
