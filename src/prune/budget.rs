@@ -1,5 +1,8 @@
 //! Budget maths: which gate families a model gets, how many units each gates per layer, and
-//! the fraction of its units each must remove for a sparsity budget.
+//! the fraction of its units each must remove for a sparsity budget: the same fraction for every
+//! family (`split = "equal"`), or one budget over their parameters whose split the training
+//! learns (`split = "learned"`: [`unit_params`] weigh each family's units, [`learned_targets`]
+//! reads the split back).
 
 use super::mask::{head_group, FamilyKind};
 use super::train::HeadGates;
@@ -129,6 +132,44 @@ pub fn targets(
     out
 }
 
+/// The prunable parameters one unit of family `kind` removes in each layer of `cfg` (0 where a
+/// layer has none): a KV group ([`HeadGates::PerGroup`]) the q and o rows of its query heads and
+/// its k and v rows; a query head ([`HeadGates::PerHead`]) its q and o (k and v go only with a
+/// whole group); a channel (dense, shared-expert or routed) a row of gate and up and a column of
+/// down. Summed over a family's units, what [`families`] counts as its `params`.
+pub fn unit_params(cfg: &ModelConfig, kind: FamilyKind, heads: HeadGates) -> Vec<f64> {
+    let (per_q, per_kv) = accounting::head_params(cfg);
+    let channel = accounting::channel_params(cfg) as f64;
+    (0..cfg.num_hidden_layers)
+        .map(|i| {
+            let u = accounting::units(cfg, i);
+            match kind {
+                FamilyKind::Heads if heads == HeadGates::PerGroup => {
+                    (u.heads / u.kv_heads.max(1) * per_q + per_kv) as f64
+                }
+                FamilyKind::Heads => per_q as f64,
+                FamilyKind::Channels | FamilyKind::Experts => channel,
+            }
+        })
+        .collect()
+}
+
+/// The unit targets that remove `target` of the parameters the families cover in the
+/// proportions a training chose: each family's achieved unit sparsity `q[F]` times
+/// `target / q_p`, where `q_p = sum_F q[F] params[F] / sum_F params[F]` is the fraction it
+/// achieved (within the convergence tolerance of `target`), at most 1. Nothing removed: every
+/// family at `target`.
+pub fn learned_targets(q: &[f64], params: &[f64], target: f64) -> Vec<f64> {
+    let covered: f64 = params.iter().sum();
+    let achieved: f64 = q.iter().zip(params).map(|(q, p)| q * p).sum::<f64>() / covered.max(1.0);
+    if achieved <= 0.0 {
+        return vec![target; q.len()];
+    }
+    q.iter()
+        .map(|q| (q * target / achieved).clamp(0.0, 1.0))
+        .collect()
+}
+
 /// The query-head fraction of `cfg` removed when every KV group of more than one head loses
 /// `floor(target * heads per group)` heads (a layer whose groups are single heads, MHA:
 /// `floor(target * heads)` of its heads): `target` floored to whole heads where the uniform
@@ -196,5 +237,32 @@ mod tests {
         // 0.8 * 1.5 = 1.2: capped.
         assert_eq!(target(0.8, Basis::Params, &p, &ch), 0.95);
         assert_eq!(target(0.5, Basis::Units, &p, &ch), 0.5);
+    }
+
+    #[test]
+    fn unit_params_add_up_to_what_each_family_covers() {
+        let c = dense();
+        for heads in [HeadGates::PerGroup, HeadGates::PerHead] {
+            for f in families(&c, heads, true, true) {
+                let w = unit_params(&c, f.kind, heads);
+                let sum: f64 = f.units.iter().zip(&w).map(|(&n, w)| n as f64 * w).sum();
+                assert_eq!(sum, f.params as f64, "{heads:?} {:?}", f.kind);
+            }
+        }
+    }
+
+    #[test]
+    fn learned_targets_keep_the_split_and_meet_the_budget() {
+        // Heads cover 384 parameters, channels 768; trained to 0.1 and 0.7: 0.5 of 1152.
+        let t = learned_targets(&[0.1, 0.7], &[384.0, 768.0], 0.5);
+        assert!(
+            (t[0] - 0.1).abs() < 1e-12 && (t[1] - 0.7).abs() < 1e-12,
+            "{t:?}"
+        );
+        // 1 % short: both scaled up by the same factor, the budget met exactly.
+        let t = learned_targets(&[0.1, 0.685], &[384.0, 768.0], 0.5);
+        let removed = t[0] * 384.0 + t[1] * 768.0;
+        assert!((removed - 576.0).abs() < 1e-9 && (t[1] / t[0] - 6.85).abs() < 1e-9);
+        assert_eq!(learned_targets(&[0.0, 0.0], &[1.0, 1.0], 0.3), [0.3, 0.3]);
     }
 }

@@ -1,6 +1,11 @@
 //! `anneal-train`: mask-only DDP training of the gates (prune::train) on calibration blocks,
 //! with the dense model as its own teacher. Checkpoints into its output directory every
 //! `checkpoint_every` steps and resumes from there after a kill, reaching the same result.
+//! With a joint budget (gate-insert's `split = "learned"`) the split the training chose becomes
+//! the families' targets in the gates.json it writes (scaled to meet the budget exactly:
+//! `budget::learned_targets`), so threshold's topk and uniform rules remove that split; its
+//! metrics then give the removed-parameter fractions (`params_sparsity_*`) and the split
+//! (`learned_target_<family>`), and convergence is the budget's, every family binary.
 
 use std::io::Write;
 
@@ -8,7 +13,7 @@ use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 
 use super::common::{forward_model_json, open_input, read_json, write_json};
-use super::train_log::{log_rows, read_log, LOG_HEADER};
+use super::train_log::{log_header, log_rows, read_log};
 use crate::artifacts::{BLOCKS, CHECKPOINT, GATES, TEACHER_HEADER, TRAIN_LOG};
 use crate::backend::{run_autodiff_on, AutodiffTask, DeviceSpec};
 use crate::data::Blocks;
@@ -17,6 +22,7 @@ use crate::engine::stage::{
     Input, InputSpec, Metrics, ParamSpec, ParamType, StageContext, StageKind,
 };
 use crate::io::ModelFiles;
+use crate::prune::budget;
 use crate::prune::teacher::TopK;
 use crate::prune::train::{self, Adapt, GateState, LambdaScale, Method, TrainConfig};
 
@@ -134,7 +140,9 @@ impl StageKind for AnnealTrain {
     fn version(&self) -> u32 {
         // 2: train_log.csv gains seconds and tokens per step, metrics tokens_per_s.
         // 3: convergence metrics (relu sparsity, converged, the hold, the rates used).
-        3
+        // 4: a joint parameter budget (split = "learned"): trained as one Lagrangian, its split
+        //    written as the families' targets, params_sparsity_* metrics, joint log columns.
+        4
     }
     fn about(&self) -> &'static str {
         "Train the gates mask-only (weights frozen) with the DDP annealed l0 surrogate, learned Lagrange multipliers and distillation from the dense model."
@@ -219,10 +227,35 @@ impl StageKind for AnnealTrain {
             None => read_log(&ctx.out_dir.join(TRAIN_LOG))?.last_step(),
             t => t,
         };
+        if let Some((l, _)) = &last {
+            adopt_learned_split(&mut state, l);
+        }
         write_json(&ctx.out_dir.join(GATES), &state)?;
         forward_model_json(gates_in, ctx.out_dir)?;
         let _ = std::fs::remove_file(ctx.out_dir.join(CHECKPOINT));
         Ok(metrics(ctx, &p, &cfg, &state, resumed_at, last))
+    }
+}
+
+/// With a joint budget, sets each family's target to the split training `last` ended at: its
+/// expected sparsity, scaled so that the split removes exactly the budget
+/// ([`budget::learned_targets`]). Without one, nothing changes.
+fn adopt_learned_split(state: &mut GateState, last: &train::StepLog) {
+    let Some(j) = &state.joint else { return };
+    let q: Vec<f64> = last.families.iter().map(|f| f.1).collect();
+    let params: Vec<f64> = state
+        .families
+        .iter()
+        .map(|f| {
+            f.z.iter()
+                .zip(j.weights(f))
+                .map(|(z, w)| z.len() as f64 * w)
+                .sum()
+        })
+        .collect();
+    let targets = budget::learned_targets(&q, &params, j.target);
+    for (f, t) in state.families.iter_mut().zip(targets) {
+        f.target = t;
     }
 }
 
@@ -260,6 +293,10 @@ fn metrics(
     m.insert("ce".into(), l.ce);
     m.insert("kl".into(), l.kl);
     let conv = train::convergence(state, &l);
+    let joint = train::joint_convergence(state, &l);
+    if let Some(j) = &joint {
+        joint_metrics(ctx, &mut m, p, cfg, state, &l, j);
+    }
     for ((name, q, l1, l2, l3, bin), c) in l.families.into_iter().zip(&conv) {
         m.insert(format!("expected_sparsity_{name}"), q);
         m.insert(format!("lambda1_{name}"), l1);
@@ -269,14 +306,92 @@ fn metrics(
         m.insert(format!("relu_sparsity_{name}"), c.relu);
         m.insert(format!("sparsity_gap_{name}"), q - c.target);
         match off_target(&name, q, c.target, p) {
+            // With a joint budget the family's target is the split it learned: only its
+            // binarity is its own (the budget's figures are warned of in `joint_metrics`).
+            _ if joint.is_some() && c.binarity > train::TOLERANCE => {
+                ctx.warn(&unconverged(c, p, cfg, state))
+            }
+            _ if joint.is_some() => {}
             Some(w) => ctx.warn(&w),
             None if !c.converged() => ctx.warn(&unconverged(c, p, cfg, state)),
             None => {}
         }
     }
-    let converged = conv.iter().all(|c| c.converged());
+    let converged = train::converged(&conv, joint.as_ref());
     m.insert("converged".into(), if converged { 1.0 } else { 0.0 });
     m
+}
+
+/// A joint budget's metrics: the removed-parameter fractions (expected, relu rule, target),
+/// the multipliers and their rates, and each family's learned target; warns when the budget
+/// ended off target ([`joint_off_target`]).
+fn joint_metrics(
+    ctx: &StageContext,
+    m: &mut Metrics,
+    p: &AnnealTrainParams,
+    cfg: &TrainConfig,
+    state: &GateState,
+    l: &train::StepLog,
+    j: &train::JointConvergence,
+) {
+    m.insert("params_sparsity_expected".into(), j.expected);
+    m.insert("params_sparsity_relu".into(), j.relu);
+    m.insert("params_sparsity_target".into(), j.target);
+    if let Some((_, l1, l2)) = l.joint {
+        m.insert("joint_lambda1".into(), l1);
+        m.insert("joint_lambda2".into(), l2);
+    }
+    if let Some([r1, r2]) = cfg.rates(state).joint {
+        m.insert("lr_lambda_used_joint".into(), r1);
+        m.insert("lr_lambda2_used_joint".into(), r2);
+    }
+    for f in &state.families {
+        m.insert(format!("learned_target_{}", f.name), f.target);
+    }
+    if let Some(w) = joint_off_target(j, p, cfg, state) {
+        ctx.warn(&w);
+    }
+}
+
+/// A warning when a joint budget's removed-parameter fraction ended more than
+/// [`train::TOLERANCE`] from its target (expected or under the relu rule), with the likely
+/// cause.
+fn joint_off_target(
+    j: &train::JointConvergence,
+    p: &AnnealTrainParams,
+    cfg: &TrainConfig,
+    state: &GateState,
+) -> Option<String> {
+    if j.on_target() {
+        return None;
+    }
+    let figures = format!(
+        "the parameter budget is not met: expected {:.3}, relu rule {:.3} of the gated parameters removed (target {:.3})",
+        j.expected, j.relu, j.target
+    );
+    let tol = train::TOLERANCE;
+    let held_to_limit = state.mu_hold_until == Some(train::hold_limit(cfg));
+    let cause = if !j.expected.is_finite() {
+        format!(
+            "training diverged; lower the learning rates (lr_z {}, lr_lambda {}, lr_lambda2 {})",
+            p.lr_z, p.lr_lambda, p.lr_lambda2
+        )
+    } else if held_to_limit && j.target - j.expected > tol {
+        format!("mu was held until the limit (step {}) without reaching it: let the multipliers grow faster (lr_lambda {}, lr_lambda2 {}) or train longer", train::hold_limit(cfg), p.lr_lambda, p.lr_lambda2)
+    } else if j.expected - j.target > tol {
+        format!(
+            "it overshot: lower lr_lambda {} / lr_lambda2 {} or train longer",
+            p.lr_lambda, p.lr_lambda2
+        )
+    } else if j.target - j.expected > tol {
+        format!(
+            "train longer (steps {}) or raise lr_lambda / lr_lambda2",
+            p.steps
+        )
+    } else {
+        "gates stranded just above 0: the relu rule disagrees with the expected fraction; use rule = \"topk\" or lower mu_end".to_string()
+    };
+    Some(format!("{figures}: {cause}"))
 }
 
 /// Why family `c`, within [`TARGET_SLACK`] of its target, is not converged, and what to change.
@@ -391,7 +506,8 @@ fn start(ctx: &StageContext, gates_in: &Input, steps: usize) -> Result<GateState
     if ckpt.exists() {
         let state: GateState =
             read_json(&ckpt).with_context(|| format!("resuming from {CHECKPOINT}"))?;
-        match read_log(&log_path)?.up_to(state.step, state.families.len()) {
+        let joint = state.joint.is_some();
+        match read_log(&log_path)?.up_to(state.step, state.families.len(), joint) {
             Some(text) => {
                 std::fs::write(&log_path, text)
                     .with_context(|| format!("writing {}", log_path.display()))?;
@@ -408,9 +524,13 @@ fn start(ctx: &StageContext, gates_in: &Input, steps: usize) -> Result<GateState
         }
         std::fs::remove_file(&ckpt).with_context(|| format!("removing {}", ckpt.display()))?;
     }
-    std::fs::write(&log_path, format!("{LOG_HEADER}\n"))
-        .with_context(|| format!("writing {}", log_path.display()))?;
-    read_json(&gates_in.dir.join(GATES))
+    let state: GateState = read_json(&gates_in.dir.join(GATES))?;
+    std::fs::write(
+        &log_path,
+        format!("{}\n", log_header(state.joint.is_some())),
+    )
+    .with_context(|| format!("writing {}", log_path.display()))?;
+    Ok(state)
 }
 
 /// A warning when family `name` ends at expected sparsity `q` far from its `target`: a

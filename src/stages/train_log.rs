@@ -1,6 +1,8 @@
 //! anneal-train's `train_log.csv`: one row per step and family, written a step at a time (a
 //! kill tears at most the last row), read back to trim it to a checkpoint and to recover the
-//! last step's figures.
+//! last step's figures. With a joint budget (gate-insert's `split = "learned"`) every row ends
+//! with the step's expected removed-parameter fraction and the joint multipliers
+//! ([`JOINT_COLUMNS`]).
 
 use anyhow::{Context, Result};
 
@@ -9,13 +11,29 @@ use crate::prune::train;
 /// The columns of train_log.csv.
 pub(super) const LOG_HEADER: &str = "step,loss,ce,kl,mu,lr_z,family,expected_sparsity,lambda1,lambda2,lambda3,binarity,seconds,tokens";
 
+/// The columns a joint budget appends to [`LOG_HEADER`].
+pub(super) const JOINT_COLUMNS: &str = "params_sparsity,joint_lambda1,joint_lambda2";
+
+/// The header of a run's train_log.csv: with a joint budget (`joint`), [`JOINT_COLUMNS`]
+/// appended.
+pub(super) fn log_header(joint: bool) -> String {
+    match joint {
+        true => format!("{LOG_HEADER},{JOINT_COLUMNS}"),
+        false => LOG_HEADER.to_string(),
+    }
+}
+
 /// One step's rows of train_log.csv, one per family. An f64 printed with `{}` reads back to the
 /// same value, so the log keeps the step's exact figures ([`TrainLog::last_step`]).
 pub(super) fn log_rows(l: &train::StepLog) -> String {
     let mut rows = String::new();
+    let joint = match l.joint {
+        Some((q, l1, l2)) => format!(",{q},{l1},{l2}"),
+        None => String::new(),
+    };
     for (name, q, l1, l2, l3, bin) in &l.families {
         rows += &format!(
-            "{},{},{},{},{},{},{name},{q},{l1},{l2},{l3},{bin},{:.4},{}\n",
+            "{},{},{},{},{},{},{name},{q},{l1},{l2},{l3},{bin},{:.4},{}{joint}\n",
             l.step,
             l.loss,
             l.ce,
@@ -61,10 +79,15 @@ pub(super) fn read_log(path: &std::path::Path) -> Result<TrainLog> {
 /// A row of train_log.csv ([`log_rows`]), or None when it is not one.
 fn parse_row(line: &str) -> Option<LogRow> {
     let f: Vec<&str> = line.trim_end().split(',').collect();
-    if f.len() != LOG_HEADER.split(',').count() {
+    let plain = LOG_HEADER.split(',').count();
+    if f.len() != plain && f.len() != plain + JOINT_COLUMNS.split(',').count() {
         return None;
     }
     let num = |i: usize| f[i].parse::<f64>().ok();
+    let joint = match f.len() > plain {
+        true => Some((num(plain)?, num(plain + 1)?, num(plain + 2)?)),
+        false => None,
+    };
     let fam = (
         f[6].to_string(),
         num(7)?,
@@ -81,6 +104,7 @@ fn parse_row(line: &str) -> Option<LogRow> {
         mu: num(4)?,
         lr_z: num(5)?,
         families: vec![fam],
+        joint,
         tokens: f[13].parse().ok()?,
         time: Default::default(),
     };
@@ -92,15 +116,19 @@ fn parse_row(line: &str) -> Option<LogRow> {
 }
 
 impl TrainLog {
-    /// The log of steps `1..=step` (header included), `families` rows each; None when the
-    /// rows do not cover exactly those steps.
-    pub(super) fn up_to(&self, step: usize, families: usize) -> Option<String> {
+    /// The log of steps `1..=step` (header included), `families` rows each, with the joint
+    /// budget's columns or without (`joint`); None when the rows do not cover exactly those
+    /// steps, so.
+    pub(super) fn up_to(&self, step: usize, families: usize, joint: bool) -> Option<String> {
         let rows: Vec<&LogRow> = self.0.iter().filter(|r| r.log.step <= step).collect();
         let expected = (1..=step).flat_map(|s| std::iter::repeat_n(s, families));
-        if !rows.iter().map(|r| r.log.step).eq(expected) {
+        if !rows.iter().map(|r| r.log.step).eq(expected)
+            || rows.iter().any(|r| r.log.joint.is_some() != joint)
+        {
             return None;
         }
-        Some(format!("{LOG_HEADER}\n") + &rows.iter().map(|r| r.text.as_str()).collect::<String>())
+        let text: String = rows.iter().map(|r| r.text.as_str()).collect();
+        Some(format!("{}\n{text}", log_header(joint)))
     }
 
     /// The last step's figures, every family's, and the throughput over the whole log.

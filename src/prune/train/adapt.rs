@@ -29,6 +29,11 @@
 //!   90 steps: channels 0.521 for 0.5). Zeroing the multipliers' moments when the hold ends (their
 //!   values kept) lets them answer the gap as it is: within 0.6 % of the target from 30 to 1000
 //!   steps (docs/research/2026-12-07-restart/).
+//!
+//! With a joint budget ([`super::Joint`], gate-insert's `split = "learned"`) its multipliers
+//! take the same rules: the rates per fraction of the run, the largest family's size scale
+//! ([`rates`]); the hold waits for the expected removed-parameter fraction instead of each
+//! family's sparsity, and the restart zeroes the joint multipliers' moments too.
 
 use serde::{Deserialize, Serialize};
 
@@ -85,6 +90,8 @@ pub struct Rates {
     pub lr_z: f64,
     /// Per family, the peak rates of [lambda1, lambda2, lambda3].
     pub lambdas: Vec<[f64; 3]>,
+    /// With a joint budget, the peak rates of its [L1, L2].
+    pub joint: Option<[f64; 2]>,
 }
 
 /// Mean units per layer of a family (over the layers it gates).
@@ -101,8 +108,9 @@ fn window_sum(cfg: &TrainConfig) -> f64 {
         .sum()
 }
 
-/// The rates of a run of `cfg` over `families`.
-pub fn rates(cfg: &TrainConfig, families: &[Family]) -> Rates {
+/// The rates of a run of `cfg` over `state`'s families and joint budget.
+pub fn rates(cfg: &TrainConfig, state: &GateState) -> Rates {
+    let families = &state.families;
     let a = &cfg.adapt;
     let k = if a.lr_steps_ref > 0 {
         (a.lr_steps_ref as f64 / cfg.steps.max(1) as f64).max(1.0)
@@ -119,18 +127,33 @@ pub fn rates(cfg: &TrainConfig, families: &[Family]) -> Rates {
         .map(units_per_layer)
         .fold(f64::INFINITY, f64::min)
         .max(1.0);
+    let scale = |units: f64| match a.lambda_scale {
+        LambdaScale::None => 1.0,
+        LambdaScale::SqrtUnits => (units / smallest).sqrt(),
+    };
     let lambdas = families
         .iter()
         .map(|f| {
-            let c = match a.lambda_scale {
-                LambdaScale::None => 1.0,
-                LambdaScale::SqrtUnits => (units_per_layer(f) / smallest).sqrt(),
-            };
+            let c = scale(units_per_layer(f));
             let (l, l2) = (cfg.lr_lambda * k * c, cfg.lr_lambda2 * k * c);
             [l, l2, l]
         })
         .collect();
-    Rates { lr_z, lambdas }
+    // One pair of multipliers pushes every family; the one that needs the largest multipliers
+    // is the family with the most units per layer (its penalty gradient per gate is the smallest
+    // against its task gradient), so the joint rates are that family's: with them the joint
+    // multipliers reach, in the same steps, what its own would have to, and the smaller families,
+    // pushed harder than they need, give way first where their units cost less loss.
+    let joint = state.joint.as_ref().map(|_| {
+        let largest = families.iter().map(units_per_layer).fold(1.0, f64::max);
+        let c = scale(largest);
+        [cfg.lr_lambda * k * c, cfg.lr_lambda2 * k * c]
+    });
+    Rates {
+        lr_z,
+        lambdas,
+        joint,
+    }
 }
 
 /// Whether `cfg` holds mu until the targets are reached (DDP only: the baselines have no mu).
@@ -176,24 +199,46 @@ pub fn lr_at(cfg: &TrainConfig, state: &GateState, t: usize) -> f64 {
 }
 
 /// After step `step_no` (from 1) measured each family's expected sparsity `q` (in the order of
-/// `state.families`): marks the families whose q came up to within the tolerance of their
-/// targets (or past them), and ends the hold once every family has, or at the hold's limit;
-/// with `lambda_restart`, the multipliers' moments restart there.
-pub fn after_step(cfg: &TrainConfig, state: &mut GateState, q: &[f64], step_no: usize) {
+/// `state.families`) and, with a joint budget, the expected removed-parameter fraction `q_p`:
+/// marks the families whose q came up to within the tolerance of their targets (or past them),
+/// or with a joint budget the budget once `q_p` has, and ends the hold once every one has, or at
+/// the hold's limit; with `lambda_restart`, the multipliers' moments (the joint's too) restart
+/// there.
+pub fn after_step(
+    cfg: &TrainConfig,
+    state: &mut GateState,
+    q: &[f64],
+    q_p: Option<f64>,
+    step_no: usize,
+) {
     if !holds_mu(cfg) || state.mu_hold_until.is_some() {
         return;
     }
-    for (f, q) in state.families.iter_mut().zip(q) {
-        if f.reached_at.is_none() && *q >= f.target - cfg.adapt.mu_hold_tol {
-            f.reached_at = Some(step_no);
+    let tol = cfg.adapt.mu_hold_tol;
+    let reached = match (&mut state.joint, q_p) {
+        (Some(j), Some(q_p)) => {
+            if j.reached_at.is_none() && q_p >= j.target - tol {
+                j.reached_at = Some(step_no);
+            }
+            j.reached_at.is_some()
         }
-    }
-    let reached = state.families.iter().all(|f| f.reached_at.is_some());
+        _ => {
+            for (f, q) in state.families.iter_mut().zip(q) {
+                if f.reached_at.is_none() && *q >= f.target - tol {
+                    f.reached_at = Some(step_no);
+                }
+            }
+            state.families.iter().all(|f| f.reached_at.is_some())
+        }
+    };
     if reached || step_no >= hold_limit(cfg) {
         state.mu_hold_until = Some(step_no);
         if cfg.adapt.lambda_restart {
             for f in &mut state.families {
                 f.lambda_moments = Moments::zeros(f.lambdas.len());
+            }
+            if let Some(j) = &mut state.joint {
+                j.lambda_moments = Moments::zeros(j.lambdas.len());
             }
         }
     }

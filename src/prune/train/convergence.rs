@@ -1,6 +1,8 @@
 //! Whether a training converged, family by family, in the paper's sense: the expected sparsity
 //! at its target, the retention scores binary, and the deployed rule (`ReLU(z) > 0`) removing
-//! what the expected sparsity promised.
+//! what the expected sparsity promised. With a joint budget ([`super::Joint`]) the families'
+//! own targets are not constraints: the removed-parameter fraction is ([`joint_convergence`]),
+//! and every family must still be binary.
 
 use super::{deployed_values, GateState, StepLog};
 
@@ -31,6 +33,56 @@ impl FamilyConvergence {
             && self.binarity <= TOLERANCE
             && (self.relu - self.target).abs() <= TOLERANCE
     }
+}
+
+/// The convergence figures of a joint budget at the end of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JointConvergence {
+    /// The fraction of the covered parameters to remove.
+    pub target: f64,
+    /// The expected fraction removed, `q_p`, at the last step.
+    pub expected: f64,
+    /// The fraction the `relu` rule removes (units whose deployed value is 0, weighted by their
+    /// parameters).
+    pub relu: f64,
+}
+
+impl JointConvergence {
+    /// Whether the expected and relu fractions are within [`TOLERANCE`] of the target.
+    pub fn on_target(&self) -> bool {
+        (self.expected - self.target).abs() <= TOLERANCE
+            && (self.relu - self.target).abs() <= TOLERANCE
+    }
+}
+
+/// Whether a run converged: with a joint budget (`joint`), the budget on target and every family
+/// binary; without, every family converged.
+pub fn converged(families: &[FamilyConvergence], joint: Option<&JointConvergence>) -> bool {
+    match joint {
+        Some(j) => j.on_target() && families.iter().all(|c| c.binarity <= TOLERANCE),
+        None => families.iter().all(FamilyConvergence::converged),
+    }
+}
+
+/// The joint budget's convergence figures of `state` (none without one), its last step being
+/// `last`.
+pub fn joint_convergence(state: &GateState, last: &StepLog) -> Option<JointConvergence> {
+    let j = state.joint.as_ref()?;
+    let zeros: Vec<Vec<f64>> = state
+        .families
+        .iter()
+        .map(|f| {
+            deployed_values(state.method, &f.z)
+                .iter()
+                .map(|l| l.iter().filter(|&&v| v == 0.0).count() as f64)
+                .collect()
+        })
+        .collect();
+    Some(JointConvergence {
+        target: j.target,
+        expected: last.joint.map_or(f64::NAN, |x| x.0),
+        relu: j.removed_fraction(&state.families, |f, l| zeros[f][l]),
+    })
 }
 
 /// The convergence figures of every family of `state`, its last step being `last`.

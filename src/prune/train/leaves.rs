@@ -1,10 +1,10 @@
 //! The trained parameters of one micro-batch as autodiff leaves: `z` per family and layer and
-//! the multipliers per family, the gates the student runs with, and their gradients read back.
+//! the multipliers per family (and the joint budget's), the gates the student runs with, and their gradients read back.
 
 use burn::tensor::{backend::AutodiffBackend, Tensor, TensorData};
 
 use super::optim::Grads;
-use super::{Family, Method};
+use super::{Family, GateState, Method};
 use crate::model::{Gates, LayerGates};
 use crate::prune::family::FamilyKind;
 
@@ -15,11 +15,21 @@ pub(crate) struct Leaves<B: AutodiffBackend> {
     pub(crate) z: Vec<Vec<Option<Tensor<B, 1>>>>,
     /// `[lambda1, lambda2, lambda3]` per family.
     pub(crate) lambdas: Vec<Tensor<B, 1>>,
+    /// The joint budget's `[L1, L2]`, if it has one.
+    pub(crate) joint: Option<Tensor<B, 1>>,
+}
+
+/// A leaf holding `values`, on `dev`, tracking gradients.
+fn leaf<B: AutodiffBackend>(values: &[f64], dev: &B::Device) -> Tensor<B, 1> {
+    let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
+    let n = v.len();
+    Tensor::<B, 1>::from_data(TensorData::new(v, [n]), dev).require_grad()
 }
 
 impl<B: AutodiffBackend> Leaves<B> {
-    /// The leaves of `families`, on `dev`, tracking gradients.
-    pub(crate) fn new(families: &[Family], dev: &B::Device) -> Self {
+    /// The leaves of `state`'s families and joint budget, on `dev`, tracking gradients.
+    pub(crate) fn new(state: &GateState, dev: &B::Device) -> Self {
+        let families = &state.families;
         let z = families
             .iter()
             .map(|f| {
@@ -33,17 +43,9 @@ impl<B: AutodiffBackend> Leaves<B> {
                     .collect()
             })
             .collect();
-        let lambdas = families
-            .iter()
-            .map(|f| {
-                Tensor::<B, 1>::from_data(
-                    TensorData::new(f.lambdas.iter().map(|&x| x as f32).collect::<Vec<_>>(), [3]),
-                    dev,
-                )
-                .require_grad()
-            })
-            .collect();
-        Self { z, lambdas }
+        let lambdas = families.iter().map(|f| leaf(&f.lambdas, dev)).collect();
+        let joint = state.joint.as_ref().map(|j| leaf(&j.lambdas, dev));
+        Self { z, lambdas, joint }
     }
 
     /// The student's gates under `method`: each family's masks go to its slot of every layer
@@ -85,6 +87,9 @@ impl<B: AutodiffBackend> Leaves<B> {
                 add(&mut acc.z[fi][i], host(z.grad(grads)));
             }
             add(&mut acc.lambdas[fi], host(self.lambdas[fi].grad(grads)));
+        }
+        if let Some(j) = &self.joint {
+            add(&mut acc.joint, host(j.grad(grads)));
         }
     }
 }

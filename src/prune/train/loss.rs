@@ -1,6 +1,7 @@
 //! The loss of one micro-batch: CE + eta KL(teacher || student) (METHOD.md §4), computed once
 //! per micro-batch on the host or as tensor ops depending on the backend, plus each family's
-//! Lagrangian sparsity term.
+//! Lagrangian sparsity term, or with a joint budget ([`Joint`]) one Lagrangian over the expected
+//! removed parameters ([`joint_sparsity`]) and each family's binarisation term.
 
 use burn::tensor::{
     activation::log_softmax,
@@ -10,7 +11,7 @@ use burn::tensor::{
 
 use super::super::distill::{distill, TeacherRows};
 use super::super::teacher::{kl_topk, TopK};
-use super::{Family, Scope, TrainConfig};
+use super::{Family, Joint, Method, Scope, TrainConfig};
 use crate::error::Error;
 
 /// A family's log entry: (name, expected sparsity q, lambda1, lambda2, lambda3, mean s(1-s)).
@@ -146,23 +147,33 @@ fn distill_tensors<B: AutodiffBackend>(
     (scalar(ce), scalar(kl), term)
 }
 
-/// Family `f`'s Lagrangian term `l1 (q - a) + l2 (q - a)^2 [+ l3 mean s(1 - s)]` at step `t`
-/// and annealing `mu`, from its leaves `zf` and multipliers `lam`, with its log entry.
+/// The retention scores `s(z; mu)` of a family's layers under `method` (`None` where a layer
+/// has no unit of it).
+pub(crate) fn retentions<B: AutodiffBackend>(
+    zf: &[Option<Tensor<B, 1>>],
+    method: Method,
+    mu: f64,
+) -> Vec<Option<Tensor<B, 1>>> {
+    zf.iter()
+        .map(|z| z.as_ref().map(|z| method.retention(z.clone(), mu)))
+        .collect()
+}
+
+/// Family `f`'s Lagrangian term `l1 (q - a) + l2 (q - a)^2 [+ l3 mean s(1 - s)]` at step `t`,
+/// from its retention scores `ss` and multipliers `lam`, with its log entry. With a joint
+/// budget (`joint`) only the binarisation term is the family's (`None` when the method has
+/// none): [`joint_sparsity`] has the others.
 pub(crate) fn sparsity<B: AutodiffBackend>(
     f: &Family,
-    zf: &[Option<Tensor<B, 1>>],
+    ss: &[Option<Tensor<B, 1>>],
     lam: &Tensor<B, 1>,
     cfg: &TrainConfig,
     scope: Scope,
     t: usize,
-    mu: f64,
-) -> (Tensor<B, 1>, FamilyLog) {
+    joint: bool,
+) -> (Option<Tensor<B, 1>>, FamilyLog) {
     let method = cfg.method;
-    let ss: Vec<Tensor<B, 1>> = zf
-        .iter()
-        .flatten()
-        .map(|z| method.retention(z.clone(), mu))
-        .collect();
+    let ss: Vec<Tensor<B, 1>> = ss.iter().flatten().cloned().collect();
     let target = method.target(f.target, t, cfg.warmup);
     // Gap q - a: one over all layers (global), or one per layer (per-layer scope, where the
     // multiplier terms are taken per row and averaged).
@@ -175,14 +186,16 @@ pub(crate) fn sparsity<B: AutodiffBackend>(
             0,
         ),
     };
-    let all = Tensor::cat(ss.clone(), 0);
+    let all = Tensor::cat(ss, 0);
     let bin = (all.clone() * (all.neg() + 1.0)).mean();
     let l1 = lam.clone().narrow(0, 0, 1);
     let l2 = lam.clone().narrow(0, 1, 1);
     let l3 = lam.clone().narrow(0, 2, 1);
-    let mut term = l1 * gaps.clone().mean() + l2 * (gaps.clone() * gaps.clone()).mean();
+    let mut term =
+        (!joint).then(|| l1 * gaps.clone().mean() + l2 * (gaps.clone() * gaps.clone()).mean());
     if method.binarises() {
-        term = term + l3 * bin.clone();
+        let b = l3 * bin.clone();
+        term = Some(term.map_or(b.clone(), |x| x + b));
     }
     let log = (
         f.name.to_string(),
@@ -193,6 +206,35 @@ pub(crate) fn sparsity<B: AutodiffBackend>(
         scalar(bin),
     );
     (term, log)
+}
+
+/// The joint budget's term `L1 (q_p - a) + L2 (q_p - a)^2` at step `t`, from every family's
+/// retention scores `ss` (in the order of `families`) and the multipliers `lam` ([L1, L2]):
+/// `q_p = sum_F sum_l w_Fl sum_k (1 - s_k) / covered`, the expected fraction of the covered
+/// parameters removed, and `a` the joint target after the method's warm-up. With its log
+/// entry (q_p, L1, L2).
+pub(crate) fn joint_sparsity<B: AutodiffBackend>(
+    joint: &Joint,
+    families: &[Family],
+    ss: &[Vec<Option<Tensor<B, 1>>>],
+    lam: &Tensor<B, 1>,
+    cfg: &TrainConfig,
+    t: usize,
+) -> (Tensor<B, 1>, (f64, f64, f64)) {
+    let covered = joint.covered(families).max(1.0);
+    let removed: Vec<Tensor<B, 1>> = families
+        .iter()
+        .zip(ss)
+        .flat_map(|(f, sf)| sf.iter().zip(joint.weights(f)))
+        .filter_map(|(s, &w)| Some((s.clone()?.neg() + 1.0).sum() * (w / covered)))
+        .collect();
+    let q = Tensor::cat(removed, 0).sum();
+    let a = cfg.method.target(joint.target, t, cfg.warmup);
+    let gap = q.clone() - a;
+    let l1 = lam.clone().narrow(0, 0, 1);
+    let l2 = lam.clone().narrow(0, 1, 1);
+    let term = l1 * gap.clone() + l2 * (gap.clone() * gap);
+    (term, (scalar(q), joint.lambdas[0], joint.lambdas[1]))
 }
 
 /// The error of step `t` whose loss is not finite, naming the first non-finite term: CE, KL,

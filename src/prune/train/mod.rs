@@ -2,7 +2,10 @@
 //! parameters `z` (per KV group or head, per FFN channel, per routed-expert channel) and the
 //! Lagrange multipliers train.
 //! Loss = CE + eta KL(teacher || student) + sum over families of
-//! `l1 (q - a) + l2 (q - a)^2 + l3 mean s(1 - s)`, with `q = 1 - mean s` the expected sparsity.
+//! `l1 (q - a) + l2 (q - a)^2 + l3 mean s(1 - s)`, with `q = 1 - mean s` the expected sparsity;
+//! with a joint budget ([`Joint`], gate-insert's `split = "learned"`) the families' l1 and l2
+//! terms give way to one `L1 (q_p - a) + L2 (q_p - a)^2` over the expected removed-parameter
+//! fraction `q_p`, so the training decides each family's share.
 //! `z` descends, the multipliers ascend; AdamW (no weight decay) with a cosine schedule after a
 //! linear warm-up; `z` is clamped to `>= -0.1` after each step. All state lives in
 //! [`GateState`] on the host, so it checkpoints and resumes exactly.
@@ -20,9 +23,11 @@ mod optim;
 mod state;
 
 pub use adapt::{hold_limit, Adapt, LambdaScale, Rates};
-pub use convergence::{convergence, FamilyConvergence, TOLERANCE};
+pub use convergence::{
+    converged, convergence, joint_convergence, FamilyConvergence, JointConvergence, TOLERANCE,
+};
 pub use method::{deployed_values, Method};
-pub use state::{Family, GateState, HeadGates, Moments, Scope, StepLog, StepTime};
+pub use state::{Family, GateState, HeadGates, Joint, Moments, Scope, StepLog, StepTime};
 
 use std::time::Instant;
 
@@ -74,7 +79,7 @@ pub struct TrainConfig {
 impl TrainConfig {
     /// The learning rates a run of this config uses on `state`'s families (after [`Adapt`]).
     pub fn rates(&self, state: &GateState) -> Rates {
-        adapt::rates(self, &state.families)
+        adapt::rates(self, state)
     }
 }
 
@@ -110,6 +115,11 @@ pub fn train_with_teacher<B: AutodiffBackend>(
         )));
     }
     let expert_shapes = check_layers(model, state)?;
+    if state.joint.is_some() && state.scope != Scope::Global {
+        return Err(Error::Invalid(
+            "a joint parameter budget (split = \"learned\") needs the global scope".into(),
+        ));
+    }
     // A fixed shuffled order of blocks, walked by step, so a resumed run sees the same batches.
     let mut order: Vec<usize> = (0..blocks.len()).collect();
     order.shuffle(&mut StdRng::seed_from_u64(cfg.seed ^ 0x5eed));
@@ -212,6 +222,8 @@ struct Measured {
     ce: f64,
     kl: f64,
     families: Vec<FamilyLog>,
+    /// With a joint budget: (q_p, L1, L2).
+    joint: Option<(f64, f64, f64)>,
 }
 
 impl<B: AutodiffBackend> Run<'_, B> {
@@ -229,7 +241,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
         let f_lr = adapt::lr_at(cfg, state, t);
         let mut grads = Grads::zeros(&state.families);
         let (mut loss_sum, mut ce_sum, mut kl_sum) = (0.0, 0.0, 0.0);
-        let mut fam_log = vec![];
+        let (mut fam_log, mut joint_log) = (vec![], None);
         let mut time = StepTime::default();
         for micro in 0..self.micro_batches() {
             let m = self.micro_batch(state, t, micro, mu, &mut grads, &mut time)?;
@@ -237,22 +249,15 @@ impl<B: AutodiffBackend> Run<'_, B> {
             ce_sum += m.ce;
             kl_sum += m.kl;
             fam_log = m.families;
+            joint_log = m.joint;
         }
         let t_update = Instant::now();
         let k = self.micro_batches() as f64;
         let step_no = t + 1;
-        optim::update(
-            &mut state.families,
-            &grads,
-            k,
-            cfg,
-            &self.rates,
-            f_lr,
-            step_no,
-        );
+        optim::update(state, &grads, k, cfg, &self.rates, f_lr, step_no);
         state.step = step_no;
         let q: Vec<f64> = fam_log.iter().map(|f| f.1).collect();
-        adapt::after_step(cfg, state, &q, step_no);
+        adapt::after_step(cfg, state, &q, joint_log.map(|j| j.0), step_no);
         time.update = t_update.elapsed().as_secs_f64();
         Ok(StepLog {
             step: step_no,
@@ -262,6 +267,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
             mu,
             lr_z: self.rates.lr_z * f_lr,
             families: fam_log,
+            joint: joint_log,
             tokens: cfg.batch * self.seq * self.micro_batches(),
             time,
         })
@@ -297,7 +303,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
     ) -> Result<Measured> {
         let cfg = self.cfg;
         let (picked, tokens) = self.tokens(t, micro);
-        let leaves = Leaves::<B>::new(&state.families, &self.dev);
+        let leaves = Leaves::<B>::new(state, &self.dev);
         let gates = leaves.gates(
             &state.families,
             cfg.method,
@@ -325,12 +331,9 @@ impl<B: AutodiffBackend> Run<'_, B> {
         let (ce, kl, mut loss) = loss::distillation(student, rows, cfg.eta);
         // Read back only when the loss is not finite, to name the term.
         let mut terms: Vec<(String, Tensor<B, 1>)> = vec![];
-        let mut families = vec![];
-        for ((f, zf), lam) in state.families.iter().zip(&leaves.z).zip(&leaves.lambdas) {
-            let (term, log) = loss::sparsity(f, zf, lam, cfg, state.scope, t, mu);
-            families.push(log);
-            terms.push((format!("{} sparsity", f.name), term.clone()));
-            loss = loss + term;
+        let (families, joint) = self.sparsity_terms(state, &leaves, t, mu, &mut terms);
+        for (_, term) in &terms {
+            loss = loss + term.clone();
         }
         let lv = loss::scalar(loss.clone());
         if !lv.is_finite() {
@@ -345,6 +348,45 @@ impl<B: AutodiffBackend> Run<'_, B> {
             ce,
             kl,
             families,
+            joint,
         })
+    }
+
+    /// The sparsity terms of step `t` at annealing `mu`, from `leaves`, pushed to `terms` by
+    /// name: each family's ([`loss::sparsity`]) and with a joint budget its term
+    /// ([`loss::joint_sparsity`]). Returns the families' log entries and the joint budget's.
+    fn sparsity_terms(
+        &self,
+        state: &GateState,
+        leaves: &Leaves<B>,
+        t: usize,
+        mu: f64,
+        terms: &mut Vec<(String, Tensor<B, 1>)>,
+    ) -> (Vec<FamilyLog>, Option<(f64, f64, f64)>) {
+        let cfg = self.cfg;
+        let ss: Vec<_> = leaves
+            .z
+            .iter()
+            .map(|zf| loss::retentions(zf, cfg.method, mu))
+            .collect();
+        let joint = state.joint.is_some();
+        let mut families = vec![];
+        for ((f, sf), lam) in state.families.iter().zip(&ss).zip(&leaves.lambdas) {
+            let (term, log) = loss::sparsity(f, sf, lam, cfg, state.scope, t, joint);
+            families.push(log);
+            if let Some(term) = term {
+                terms.push((format!("{} sparsity", f.name), term));
+            }
+        }
+        let joint_log = state
+            .joint
+            .as_ref()
+            .zip(leaves.joint.as_ref())
+            .map(|(j, lam)| {
+                let (term, log) = loss::joint_sparsity(j, &state.families, &ss, lam, cfg, t);
+                terms.push(("parameter budget".to_string(), term));
+                log
+            });
+        (families, joint_log)
     }
 }

@@ -1,8 +1,9 @@
 //! The optimiser: AdamW without weight decay on `z` (descent) and on the multipliers (ascent),
-//! with a cosine learning-rate schedule after a linear warm-up.
+//! with a cosine learning-rate schedule after a linear warm-up. A joint budget's multipliers
+//! ascend like a family's.
 
 use super::adapt::Rates;
-use super::{Family, TrainConfig};
+use super::{Family, GateState, Moments, TrainConfig};
 
 const BETA1: f64 = 0.9;
 const BETA2: f64 = 0.999;
@@ -33,6 +34,8 @@ pub(crate) struct Grads {
     pub(crate) z: Vec<Vec<Vec<f64>>>,
     /// Per family, d loss / d [lambda1, lambda2, lambda3].
     pub(crate) lambdas: Vec<[f64; 3]>,
+    /// d loss / d [L1, L2] of the joint budget (0 without one).
+    pub(crate) joint: [f64; 2],
 }
 
 impl Grads {
@@ -44,15 +47,16 @@ impl Grads {
                 .map(|f| f.z.iter().map(|l| vec![0.0; l.len()]).collect())
                 .collect(),
             lambdas: vec![[0.0; 3]; families.len()],
+            joint: [0.0; 2],
         }
     }
 }
 
-/// Step `step_no` (from 1) of the optimiser: `z` descends the mean gradient over `micro`
-/// micro-batches (then constrained by the method), the multipliers ascend it; peak learning
-/// rates `rates` scaled by `f_lr`.
+/// Step `step_no` (from 1) of the optimiser on `state`: `z` descends the mean gradient over
+/// `micro` micro-batches (then constrained by the method), the multipliers (the families', the
+/// joint budget's) ascend it; peak learning rates `rates` scaled by `f_lr`.
 pub(crate) fn update(
-    families: &mut [Family],
+    state: &mut GateState,
     grads: &Grads,
     micro: f64,
     cfg: &TrainConfig,
@@ -60,7 +64,18 @@ pub(crate) fn update(
     f_lr: f64,
     step_no: usize,
 ) {
-    for (fi, f) in families.iter_mut().enumerate() {
+    if let (Some(j), Some(r)) = (&mut state.joint, rates.joint) {
+        ascend(
+            &mut j.lambdas,
+            &mut j.lambda_moments,
+            &grads.joint,
+            &r,
+            micro,
+            f_lr,
+            step_no,
+        );
+    }
+    for (fi, f) in state.families.iter_mut().enumerate() {
         for (i, layer) in f.z.iter_mut().enumerate() {
             let mo = &mut f.z_moments[i];
             for (j, zj) in layer.iter_mut().enumerate() {
@@ -75,11 +90,33 @@ pub(crate) fn update(
                 *zj = cfg.method.constrain(p);
             }
         }
-        for (j, g) in grads.lambdas[fi].iter().enumerate() {
-            let lr = rates.lambdas[fi][j];
-            // Gradient ascent on the multipliers.
-            let (m, v) = (&mut f.lambda_moments.m[j], &mut f.lambda_moments.v[j]);
-            adam(&mut f.lambdas[j], -g / micro, (m, v), lr * f_lr, step_no);
-        }
+        let lr = &rates.lambdas[fi];
+        let g = &grads.lambdas[fi];
+        ascend(
+            &mut f.lambdas,
+            &mut f.lambda_moments,
+            g,
+            lr,
+            micro,
+            f_lr,
+            step_no,
+        );
+    }
+}
+
+/// Gradient ascent of the multipliers `lambdas` (moments `mo`) along their gradients `g`
+/// summed over `micro` micro-batches, at peak rates `lr` scaled by `f_lr`.
+fn ascend(
+    lambdas: &mut [f64],
+    mo: &mut Moments,
+    g: &[f64],
+    lr: &[f64],
+    micro: f64,
+    f_lr: f64,
+    step_no: usize,
+) {
+    for (j, g) in g.iter().enumerate() {
+        let (m, v) = (&mut mo.m[j], &mut mo.v[j]);
+        adam(&mut lambdas[j], -g / micro, (m, v), lr[j] * f_lr, step_no);
     }
 }

@@ -1,5 +1,8 @@
 //! The training state that checkpoints as JSON ([`GateState`]: gates, multipliers, optimiser
-//! moments, step) and what each step reports ([`StepLog`], [`StepTime`]).
+//! moments, step; with gate-insert's `split = "learned"` the [`Joint`] budget over expected
+//! parameters and its multipliers) and what each step reports ([`StepLog`], [`StepTime`]).
+
+use std::collections::BTreeMap;
 
 use rand::{rngs::StdRng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -71,6 +74,74 @@ pub struct Family {
     pub reached_at: Option<usize>,
 }
 
+/// One Lagrangian over the expected removed parameters of every family (gate-insert's
+/// `split = "learned"`, CoFi / Sheared-LLaMA): its term `L1 (q_p - a) + L2 (q_p - a)^2`, with
+/// `q_p = sum_F sum_l w_Fl sum_k (1 - s_k) / covered`, replaces the families' lambda1 and
+/// lambda2 terms, so the training decides how much each family gives; each family keeps its
+/// lambda3 binarisation term.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Joint {
+    /// `a`: the fraction of the covered prunable parameters to remove.
+    pub target: f64,
+    /// Per family, per layer: the prunable parameters one unit of it removes (`w_Fl`).
+    pub unit_params: BTreeMap<FamilyKind, Vec<f64>>,
+    /// [L1, L2].
+    pub lambdas: [f64; 2],
+    /// Adam moments of the two multipliers.
+    pub lambda_moments: Moments,
+    /// With a mu hold: the first step after which `q_p` was within the hold's tolerance of `a`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reached_at: Option<usize>,
+}
+
+impl Joint {
+    /// A joint budget of `target` over `unit_params`, multipliers and moments at 0.
+    pub fn new(target: f64, unit_params: BTreeMap<FamilyKind, Vec<f64>>) -> Self {
+        Self {
+            target,
+            unit_params,
+            lambdas: [0.0; 2],
+            lambda_moments: Moments::zeros(2),
+            reached_at: None,
+        }
+    }
+
+    /// Family `f`'s parameters per unit, per layer (none: a family the budget does not weigh).
+    pub fn weights(&self, f: &Family) -> &[f64] {
+        self.unit_params.get(&f.name).map_or(&[], Vec::as_slice)
+    }
+
+    /// The prunable parameters `families`' units cover: `sum_F sum_l w_Fl units_Fl`.
+    pub fn covered(&self, families: &[Family]) -> f64 {
+        families
+            .iter()
+            .map(|f| {
+                let w = self.weights(f);
+                f.z.iter()
+                    .zip(w)
+                    .map(|(z, w)| z.len() as f64 * w)
+                    .sum::<f64>()
+            })
+            .sum()
+    }
+
+    /// The fraction of the covered parameters removed when `removed(f, l)` units of family `f`
+    /// go in layer `l` (expected, or counted).
+    pub fn removed_fraction(
+        &self,
+        families: &[Family],
+        removed: impl Fn(usize, usize) -> f64,
+    ) -> f64 {
+        let mut sum = 0.0;
+        for (fi, f) in families.iter().enumerate() {
+            for (l, w) in self.weights(f).iter().enumerate() {
+                sum += w * removed(fi, l);
+            }
+        }
+        sum / self.covered(families).max(1.0)
+    }
+}
+
 /// Everything training needs to continue: checkpointed as JSON.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct GateState {
@@ -93,6 +164,10 @@ pub struct GateState {
     /// every family reached its target or the hold its limit; `None` while mu is held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mu_hold_until: Option<usize>,
+    /// With gate-insert's `split = "learned"`: one budget over the expected parameters of every
+    /// family, in place of the families' own targets while training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joint: Option<Joint>,
 }
 
 /// What one step measured.
@@ -112,6 +187,8 @@ pub struct StepLog {
     pub lr_z: f64,
     /// Per family: (name, expected sparsity q, lambda1, lambda2, lambda3, mean s(1-s)).
     pub families: Vec<(String, f64, f64, f64, f64, f64)>,
+    /// With a joint budget: (expected removed-parameter fraction q_p, L1, L2).
+    pub joint: Option<(f64, f64, f64)>,
     /// Tokens this step trained on (batch x block length x micro-batches).
     pub tokens: usize,
     /// Wall seconds of this step, by phase.
@@ -174,6 +251,7 @@ impl GateState {
             families,
             step: 0,
             mu_hold_until: None,
+            joint: None,
         }
     }
 
