@@ -151,3 +151,93 @@ fn moe_pipeline_trains_expert_gates_and_slices_exactly() {
     );
     assert!(m("slice-oneshot")["params_kept"] < 1.0);
 }
+
+/// The stories260k pipeline (topk, sliced) with gate-insert's `extra` lines appended.
+fn stories_with(gate_insert: &str) -> String {
+    recipes::stories("topk", false).replace(
+        "sparsity = 0.4\n",
+        &format!("sparsity = 0.4\n{gate_insert}\n"),
+    )
+}
+
+#[test]
+fn a_learned_split_of_a_unit_budget_is_refused_naming_the_key() {
+    let d = tempfile::tempdir().unwrap();
+    let reg = ddp::stages::registry();
+    for (extra, key, want) in [
+        (
+            "split = \"learned\"\nbudget = \"units\"",
+            "budget",
+            "params",
+        ),
+        (
+            "split = \"learned\"\nscope = \"per-layer\"",
+            "scope",
+            "global",
+        ),
+    ] {
+        let path = d.path().join("learned.toml");
+        fs::write(&path, stories_with(extra)).unwrap();
+        let e = match ddp::recipe::load(&path, &reg) {
+            Ok(_) => panic!("{extra}: accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            e.contains("gate-insert")
+                && e.contains("split = \"learned\"")
+                && e.contains(&format!("{key} = \"{want}\"")),
+            "{e}"
+        );
+    }
+}
+
+/// Measured (stories260k, 0.4 of the parameters, 30 steps): see the printed split.
+#[test]
+fn a_learned_split_sliced_with_topk_removes_the_parameter_budget() {
+    use ddp::model::accounting;
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("learned.toml");
+    fs::write(&path, stories_with("split = \"learned\"")).unwrap();
+    let reg = ddp::stages::registry();
+    let r = ddp::recipe::load(&path, &reg).unwrap_or_else(|e| panic!("{e}"));
+    let cache = Cache::open(&d.path().join("cache")).unwrap();
+    let opts = Options {
+        out_root: Some(d.path().join("out")),
+        ..Default::default()
+    };
+    let s = engine::run(&r, &reg, &cache, &opts).unwrap();
+    let m = |name: &str| &s.results.iter().find(|x| x.name == name).unwrap().metrics;
+    let (train, threshold) = (m("anneal-train"), m("threshold"));
+    eprintln!("anneal-train {train:?}\nthreshold {threshold:?}");
+    // threshold removed the split training learned.
+    for fam in ["heads", "channels"] {
+        let learned = train[&format!("learned_target_{fam}")];
+        assert_eq!(threshold[&format!("target_{fam}")], learned);
+    }
+    assert!(
+        (train["learned_target_heads"] - train["learned_target_channels"]).abs() > 0.01,
+        "{train:?}"
+    );
+    // The sliced model lacks the budget's parameters, within one unit's worth per family.
+    let dense = fixture("stories260k").config;
+    let sliced = ddp::io::open_model(&d.path().join("out/stories/slice/model"))
+        .unwrap()
+        .config;
+    let prunable = accounting::count(&dense).prunable() as f64;
+    let removed = prunable - accounting::count(&sliced).prunable() as f64;
+    let (per_q, per_kv) = accounting::head_params(&dense);
+    let group = dense.num_attention_heads / dense.num_key_value_heads;
+    let unit = (group * per_q + per_kv + accounting::channel_params(&dense)) as f64;
+    assert!(
+        (removed - 0.4 * prunable).abs() <= unit,
+        "removed {removed} of {prunable}, budget {}",
+        0.4 * prunable
+    );
+    // train_log.csv carries the joint budget's columns.
+    let log = fs::read_to_string(d.path().join("out/stories/anneal-train/train_log.csv")).unwrap();
+    assert!(log
+        .lines()
+        .next()
+        .unwrap()
+        .ends_with(",params_sparsity,joint_lambda1,joint_lambda2"));
+}
