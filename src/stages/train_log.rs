@@ -145,3 +145,55 @@ impl TrainLog {
         Some((log, tokens as f64 / f64::max(seconds, 1e-9)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(step: usize, joint: Option<(f64, f64, f64)>) -> train::StepLog {
+        train::StepLog {
+            step,
+            loss: 1.5,
+            ce: 1.0,
+            kl: 0.25,
+            mu: 0.5,
+            lr_z: 0.1,
+            families: vec![
+                ("heads".into(), 0.1, 0.0, 0.0, 0.3, 0.2),
+                ("channels".into(), 0.2, 0.0, 0.0, 0.4, 0.1),
+            ],
+            joint,
+            tokens: 64,
+            time: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_joint_budgets_columns_read_back_and_trim_to_a_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train_log.csv");
+        let rows: String = (1..=3)
+            .map(|s| log_rows(&step(s, Some((0.3 + s as f64, -1.0, 2.5)))))
+            .collect();
+        std::fs::write(&path, format!("{}\n{rows}", log_header(true))).unwrap();
+        let log = read_log(&path).unwrap();
+        let (last, _) = log.last_step().unwrap();
+        assert_eq!((last.step, last.joint), (3, Some((3.3, -1.0, 2.5))));
+        assert_eq!(last.families.len(), 2);
+        let trimmed = log.up_to(2, 2, true).unwrap();
+        assert!(trimmed.starts_with(&log_header(true)));
+        assert_eq!(trimmed.lines().count(), 1 + 2 * 2);
+        // A checkpoint without a joint budget does not take these rows.
+        assert_eq!(log.up_to(2, 2, false), None);
+        // Without a joint budget the rows are as before.
+        assert_eq!(
+            log_rows(&step(1, None))
+                .lines()
+                .next()
+                .unwrap()
+                .split(',')
+                .count(),
+            14
+        );
+    }
+}
