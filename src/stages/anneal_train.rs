@@ -112,9 +112,9 @@ crate::stage_params! {
         lr_steps_ref: usize = 1000 => int(0),
         /// raise lr_z so that z can travel this far while mu >= 0.3 (the first quarter of the schedule, where the retention score has a slope at z ~ 1); the paper's run gives 4.0; 0: lr_z as given
         z_travel: f64 = 1.5 => float(0.0, 100.0),
-        /// none: the same multiplier rates for every family (METHOD.md); sqrt-units: each family's times sqrt(its units per layer / the smallest family's), since a large family's penalty gradient per gate is smaller against its task gradient
+        /// none: the same multiplier rates for every family (METHOD.md); sqrt-units: each family's times sqrt(its units per layer / the smallest family's), since a large family's penalty gradient per gate is smaller against its task gradient (a learned split's one pair of multipliers: the largest family's scale)
         lambda_scale: MultiplierScale = "sqrt-units" => choice::<MultiplierScale>(),
-        /// hold mu at mu0 until every family's expected sparsity is within this of its target, then anneal over the remaining steps (ddp only); 0: anneal from the first step (METHOD.md)
+        /// hold mu at mu0 until every family's expected sparsity is within this of its target (a learned split: the expected removed-parameter fraction of the budget), then anneal over the remaining steps (ddp only); 0: anneal from the first step (METHOD.md)
         mu_hold_tol: f64 = 0.01 => float(0.0, 1.0),
         /// the longest hold, as a fraction of the steps
         mu_hold_max: f64 = 0.5 => float(0.0, 1.0),
@@ -308,6 +308,9 @@ fn metrics(
         match off_target(&name, q, c.target, p) {
             // With a joint budget the family's target is the split it learned: only its
             // binarity is its own (the budget's figures are warned of in `joint_metrics`).
+            _ if joint.is_some() && q >= 0.99 => ctx.warn(&format!(
+                "the learned split removes nearly every unit of {name} (expected sparsity {q:.2}): threshold would leave none; lower the sparsity or train with split = \"equal\""
+            )),
             _ if joint.is_some() && c.binarity > train::TOLERANCE => {
                 ctx.warn(&unconverged(c, p, cfg, state))
             }
