@@ -372,28 +372,7 @@ fn joint_off_target(
         "the parameter budget is not met: expected {:.3}, relu rule {:.3} of the gated parameters removed (target {:.3})",
         j.expected, j.relu, j.target
     );
-    let tol = train::TOLERANCE;
-    let held_to_limit = state.mu_hold_until == Some(train::hold_limit(cfg));
-    let cause = if !j.expected.is_finite() {
-        format!(
-            "training diverged; lower the learning rates (lr_z {}, lr_lambda {}, lr_lambda2 {})",
-            p.lr_z, p.lr_lambda, p.lr_lambda2
-        )
-    } else if held_to_limit && j.target - j.expected > tol {
-        format!("mu was held until the limit (step {}) without reaching it: let the multipliers grow faster (lr_lambda {}, lr_lambda2 {}) or train longer", train::hold_limit(cfg), p.lr_lambda, p.lr_lambda2)
-    } else if j.expected - j.target > tol {
-        format!(
-            "it overshot: lower lr_lambda {} / lr_lambda2 {} or train longer",
-            p.lr_lambda, p.lr_lambda2
-        )
-    } else if j.target - j.expected > tol {
-        format!(
-            "train longer (steps {}) or raise lr_lambda / lr_lambda2",
-            p.steps
-        )
-    } else {
-        "gates stranded just above 0: the relu rule disagrees with the expected fraction; use rule = \"topk\" or lower mu_end".to_string()
-    };
+    let cause = off_target_cause(j.expected, j.target, 0.0, p, cfg, state);
     Some(format!("{figures}: {cause}"))
 }
 
@@ -408,35 +387,53 @@ fn unconverged(
         "{} not converged: expected sparsity {:.3}, relu rule {:.3} (target {:.3}), mean s(1-s) {:.4}",
         c.name, c.expected, c.relu, c.target, c.binarity
     );
+    let cause = off_target_cause(c.expected, c.target, c.binarity, p, cfg, state);
+    format!("{figures}: {cause}")
+}
+
+/// The likely cause of a training that ended with `expected` sparsity (of a family's units or
+/// of a joint budget's parameters) for `target`, mean s(1-s) `binarity`, and what to change.
+fn off_target_cause(
+    expected: f64,
+    target: f64,
+    binarity: f64,
+    p: &AnnealTrainParams,
+    cfg: &TrainConfig,
+    state: &GateState,
+) -> String {
     let tol = train::TOLERANCE;
     let held_to_limit = state.mu_hold_until == Some(train::hold_limit(cfg));
-    let cause = if held_to_limit && (c.expected - c.target).abs() > tol {
+    if !expected.is_finite() {
         format!(
-            "mu was held until the limit (step {} of {}) without every family reaching its target: let the multipliers grow faster (lr_lambda {}, lr_lambda2 {}, lambda_scale = \"sqrt-units\") or train longer",
+            "training diverged; lower the learning rates (lr_z {}, lr_lambda {}, lr_lambda2 {})",
+            p.lr_z, p.lr_lambda, p.lr_lambda2
+        )
+    } else if held_to_limit && (expected - target).abs() > tol {
+        format!(
+            "mu was held until the limit (step {} of {}) without reaching the target: let the multipliers grow faster (lr_lambda {}, lr_lambda2 {}, lambda_scale = \"sqrt-units\") or train longer",
             train::hold_limit(cfg),
             p.steps,
             p.lr_lambda,
             p.lr_lambda2
         )
-    } else if c.binarity > tol {
+    } else if binarity > tol {
         format!(
             "the scores did not harden: mu_end {} is too high, or too few steps annealed after the hold (mu_hold_max {})",
             p.mu_end, p.mu_hold_max
         )
-    } else if c.expected - c.target > tol {
+    } else if expected - target > tol {
         format!(
             "it overshot: the multipliers outgrew the steps left to correct them (lr_lambda {}, lr_lambda2 {}, lambda_scale {}); lower them or train longer",
             p.lr_lambda, p.lr_lambda2, p.lambda_scale
         )
-    } else if c.target - c.expected > tol {
+    } else if target - expected > tol {
         format!(
             "train longer (steps {}) or raise lr_lambda / lr_lambda2",
             p.steps
         )
     } else {
         "gates stranded just above 0: the relu rule disagrees with the expected sparsity; use rule = \"topk\" or lower mu_end".to_string()
-    };
-    format!("{figures}: {cause}")
+    }
 }
 
 struct Task<'a> {

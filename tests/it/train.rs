@@ -497,6 +497,26 @@ fn short_runs_converge_with_the_adaptations_and_not_with_the_paper_rates() {
     );
 }
 
+/// The checkpoint a run from `init` writes after step `kill_at`, where it is killed.
+fn checkpoint_at(
+    model: &ddp::model::Model<A>,
+    blocks: &[Vec<u32>],
+    c: &TrainConfig,
+    init: &GateState,
+    kill_at: usize,
+) -> GateState {
+    let mut killed = init.clone();
+    let mut saved = None;
+    let _ = train::train(model, blocks, c, &mut killed, |l, st| {
+        if l.step == kill_at {
+            saved = Some(serde_json::to_string(st).unwrap());
+            return Err(ddp::Error::Invalid("killed".into()));
+        }
+        Ok(())
+    });
+    serde_json::from_str(&saved.expect("the run reached the step")).unwrap()
+}
+
 #[test]
 fn a_run_resumed_during_or_after_the_mu_hold_ends_where_the_uninterrupted_one_does() {
     let (files, blocks, init) = convergence_setup();
@@ -511,16 +531,7 @@ fn a_run_resumed_during_or_after_the_mu_hold_ends_where_the_uninterrupted_one_do
     .unwrap();
     let h = straight.mu_hold_until.expect("the hold ended");
     for kill_at in [h.saturating_sub(1).max(1), h + 2] {
-        let mut killed = init.clone();
-        let mut saved = None;
-        let _ = train::train(&model, &blocks.train, &c, &mut killed, |l, st| {
-            if l.step == kill_at {
-                saved = Some(serde_json::to_string(st).unwrap());
-                return Err(ddp::Error::Invalid("killed".into()));
-            }
-            Ok(())
-        });
-        let mut resumed: GateState = serde_json::from_str(&saved.unwrap()).unwrap();
+        let mut resumed = checkpoint_at(&model, &blocks.train, &c, &init, kill_at);
         assert_eq!(resumed.mu_hold_until.is_some(), kill_at >= h, "{holds:?}");
         train::train(&model, &blocks.train, &c, &mut resumed, |_, _| Ok(())).unwrap();
         assert_eq!(resumed.mu_hold_until, Some(h));
@@ -596,16 +607,7 @@ fn a_learned_split_run_resumed_mid_run_ends_where_the_uninterrupted_one_does() {
         joint(&straight)
     );
     for kill_at in [h.saturating_sub(1).max(1), h + 2] {
-        let mut killed = init.clone();
-        let mut saved = None;
-        let _ = train::train(&model, &blocks.train, &c, &mut killed, |l, st| {
-            if l.step == kill_at {
-                saved = Some(serde_json::to_string(st).unwrap());
-                return Err(ddp::Error::Invalid("killed".into()));
-            }
-            Ok(())
-        });
-        let mut resumed: GateState = serde_json::from_str(&saved.unwrap()).unwrap();
+        let mut resumed = checkpoint_at(&model, &blocks.train, &c, &init, kill_at);
         assert_eq!(resumed.mu_hold_until.is_some(), kill_at >= h);
         train::train(&model, &blocks.train, &c, &mut resumed, |_, _| Ok(())).unwrap();
         assert_eq!(resumed.mu_hold_until, Some(h));
