@@ -33,8 +33,10 @@ fn err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::bad_file(path, format!("drawing the plot: {e}"))
 }
 
+/// The i-th series colour: 16 distinct ones, so a study's trained and one-shot rows (up to 16
+/// lines in one plot) do not share a colour.
 fn colour(i: usize) -> RGBColor {
-    const P: [RGBColor; 8] = [
+    const P: [RGBColor; 16] = [
         RGBColor(31, 119, 180),
         RGBColor(214, 39, 40),
         RGBColor(44, 160, 44),
@@ -43,6 +45,14 @@ fn colour(i: usize) -> RGBColor {
         RGBColor(140, 86, 75),
         RGBColor(227, 119, 194),
         RGBColor(23, 190, 207),
+        RGBColor(188, 189, 34),
+        RGBColor(0, 0, 128),
+        RGBColor(128, 0, 0),
+        RGBColor(0, 128, 128),
+        RGBColor(255, 187, 120),
+        RGBColor(152, 223, 138),
+        RGBColor(197, 176, 213),
+        RGBColor(50, 50, 50),
     ];
     P[i % P.len()]
 }
