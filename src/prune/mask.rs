@@ -222,6 +222,33 @@ pub fn uniform_keep(kind: FamilyKind, target: f64, multiple: usize, n: usize) ->
     keep.clamp(1, n)
 }
 
+/// Units [`Rule::Uniform`] removes of a family whose per-layer gate counts are `lens`: in every
+/// group of [`uniform_groups`], its size less [`uniform_keep`]. A mask with more zeros than this
+/// keeps units whose trained gate is 0 (removed all the same).
+pub fn uniform_removes(
+    kind: FamilyKind,
+    heads: HeadGates,
+    target: f64,
+    multiple: usize,
+    units: &[LayerUnits],
+    lens: &[usize],
+) -> usize {
+    let groups = uniform_groups(kind, heads, units);
+    lens.iter()
+        .zip(groups)
+        .map(|(&n, g)| {
+            let g = if g == 0 { n.max(1) } else { g };
+            (0..n)
+                .step_by(g)
+                .map(|start| {
+                    let m = g.min(n - start);
+                    m - uniform_keep(kind, target, multiple, m).min(m)
+                })
+                .sum::<usize>()
+        })
+        .sum()
+}
+
 /// Survivors at scale 1, for one-shot scores (importance ranks, not gate values): 1 where a
 /// value is above 0, else 0.
 pub fn binarize(m: Vec<Vec<f32>>) -> Vec<Vec<f32>> {
@@ -349,6 +376,49 @@ mod tests {
         }
         let e = serde_json::from_str::<FamilyKind>("\"layers\"").unwrap_err();
         assert!(e.to_string().contains("unknown variant `layers`"), "{e}");
+    }
+
+    #[test]
+    fn uniform_removes_counts_what_the_rule_takes_per_group() {
+        let u = LayerUnits {
+            heads: 6,
+            kv_heads: 2,
+            channels: 10,
+            experts: 0,
+            expert_width: 0,
+        };
+        let units = [u, u];
+        // Channels: keep round(0.7 x 10) = 7 of each layer's 10.
+        let n = uniform_removes(
+            FamilyKind::Channels,
+            HeadGates::PerGroup,
+            0.3,
+            1,
+            &units,
+            &[10, 10],
+        );
+        assert_eq!(n, 6);
+        // Per-head gates: groups of 3 query heads, keep round((1 - 1/3) x 3) = 2 of each.
+        let n = uniform_removes(
+            FamilyKind::Heads,
+            HeadGates::PerHead,
+            1.0 / 3.0,
+            1,
+            &units,
+            &[6, 6],
+        );
+        assert_eq!(n, 4);
+        // The rule's own mask of gates all open removes exactly that many.
+        let z = vec![vec![1.0; 10]; 2];
+        let kept = threshold(
+            FamilyKind::Channels,
+            &z,
+            0.3,
+            Rule::Uniform { multiple: 1 },
+            &units,
+            HeadGates::PerGroup,
+        );
+        assert_eq!(kept.iter().flatten().filter(|&&x| x == 0.0).count(), 6);
     }
 
     #[test]

@@ -93,6 +93,11 @@ impl StageKind for Threshold {
         for f in &families {
             check_not_emptied(ctx, input, &state, f, &units)?;
         }
+        if let mask::Rule::Uniform { multiple } = rule {
+            for f in &state.families {
+                warn_zero_kept(ctx, &state, f, multiple, &units);
+            }
+        }
         let mut metrics = Metrics::new();
         for f in &families {
             metrics.insert(format!("sparsity_{}", f.kind), f.achieved);
@@ -117,6 +122,35 @@ impl StageKind for Threshold {
         write_json(&ctx.out_dir.join(MASK), &final_mask)?;
         forward_model_json(input, ctx.out_dir)?;
         Ok(metrics)
+    }
+}
+
+/// Warns when the uniform rule keeps units of `f` whose trained gate is 0: the training removed
+/// more of them in some layers than the rule's count (one budget over all layers), so the
+/// model loses more than the budget; a per-layer budget trains the shape the rule deploys.
+fn warn_zero_kept(
+    ctx: &StageContext,
+    state: &GateState,
+    f: &crate::prune::train::Family,
+    multiple: usize,
+    units: &[LayerUnits],
+) {
+    let values = deployed_values(state.method, &f.z);
+    let lens: Vec<usize> = values.iter().map(Vec::len).collect();
+    let total: usize = lens.iter().sum();
+    let rule = mask::Rule::Uniform { multiple };
+    let kept = mask::threshold(f.name, &values, f.target, rule, units, state.heads);
+    let zeros = kept.iter().flatten().filter(|&&x| x == 0.0).count();
+    let nominal = mask::uniform_removes(f.name, state.heads, f.target, multiple, units, &lens);
+    if zeros > nominal && state.scored_by.is_none() {
+        ctx.warn(&format!(
+            "the uniform rule keeps {} {} whose trained gate is 0, so {} of {} are removed where the rule's count is {}: the training chose more in some layers than the same count per layer allows. Train with gate-insert scope = \"per-layer\" (the budget per layer) so training meets the uniform shape, or deploy per-layer shapes (threshold rule = \"topk\", slice uniform = false)",
+            zeros - nominal,
+            f.name,
+            zeros,
+            total,
+            nominal
+        ));
     }
 }
 
