@@ -222,9 +222,9 @@ pub fn uniform_keep(kind: FamilyKind, target: f64, multiple: usize, n: usize) ->
     keep.clamp(1, n)
 }
 
-/// Units [`Rule::Uniform`] removes of a family whose per-layer gate counts are `lens`: in every
-/// group of [`uniform_groups`], its size less [`uniform_keep`]. A mask with more zeros than this
-/// keeps units whose trained gate is 0 (removed all the same).
+/// Units [`Rule::Uniform`] removes of a family whose per-layer gate counts are `lens`: the
+/// rule itself applied to gates all open. A mask with more zeros than this keeps units whose
+/// trained gate is 0 (removed all the same).
 pub fn uniform_removes(
     kind: FamilyKind,
     heads: HeadGates,
@@ -233,20 +233,10 @@ pub fn uniform_removes(
     units: &[LayerUnits],
     lens: &[usize],
 ) -> usize {
-    let groups = uniform_groups(kind, heads, units);
-    lens.iter()
-        .zip(groups)
-        .map(|(&n, g)| {
-            let g = if g == 0 { n.max(1) } else { g };
-            (0..n)
-                .step_by(g)
-                .map(|start| {
-                    let m = g.min(n - start);
-                    m - uniform_keep(kind, target, multiple, m).min(m)
-                })
-                .sum::<usize>()
-        })
-        .sum()
+    let open: Vec<Vec<f32>> = lens.iter().map(|&n| vec![1.0; n]).collect();
+    let rule = Rule::Uniform { multiple };
+    let kept = threshold(kind, &open, target, rule, units, heads);
+    kept.iter().flatten().filter(|&&x| x == 0.0).count()
 }
 
 /// Survivors at scale 1, for one-shot scores (importance ranks, not gate values): 1 where a

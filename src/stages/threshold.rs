@@ -93,9 +93,9 @@ impl StageKind for Threshold {
         for f in &families {
             check_not_emptied(ctx, input, &state, f, &units)?;
         }
-        if let mask::Rule::Uniform { multiple } = rule {
-            for f in &state.families {
-                warn_zero_kept(ctx, &state, f, multiple, &units);
+        if let (mask::Rule::Uniform { multiple }, None) = (rule, &state.scored_by) {
+            for (f, report) in state.families.iter().zip(&families) {
+                warn_zero_kept(ctx, &state, f, report, multiple, &units);
             }
         }
         let mut metrics = Metrics::new();
@@ -132,17 +132,15 @@ fn warn_zero_kept(
     ctx: &StageContext,
     state: &GateState,
     f: &crate::prune::train::Family,
+    report: &FamilySparsity,
     multiple: usize,
     units: &[LayerUnits],
 ) {
-    let values = deployed_values(state.method, &f.z);
-    let lens: Vec<usize> = values.iter().map(Vec::len).collect();
+    let lens: Vec<usize> = f.z.iter().map(Vec::len).collect();
     let total: usize = lens.iter().sum();
-    let rule = mask::Rule::Uniform { multiple };
-    let kept = mask::threshold(f.name, &values, f.target, rule, units, state.heads);
-    let zeros = kept.iter().flatten().filter(|&&x| x == 0.0).count();
+    let zeros = (report.achieved * total as f64).round() as usize;
     let nominal = mask::uniform_removes(f.name, state.heads, f.target, multiple, units, &lens);
-    if zeros > nominal && state.scored_by.is_none() {
+    if zeros > nominal {
         ctx.warn(&format!(
             "the uniform rule keeps {} {} whose trained gate is 0, so {} of {} are removed where the rule's count is {}: the training chose more in some layers than the same count per layer allows. Train with gate-insert scope = \"per-layer\" (the budget per layer) so training meets the uniform shape, or deploy per-layer shapes (threshold rule = \"topk\", slice uniform = false)",
             zeros - nominal,

@@ -195,7 +195,10 @@ pub(crate) fn sparsity<B: AutodiffBackend>(
         (!joint).then(|| l1 * gaps.clone().mean() + l2 * (gaps.clone() * gaps.clone()).mean());
     if method.binarises() {
         let b = l3 * bin.clone();
-        term = Some(term.map_or(b.clone(), |x| x + b));
+        term = Some(match term {
+            Some(x) => x + b,
+            None => b,
+        });
     }
     let log = (
         f.name.to_string(),
