@@ -10,7 +10,7 @@ use crate::common::*;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use ddp::engine::{self, cache::Cache, Options, Outcome};
+use ddp::engine::{self, Outcome};
 use ddp::io::dtype::{self, WeightDtype};
 use ddp::io::export::{self, HfOptions};
 use serde_json::{json, Value};
@@ -314,17 +314,6 @@ fn run_recipe(slice_dtype: &str) -> Run {
         source,
         summary,
     }
-}
-
-fn run_at(root: &Path, recipe: &Path) -> engine::Summary {
-    let reg = ddp::stages::registry();
-    let r = ddp::recipe::load(recipe, &reg).unwrap_or_else(|e| panic!("{e}"));
-    let cache = Cache::open(&root.join("cache")).unwrap();
-    let opts = Options {
-        out_root: Some(root.join("out")),
-        ..Default::default()
-    };
-    engine::run(&r, &reg, &cache, &opts).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 #[test]

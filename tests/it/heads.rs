@@ -9,7 +9,7 @@ use crate::common::*;
 use std::fs;
 use std::path::Path;
 
-use ddp::engine::{self, cache::Cache, Options, Outcome};
+use ddp::engine::Outcome;
 use ddp::model::accounting::{self, LayerUnits};
 use ddp::model::ModelConfig;
 use ddp::prune::budget::{self, Basis};
@@ -241,16 +241,7 @@ fn transformers_logits(dir: &Path, ids: &[i64]) -> Option<Vec<f32>> {
 #[test]
 fn stories260k_per_head_uniform_slices_to_a_standard_config_transformers_loads() {
     let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("heads.toml");
-    fs::write(&path, per_head_recipe(0.5)).unwrap();
-    let reg = ddp::stages::registry();
-    let r = ddp::recipe::load(&path, &reg).unwrap_or_else(|e| panic!("{e}"));
-    let cache = Cache::open(&d.path().join("cache")).unwrap();
-    let opts = Options {
-        out_root: Some(d.path().join("out")),
-        ..Default::default()
-    };
-    let s = engine::run(&r, &reg, &cache, &opts).unwrap_or_else(|e| panic!("{e:#}"));
+    let s = run_text_at(d.path(), "heads.toml", &per_head_recipe(0.5));
     for res in &s.results {
         assert_eq!(res.outcome, Outcome::Ran, "{}: {:?}", res.name, res.outcome);
     }

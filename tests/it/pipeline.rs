@@ -98,16 +98,7 @@ fn moe_pipeline_trains_expert_gates_and_slices_exactly() {
     let model_dir = d.path().join("tiny-moe");
     tiny_moe_dir(&model_dir);
     let recipe = recipes::moe(&model_dir);
-    let path = d.path().join("moe.toml");
-    fs::write(&path, recipe).unwrap();
-    let reg = ddp::stages::registry();
-    let r = ddp::recipe::load(&path, &reg).unwrap_or_else(|e| panic!("{e}"));
-    let cache = Cache::open(&d.path().join("cache")).unwrap();
-    let opts = Options {
-        out_root: Some(d.path().join("out")),
-        ..Default::default()
-    };
-    let s = engine::run(&r, &reg, &cache, &opts).unwrap_or_else(|e| panic!("{e:#}"));
+    let s = run_text_at(d.path(), "moe.toml", &recipe);
     let m = |name: &str| &s.results.iter().find(|x| x.name == name).unwrap().metrics;
     // Three families; training moved each expected sparsity from ~0 toward the 0.4 target.
     for fam in ["heads", "channels", "experts"] {
@@ -196,16 +187,11 @@ fn a_learned_split_of_a_unit_budget_is_refused_naming_the_key() {
 fn a_learned_split_sliced_with_topk_removes_the_parameter_budget() {
     use ddp::model::accounting;
     let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("learned.toml");
-    fs::write(&path, stories_with("split = \"learned\"")).unwrap();
-    let reg = ddp::stages::registry();
-    let r = ddp::recipe::load(&path, &reg).unwrap_or_else(|e| panic!("{e}"));
-    let cache = Cache::open(&d.path().join("cache")).unwrap();
-    let opts = Options {
-        out_root: Some(d.path().join("out")),
-        ..Default::default()
-    };
-    let s = engine::run(&r, &reg, &cache, &opts).unwrap();
+    let s = run_text_at(
+        d.path(),
+        "learned.toml",
+        &stories_with("split = \"learned\""),
+    );
     let m = |name: &str| &s.results.iter().find(|x| x.name == name).unwrap().metrics;
     let (train, threshold) = (m("anneal-train"), m("threshold"));
     eprintln!("anneal-train {train:?}\nthreshold {threshold:?}");

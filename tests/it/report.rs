@@ -5,8 +5,6 @@ use crate::common::*;
 
 use std::fs;
 
-use ddp::engine::{self, cache::Cache, Options};
-
 fn png_size(path: &std::path::Path) -> (u32, u32) {
     let dec = png::Decoder::new(std::io::BufReader::new(fs::File::open(path).unwrap()));
     let mut r = dec
@@ -31,17 +29,12 @@ fn a_stories260k_sweep_reports_every_model_with_plots() {
         Some(p) => tempfile::TempDir::new_in(p).unwrap().keep(),
         None => tmp.path().to_path_buf(),
     };
-    let path = root.join("sweep.toml");
     let moby = fixtures().join("corpora/moby-dick.txt");
-    fs::write(&path, recipes::sweep(&moby.to_string_lossy())).unwrap();
-    let reg = ddp::stages::registry();
-    let r = ddp::recipe::load(&path, &reg).unwrap_or_else(|e| panic!("{e}"));
-    let cache = Cache::open(&root.as_path().join("cache")).unwrap();
-    let opts = Options {
-        out_root: Some(root.as_path().join("out")),
-        ..Default::default()
-    };
-    let s = engine::run(&r, &reg, &cache, &opts).unwrap();
+    let s = run_text_at(
+        &root,
+        "sweep.toml",
+        &recipes::sweep(&moby.to_string_lossy()),
+    );
     assert!(
         !s.failed(),
         "{:?}",
@@ -235,16 +228,7 @@ fn a_sweep_over_training_steps_names_them_and_plots_perplexity_against_tokens() 
         Some(p) => tempfile::TempDir::new_in(p).unwrap().keep(),
         None => tmp.path().to_path_buf(),
     };
-    let path = root.join("budgets.toml");
-    fs::write(&path, budget_sweep()).unwrap();
-    let reg = ddp::stages::registry();
-    let r = ddp::recipe::load(&path, &reg).unwrap_or_else(|e| panic!("{e}"));
-    let cache = Cache::open(&root.join("cache")).unwrap();
-    let opts = Options {
-        out_root: Some(root.join("out")),
-        ..Default::default()
-    };
-    let s = engine::run(&r, &reg, &cache, &opts).unwrap();
+    let s = run_text_at(&root, "budgets.toml", &budget_sweep());
     assert!(
         !s.failed(),
         "{:?}",

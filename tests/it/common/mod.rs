@@ -162,3 +162,23 @@ pub fn gates_of(cfg: &ddp::model::ModelConfig, mask: &ddp::prune::mask::FinalMas
             .collect(),
     }
 }
+
+/// Runs the recipe at `recipe` with the cache in `root/cache` and results in `root/out`;
+/// panics with the error chain when the run fails.
+pub fn run_at(root: &Path, recipe: &Path) -> ddp::engine::Summary {
+    let reg = ddp::stages::registry();
+    let r = ddp::recipe::load(recipe, &reg).unwrap_or_else(|e| panic!("{e}"));
+    let cache = ddp::engine::cache::Cache::open(&root.join("cache")).unwrap();
+    let opts = ddp::engine::Options {
+        out_root: Some(root.join("out")),
+        ..Default::default()
+    };
+    ddp::engine::run(&r, &reg, &cache, &opts).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// Writes `text` to `root/file` and runs it ([`run_at`]).
+pub fn run_text_at(root: &Path, file: &str, text: &str) -> ddp::engine::Summary {
+    let path = root.join(file);
+    std::fs::write(&path, text).unwrap();
+    run_at(root, &path)
+}
