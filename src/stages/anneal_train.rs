@@ -243,16 +243,7 @@ impl StageKind for AnnealTrain {
 fn adopt_learned_split(state: &mut GateState, last: &train::StepLog) {
     let Some(j) = &state.joint else { return };
     let q: Vec<f64> = last.families.iter().map(|f| f.1).collect();
-    let params: Vec<f64> = state
-        .families
-        .iter()
-        .map(|f| {
-            f.z.iter()
-                .zip(j.weights(f))
-                .map(|(z, w)| z.len() as f64 * w)
-                .sum()
-        })
-        .collect();
+    let params: Vec<f64> = state.families.iter().map(|f| j.family_params(f)).collect();
     let targets = budget::learned_targets(&q, &params, j.target);
     for (f, t) in state.families.iter_mut().zip(targets) {
         f.target = t;

@@ -111,18 +111,17 @@ impl Joint {
         self.unit_params.get(&f.name).map_or(&[], Vec::as_slice)
     }
 
+    /// The prunable parameters family `f`'s units cover: `sum_l w_Fl units_Fl`.
+    pub fn family_params(&self, f: &Family) -> f64 {
+        f.z.iter()
+            .zip(self.weights(f))
+            .map(|(z, w)| z.len() as f64 * w)
+            .sum()
+    }
+
     /// The prunable parameters `families`' units cover: `sum_F sum_l w_Fl units_Fl`.
     pub fn covered(&self, families: &[Family]) -> f64 {
-        families
-            .iter()
-            .map(|f| {
-                let w = self.weights(f);
-                f.z.iter()
-                    .zip(w)
-                    .map(|(z, w)| z.len() as f64 * w)
-                    .sum::<f64>()
-            })
-            .sum()
+        families.iter().map(|f| self.family_params(f)).sum()
     }
 
     /// The fraction of the covered parameters removed when `removed(f, l)` units of family `f`
