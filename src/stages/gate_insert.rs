@@ -76,6 +76,8 @@ crate::choice_enum! {
         Global = "global",
         /// The same budget in every layer.
         PerLayer = "per-layer",
+        /// The same budget in every layer and, with per-head gates, in every KV group.
+        PerGroup = "per-group",
     }
 }
 
@@ -84,6 +86,7 @@ impl From<TargetScope> for Scope {
         match s {
             TargetScope::Global => Scope::Global,
             TargetScope::PerLayer => Scope::PerLayer,
+            TargetScope::PerGroup => Scope::PerGroup,
         }
     }
 }
@@ -111,7 +114,7 @@ crate::stage_params! {
         channels: bool = true => ParamType::Bool,
         /// gate the channels of every routed expert (MoE models)
         experts: bool = true => ParamType::Bool,
-        /// one budget over all layers (better quality) or the same in every layer
+        /// global: one budget over all layers (better quality); per-layer: the same in every layer; per-group: per layer and, with heads = "per-head", the same number of query heads from every KV group, the shape the uniform rule deploys
         scope: TargetScope = "global" => choice::<TargetScope>(),
         /// seed of the gate initialisation
         seed: u64 = 0 => int(0),
@@ -223,6 +226,11 @@ impl StageKind for GateInsert {
         }
         let units: usize = fams.iter().map(|f| f.units.iter().sum::<usize>()).sum();
         let mut state = GateState::init(&rows, heads, params.scope.into(), params.seed);
+        if params.scope == TargetScope::PerGroup && heads == HeadGates::PerHead {
+            state.kv_groups = (0..c.num_hidden_layers)
+                .map(|i| accounting::units(c, i).kv_heads)
+                .collect();
+        }
         let mut metrics = Metrics::from([("units".into(), units as f64)]);
         if learned {
             let w = fams

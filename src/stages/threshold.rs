@@ -142,7 +142,7 @@ fn warn_zero_kept(
     let nominal = mask::uniform_removes(f.name, state.heads, f.target, multiple, units, &lens);
     if zeros > nominal {
         ctx.warn(&format!(
-            "the uniform rule keeps {} {} whose trained gate is 0, so {} of {} are removed where the rule's count is {}: the training chose more in some layers than the same count per layer allows. Train with gate-insert scope = \"per-layer\" (the budget per layer) so training meets the uniform shape, or deploy per-layer shapes (threshold rule = \"topk\", slice uniform = false)",
+            "the uniform rule keeps {} {} whose trained gate is 0, so {} of {} are removed where the rule's count is {}: the training chose more in some layers than the same count per layer allows. Train with gate-insert scope = \"per-layer\" (the budget per layer; \"per-group\" with per-head gates, per KV group) so training meets the uniform shape, or deploy per-layer shapes (threshold rule = \"topk\", slice uniform = false)",
             zeros - nominal,
             f.name,
             zeros,

@@ -289,3 +289,23 @@ fn stories260k_per_head_uniform_slices_to_a_standard_config_transformers_loads()
         assert!(diff <= 1e-4, "transformers vs gated differ by {diff}");
     }
 }
+
+/// gate-insert's `scope = "per-group"` records each layer's KV groups for per-head gates (the
+/// rows anneal-train takes the target over); with gates per KV group it is the per-layer scope.
+#[test]
+fn the_per_group_scope_records_the_kv_groups_of_per_head_gates() {
+    for (heads, want) in [("per-head", vec![4; 5]), ("per-group", vec![])] {
+        let d = tempfile::tempdir().unwrap();
+        let recipe = format!(
+            "name = \"g\"\n[stages.load]\nkind = \"load\"\nmodel = \"{}\"\n\
+             [stages.gate-insert]\nkind = \"gate-insert\"\nafter = [\"load\"]\n\
+             heads = \"{heads}\"\nscope = \"per-group\"\n",
+            fixtures().join("stories260k").display()
+        );
+        run_text_at(d.path(), "g.toml", &recipe);
+        let gates = fs::read_to_string(d.path().join("out/g/gate-insert/gates.json")).unwrap();
+        let st: GateState = serde_json::from_str(&gates).unwrap();
+        assert_eq!(st.scope, Scope::PerGroup, "{heads}");
+        assert_eq!(st.kv_groups, want, "{heads}");
+    }
+}

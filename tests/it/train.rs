@@ -641,3 +641,51 @@ fn a_learned_split_run_resumed_mid_run_ends_where_the_uninterrupted_one_does() {
         assert_eq!(a.reached_at, b.reached_at);
     }
 }
+
+/// Per layer, the number of closed (ReLU 0) per-head gates in each KV group of `per` heads.
+fn closed_per_group(st: &GateState, per: usize) -> Vec<Vec<usize>> {
+    st.families[0]
+        .z
+        .iter()
+        .map(|z| {
+            z.chunks(per)
+                .map(|g| g.iter().filter(|&&v| v <= 0.0).count())
+                .collect()
+        })
+        .collect()
+}
+
+/// Measured (stories260k: 8 query heads in 4 KV groups per layer, per-head gates, half the
+/// heads and channels, 90 adapted steps): with the budget per layer four of five layers end with a group
+/// of 0 and one of 2 closed heads, which the uniform rule (1 per group) overrides; with the
+/// budget per KV group every group closes exactly one, the shape the uniform rule deploys.
+#[test]
+fn the_per_group_scope_closes_the_same_heads_in_every_kv_group() {
+    let (files, blocks, _) = setup(None, 32);
+    let c = &files.config;
+    let per = c.num_attention_heads / c.num_key_value_heads;
+    let fams = vec![
+        (FamilyKind::Heads, 0.5, vec![c.num_attention_heads; 5]),
+        (FamilyKind::Channels, 0.5, vec![c.intermediate_size; 5]),
+    ];
+    let mut uneven = vec![];
+    for scope in [Scope::PerLayer, Scope::PerGroup] {
+        let mut st = GateState::init(&fams, HeadGates::PerHead, scope, 1);
+        if scope == Scope::PerGroup {
+            st.kv_groups = vec![c.num_key_value_heads; 5];
+        }
+        run(&files, &blocks, &paper_short_run(90, adapted()), &mut st);
+        let closed = closed_per_group(&st, per);
+        eprintln!("{scope:?}: closed heads per KV group {closed:?}");
+        let layers_uneven = closed.iter().filter(|l| l.iter().any(|&n| n != 1)).count();
+        uneven.push(layers_uneven);
+    }
+    assert_eq!(
+        uneven[1], 0,
+        "per-group scope: every KV group closes 1 of {per}"
+    );
+    assert!(
+        uneven[0] > 0,
+        "the per-layer scope is not already per group"
+    );
+}

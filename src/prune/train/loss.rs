@@ -159,29 +159,53 @@ pub(crate) fn retentions<B: AutodiffBackend>(
         .collect()
 }
 
+/// The mean retention of each target row of one layer's scores `s`: the layer's (`groups` 0), or
+/// each of its `groups` runs of consecutive gates (the query heads of one KV group).
+fn row_means<B: Backend>(s: &Tensor<B, 1>, groups: usize) -> Tensor<B, 1> {
+    let n = s.dims()[0];
+    if groups <= 1 || !n.is_multiple_of(groups) {
+        return s.clone().mean();
+    }
+    s.clone()
+        .reshape([groups, n / groups])
+        .mean_dim(1)
+        .reshape([groups])
+}
+
 /// Family `f`'s Lagrangian term `l1 (q - a) + l2 (q - a)^2 [+ l3 mean s(1 - s)]` at step `t`,
-/// from its retention scores `ss` and multipliers `lam`, with its log entry. With a joint
-/// budget (`joint`) only the binarisation term is the family's (`None` when the method has
-/// none): [`joint_sparsity`] has the others.
+/// from its retention scores `ss` and multipliers `lam`, with its log entry. `groups`: per
+/// layer, the KV groups whose heads share a target row (per-group scope on per-head gates;
+/// empty otherwise). With a joint budget (`joint`) only the binarisation term is the family's
+/// (`None` when the method has none): [`joint_sparsity`] has the others.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn sparsity<B: AutodiffBackend>(
     f: &Family,
     ss: &[Option<Tensor<B, 1>>],
     lam: &Tensor<B, 1>,
     cfg: &TrainConfig,
     scope: Scope,
+    groups: &[usize],
     t: usize,
     joint: bool,
 ) -> (Option<Tensor<B, 1>>, FamilyLog) {
     let method = cfg.method;
+    let rows: Vec<usize> = (0..ss.len())
+        .map(|l| groups.get(l).copied().unwrap_or(0))
+        .zip(ss)
+        .filter(|(_, s)| s.is_some())
+        .map(|(g, _)| g)
+        .collect();
     let ss: Vec<Tensor<B, 1>> = ss.iter().flatten().cloned().collect();
     let target = method.target(f.target, t, cfg.warmup);
-    // Gap q - a: one over all layers (global), or one per layer (per-layer scope, where the
-    // multiplier terms are taken per row and averaged).
+    // Gap q - a: one over all layers (global), or one per row (a layer, or with per-head gates
+    // in the per-group scope a KV group), where the multiplier terms are taken per row and
+    // averaged.
     let gaps: Tensor<B, 1> = match scope {
         Scope::Global => Tensor::cat(ss.clone(), 0).mean().neg() + (1.0 - target),
-        Scope::PerLayer => Tensor::cat(
+        Scope::PerLayer | Scope::PerGroup => Tensor::cat(
             ss.iter()
-                .map(|s| s.clone().mean().neg() + (1.0 - target))
+                .zip(&rows)
+                .map(|(s, &g)| row_means(s, g).neg() + (1.0 - target))
                 .collect(),
             0,
         ),

@@ -372,7 +372,11 @@ impl<B: AutodiffBackend> Run<'_, B> {
         let joint = state.joint.is_some();
         let mut families = vec![];
         for ((f, sf), lam) in state.families.iter().zip(&ss).zip(&leaves.lambdas) {
-            let (term, log) = loss::sparsity(f, sf, lam, cfg, state.scope, t, joint);
+            let groups: &[usize] = match (state.scope, f.name) {
+                (Scope::PerGroup, FamilyKind::Heads) => &state.kv_groups,
+                _ => &[],
+            };
+            let (term, log) = loss::sparsity(f, sf, lam, cfg, state.scope, groups, t, joint);
             families.push(log);
             if let Some(term) = term {
                 terms.push((format!("{} sparsity", f.name), term));

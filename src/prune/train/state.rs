@@ -30,6 +30,9 @@ pub enum Scope {
     Global,
     /// The target applies to every layer.
     PerLayer,
+    /// The target applies to every layer and, for per-head gates, to every KV group of it
+    /// (`GateState::kv_groups`): training then chooses the shape the uniform rule deploys.
+    PerGroup,
 }
 
 /// Adam moments of one parameter vector.
@@ -167,6 +170,10 @@ pub struct GateState {
     /// family, in place of the families' own targets while training.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub joint: Option<Joint>,
+    /// With the per-group scope and per-head gates: the KV groups of each layer, whose query
+    /// heads (consecutive gates) share one target row; empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kv_groups: Vec<usize>,
 }
 
 /// What one step measured.
@@ -251,6 +258,7 @@ impl GateState {
             step: 0,
             mu_hold_until: None,
             joint: None,
+            kv_groups: vec![],
         }
     }
 
