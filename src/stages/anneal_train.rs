@@ -118,8 +118,6 @@ crate::stage_params! {
         mu_hold_tol: f64 = 0.01 => float(0.0, 1.0),
         /// the longest hold, as a fraction of the steps
         mu_hold_max: f64 = 0.5 => float(0.0, 1.0),
-        /// the shortest hold, as a fraction of the steps: mu stays at mu_0 (the gates soft, so they can still trade places) at least this long even when the targets are reached sooner; 0: the hold ends at the targets
-        mu_hold_min: f64 = 0.0 => float(0.0, 1.0),
         /// restart the multipliers' Adam moments when the hold ends: their momentum and their memory of the early, large gaps would otherwise carry them past the target (ddp with a hold only); false: one optimiser run throughout (METHOD.md)
         lambda_restart: bool = true => ParamType::Bool,
         /// weight of KL(teacher || student)
@@ -209,7 +207,6 @@ impl StageKind for AnnealTrain {
                 lambda_scale: p.lambda_scale.into(),
                 mu_hold_tol: p.mu_hold_tol,
                 mu_hold_max: p.mu_hold_max,
-                mu_hold_min: p.mu_hold_min,
                 lambda_restart: p.lambda_restart,
             },
         };

@@ -443,7 +443,6 @@ fn adapted() -> train::Adapt {
         lambda_scale: train::LambdaScale::SqrtUnits,
         mu_hold_tol: 0.01,
         mu_hold_max: 0.5,
-        mu_hold_min: 0.0,
         lambda_restart: true,
     }
 }

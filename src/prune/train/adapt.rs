@@ -65,10 +65,6 @@ pub struct Adapt {
     pub mu_hold_tol: f64,
     /// The longest hold, as a fraction of the steps.
     pub mu_hold_max: f64,
-    /// The shortest hold, as a fraction of the steps (0: the hold ends when the targets are
-    /// reached).
-    #[serde(default)]
-    pub mu_hold_min: f64,
     /// Restart the multipliers' Adam moments when the hold ends (false: METHOD.md's one run).
     #[serde(default)]
     pub lambda_restart: bool,
@@ -82,7 +78,6 @@ impl Default for Adapt {
             lambda_scale: LambdaScale::None,
             mu_hold_tol: 0.0,
             mu_hold_max: 0.5,
-            mu_hold_min: 0.0,
             lambda_restart: false,
         }
     }
@@ -236,8 +231,7 @@ pub fn after_step(
             state.families.iter().all(|f| f.reached_at.is_some())
         }
     };
-    let shortest = (cfg.adapt.mu_hold_min.clamp(0.0, 1.0) * cfg.steps as f64).floor() as usize;
-    if (reached && step_no >= shortest) || step_no >= hold_limit(cfg) {
+    if reached || step_no >= hold_limit(cfg) {
         state.mu_hold_until = Some(step_no);
         if cfg.adapt.lambda_restart {
             for f in &mut state.families {
