@@ -689,3 +689,24 @@ fn the_per_group_scope_closes_the_same_heads_in_every_kv_group() {
         "the per-layer scope is not already per group"
     );
 }
+
+/// A gates file whose KV groups do not split a layer's head gates is refused before training,
+/// naming the key and the layer, instead of training per layer in silence.
+#[test]
+fn kv_groups_that_do_not_split_the_heads_are_refused() {
+    let (files, blocks, _) = setup(None, 32);
+    let c = &files.config;
+    let fams = vec![(FamilyKind::Heads, 0.5, vec![c.num_attention_heads; 5])];
+    let mut st = GateState::init(&fams, HeadGates::PerHead, Scope::PerGroup, 1);
+    st.kv_groups = vec![4, 4, 3, 4, 4];
+    let model = model_of(&files);
+    let e = train::train(&model, &blocks.train, &cfg(2), &mut st, |_, _| Ok(())).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("layer 2") && msg.contains("kv_groups 3") && msg.contains("8 head gates"),
+        "{msg}"
+    );
+    st.kv_groups = vec![4; 4];
+    let e = train::train(&model, &blocks.train, &cfg(2), &mut st, |_, _| Ok(())).unwrap_err();
+    assert!(e.to_string().contains("kv_groups lists 4 layers"), "{e}");
+}

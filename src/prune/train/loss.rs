@@ -160,10 +160,11 @@ pub(crate) fn retentions<B: AutodiffBackend>(
 }
 
 /// The mean retention of each target row of one layer's scores `s`: the layer's (`groups` 0), or
-/// each of its `groups` runs of consecutive gates (the query heads of one KV group).
+/// each of its `groups` runs of consecutive gates (the query heads of one KV group; training
+/// checked that `groups` divides the layer's gates).
 fn row_means<B: Backend>(s: &Tensor<B, 1>, groups: usize) -> Tensor<B, 1> {
     let n = s.dims()[0];
-    if groups <= 1 || !n.is_multiple_of(groups) {
+    if groups <= 1 {
         return s.clone().mean();
     }
     s.clone()
@@ -189,13 +190,12 @@ pub(crate) fn sparsity<B: AutodiffBackend>(
     joint: bool,
 ) -> (Option<Tensor<B, 1>>, FamilyLog) {
     let method = cfg.method;
-    let rows: Vec<usize> = (0..ss.len())
-        .map(|l| groups.get(l).copied().unwrap_or(0))
-        .zip(ss)
-        .filter(|(_, s)| s.is_some())
-        .map(|(g, _)| g)
-        .collect();
-    let ss: Vec<Tensor<B, 1>> = ss.iter().flatten().cloned().collect();
+    // The layers that have gates of the family, with their KV groups (0: one row per layer).
+    let (ss, rows): (Vec<Tensor<B, 1>>, Vec<usize>) = ss
+        .iter()
+        .enumerate()
+        .filter_map(|(l, s)| Some((s.clone()?, groups.get(l).copied().unwrap_or(0))))
+        .unzip();
     let target = method.target(f.target, t, cfg.warmup);
     // Gap q - a: one over all layers (global), or one per row (a layer, or with per-head gates
     // in the per-group scope a KV group), where the multiplier terms are taken per row and

@@ -115,6 +115,7 @@ pub fn train_with_teacher<B: AutodiffBackend>(
         )));
     }
     let expert_shapes = check_layers(model, state)?;
+    check_kv_groups(state)?;
     if state.joint.is_some() && state.scope != Scope::Global {
         return Err(Error::Invalid(
             "a joint parameter budget (split = \"learned\") needs the global scope".into(),
@@ -163,6 +164,33 @@ fn check_blocks(blocks: &[Vec<u32>], teacher: Option<&TopK>) -> Result<()> {
 
 /// Checks that the gates cover the model's layers; returns each layer's expert-channel gate
 /// shape `[experts, width]` (`None` for a dense layer), the expert gates checked against it.
+/// The per-group scope's KV groups (`state.kv_groups`) must split every layer's head gates into
+/// equal runs: one count per layer, each dividing that layer's gates.
+fn check_kv_groups(state: &GateState) -> Result<()> {
+    let (groups, Some(heads)) = (&state.kv_groups, state.family(FamilyKind::Heads)) else {
+        return Ok(());
+    };
+    if groups.is_empty() {
+        return Ok(());
+    }
+    if groups.len() != heads.z.len() {
+        return Err(Error::Invalid(format!(
+            "kv_groups lists {} layers, the head gates cover {}",
+            groups.len(),
+            heads.z.len()
+        )));
+    }
+    for (i, (&g, z)) in groups.iter().zip(&heads.z).enumerate() {
+        if g == 0 || !z.len().is_multiple_of(g) {
+            return Err(Error::Invalid(format!(
+                "layer {i}: kv_groups {g} does not split its {} head gates into equal groups",
+                z.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn check_layers<B: AutodiffBackend>(
     model: &Model<B>,
     state: &GateState,
