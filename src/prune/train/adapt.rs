@@ -136,10 +136,7 @@ pub fn rates(cfg: &TrainConfig, state: &GateState) -> Rates {
         .map(|f| {
             let c = scale(units_per_layer(f));
             let (l, l2) = (cfg.lr_lambda * k * c, cfg.lr_lambda2 * k * c);
-            // Experiment (reverted in the next commit): DDP_L3 multiplies lambda3's rate. Not in
-            // the cache key: run it with its own cache.
-            let f3: f64 = std::env::var("DDP_L3").ok().and_then(|v| v.parse().ok()).unwrap_or(1.0);
-            [l, l2, l * f3]
+            [l, l2, l]
         })
         .collect();
     // One pair of multipliers pushes every family; the one that needs the largest multipliers
